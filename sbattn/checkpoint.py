@@ -1,0 +1,111 @@
+"""Atomic files, training checkpoints that refuse to be misused, and trained weights with their provenance."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+__all__ = ["CheckpointError", "CHECKPOINT_FORMAT", "atomic_write", "save_checkpoint", "load_checkpoint",
+           "save_weights", "load", "RECIPE_FIELDS"]
+
+CHECKPOINT_FORMAT = 1
+
+# The fields that make two runs the same run; the rest (device, paths, compile, ...) may change on resume.
+RECIPE_FIELDS = ("arch", "attn_ratio", "use_sb", "use_se", "activation", "epochs", "batch_size", "init_lr", "gamma",
+                 "milestones", "weight_decay", "placement", "width", "lambda_init", "dataset", "augment", "seed",
+                 "eval_every", "precision")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; str(e) is one line saying why and what to do."""
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call write(file) on a temporary file beside `path`, then rename it over `path`.
+
+    A crash mid-write leaves the previous file intact, never a half-written one under the real name.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **state}, f))
+
+
+def _read(path: Path) -> dict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, foreign file: all the same to the user
+        raise CheckpointError(f"{path} is damaged or not an sbattn file ({type(e).__name__}); "
+                              f"move it away to start over") from None
+    if not isinstance(obj, dict) or "format" not in obj:
+        raise CheckpointError(f"{path} is not an sbattn file; move it away to start over")
+    if obj["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} has format {obj['format']}, this sbattn reads format {CHECKPOINT_FORMAT} "
+                              f"(written by sbattn {obj.get('version', '?')}); resume it with that version or move it away")
+    return obj
+
+
+def load_checkpoint(path: str | Path, config: TrainConfig) -> dict:
+    """Read a training checkpoint and check it belongs to `config`'s run."""
+    path = Path(path)
+    ckpt = _read(path)
+    saved = ckpt.get("config", {})
+    differences = [f"{name} {saved.get(name)!r} there, {getattr(config, name)!r} now"
+                   for name in RECIPE_FIELDS if saved.get(name) != getattr(config, name)]
+    if differences:
+        raise CheckpointError(f"{path} is from another configuration ({'; '.join(differences)}); "
+                              f"run with its settings or move it away to start over")
+    return ckpt
+
+
+def save_weights(path: str | Path, model: nn.Module, config: TrainConfig, history: list[dict],
+                 summary: dict) -> None:
+    """The trained model as a state dict, with what rebuilds and explains it beside it."""
+    from . import __version__
+    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, "version": __version__,
+                                             "config": config.to_dict(), "state_dict": state,
+                                             "history": history, "summary": summary}, f))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP or torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a trained model from a .pth written by training (or a training checkpoint), in eval mode."""
+    from .models import create_model
+    obj = _read(Path(path))
+    if "state_dict" in obj:
+        state = obj["state_dict"]
+    elif "model" in obj:
+        state = obj["model"]
+    else:
+        raise CheckpointError(f"{path} holds no model weights")
+    config = TrainConfig.from_dict(obj["config"], device="cpu", resume=False)
+    model = create_model(config.arch, **config.model_options())
+    model.load_state_dict(state)
+    model.config, model.history = config, obj.get("history", [])
+    return model.to(device).eval()

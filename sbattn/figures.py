@@ -1,0 +1,40 @@
+"""Figures: the seed's per-run "Training and eval statistics" (Losses and Accs panels)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .checkpoint import atomic_write  # noqa: E402
+
+__all__ = ["plot_history", "save_figure"]
+
+
+def save_figure(fig, path: str | Path) -> None:
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
+    points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_history(history: list[dict], path: str | Path, title: str = "") -> None:
+    fig, (losses, accs) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric, label in ((losses, "loss", "Losses"), (accs, "acc", "Accs")):
+        for split, style in (("train", "-o"), ("eval", "-s")):
+            x, y = _series(history, f"{split}_{metric}")
+            if metric == "acc":
+                y = [100 * v for v in y]
+            ax.plot(x, y, style, markersize=3, label=f"{split} {metric}")
+        ax.set_title(label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("cross-entropy loss" if metric == "loss" else "accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"Training and eval statistics{': ' + title if title else ''}")
+    save_figure(fig, path)

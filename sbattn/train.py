@@ -1,0 +1,355 @@
+"""Training and evaluation: the seed's recipe, exact metrics, and runs that survive interruption.
+
+The data live on the training device as uint8 and are augmented there in whole batches. Loss and accuracy
+are summed on the device and read only when the progress bar refreshes and at the end of an epoch, so the
+step loop does not wait on the host. A checkpoint after every epoch (and on Ctrl-C or SIGTERM, mid-epoch)
+holds every state the run depends on, so a resumed run continues exactly where the last checkpoint stood.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from . import __version__
+from .attention import ShiftBalance
+from .augment import eval_batches, steps_per_epoch, to_device_uint8, train_batches
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, save_weights
+from .cli import UserError
+from .config import TrainConfig
+from .data import load_cifar10
+from .figures import plot_history
+from .models import create_model
+
+__all__ = ["train", "evaluate", "RunResult", "RunPaths", "resolve_precision", "results_line"]
+
+
+@dataclass
+class RunPaths:
+    output_dir: Path
+    name: str
+
+    def with_suffix(self, suffix: str) -> Path:
+        return self.output_dir / f"{self.name}{suffix}"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.with_suffix(".ckpt")
+
+    @property
+    def summary(self) -> Path:
+        return self.with_suffix(".json")
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    paths: RunPaths
+    history: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 arithmetic on this CPU (AVX-512 BF16 or AMX); without it bf16 autocast is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`; None means plain fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
+    return None
+
+
+def results_line(config: TrainConfig, acc: float) -> str:
+    """One line of the seed's results.txt."""
+    stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    return (f"{stamp} ::: [attn_ratio : {config.attn_ratio}, use_sb : {config.use_sb}, use_se : {config.use_se}, "
+            f"activation : {config.activation}] --> acc : {100 * acc:.2f}%.\n")
+
+
+def prepare_output_dir(path: str | Path) -> Path:
+    """Create the output directory and prove it writable before any training is spent."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output directory {out} is not writable ({e.strerror or e}); "
+                        f"choose another with --output-dir", code=2) from None
+    return out
+
+
+class StopRequest:
+    """Turns SIGINT and SIGTERM into a flag the step loop checks, so a step is never cut in half."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading_is_main():
+            def handler(signum, frame):
+                if self.signal is not None:  # a second Ctrl-C: stop now
+                    raise KeyboardInterrupt
+                self.signal = signum
+            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        else:
+            previous = {}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def threading_is_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def lambda_stats(model: nn.Module) -> dict[str, list[float]]:
+    """Per SB block: mean and standard deviation of |lambda|."""
+    lams = [m.lam.detach().abs().float() for m in model.modules() if isinstance(m, ShiftBalance)]
+    if not lams:
+        return {}
+    return {"lambda_abs_mean": [l.mean().item() for l in lams], "lambda_abs_std": [l.std().item() for l in lams]}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+             amp_dtype: torch.dtype | None = None, memory_format=torch.contiguous_format) -> tuple[float, float]:
+    """(mean loss, accuracy) over every sample, each counted once."""
+    was_training = model.training
+    model.eval()
+    device = images_u8.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        for x, y in eval_batches(images_u8, labels, batch_size):
+            out = model(x.contiguous(memory_format=memory_format))
+            loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
+            correct += (out.argmax(1) == y).sum()
+    model.train(was_training)
+    n = len(labels)
+    return loss_sum.item() / n, correct.item() / n
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "augment": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["augment"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_history(paths: RunPaths, history: list[dict], summary: dict) -> None:
+    scalar_keys = [k for k in history[0] if not isinstance(history[0][k], list)] if history else []
+    def write_csv(f):
+        import io
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=scalar_keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+        f.write(text.getvalue().encode())
+    atomic_write(paths.with_suffix(".csv"), write_csv)
+    atomic_write(paths.summary, lambda f: f.write(json.dumps({"summary": summary, "history": history},
+                                                             indent=1).encode()))
+
+
+def _format_epoch(e: dict, epochs: int, best: bool) -> str:
+    line = (f"epoch {e['epoch']:>3}/{epochs}  lr {e['lr']:.4g}  train loss {e['train_loss']:.4f} "
+            f"acc {100 * e['train_acc']:.2f}%")
+    if e["eval_acc"] is not None:
+        line += f"  eval loss {e['eval_loss']:.4f} acc {100 * e['eval_acc']:.2f}%{' (best)' if best else ''}"
+    return line + f"  {e['seconds']:.1f}s  {e['images_per_sec']:.0f} img/s"
+
+
+def train(config: TrainConfig, quiet: bool = False) -> RunResult:
+    """Train one model as `config` says; returns with exit_code 0 when finished, 130 when interrupted."""
+    paths = RunPaths(prepare_output_dir(config.output_dir), config.run_name)
+    log = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
+    ckpt = None
+    if paths.checkpoint.exists():
+        if not config.resume:
+            raise UserError(f"{paths.checkpoint} holds an unfinished run: add --resume to continue it, "
+                            f"or move it away to start over", code=2)
+        try:
+            ckpt = load_checkpoint(paths.checkpoint, config)
+        except CheckpointError as e:
+            raise UserError(str(e), code=2) from None
+    elif config.resume:
+        log(f"no checkpoint at {paths.checkpoint}: starting from the beginning")
+
+    device = torch.device(config.device)
+    seed = config.seed if config.seed is not None else (
+        ckpt["seed"] if ckpt else int.from_bytes(os.urandom(4), "little"))
+    torch.manual_seed(seed)
+    data = load_cifar10(config.data_dir, config.dataset, config.download, config.cache_dir, progress=not quiet)
+    train_x, test_x = to_device_uint8(data.train_images, device), to_device_uint8(data.test_images, device)
+    train_y = torch.as_tensor(data.train_labels, device=device)
+    test_y = torch.as_tensor(data.test_labels, device=device)
+
+    model = create_model(config.arch, num_classes=len(data.classes), **config.model_options()).to(device)
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    amp_dtype = resolve_precision(config.precision, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.init_lr, momentum=0.9, nesterov=True,
+                                weight_decay=config.weight_decay, foreach=True)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, config.milestones, config.gamma)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    generator = torch.Generator(device).manual_seed(seed)
+    history: list[dict] = []
+    start_epoch, start_step, partial = 0, 0, None
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"], generator)
+        history, start_epoch, start_step, partial = ckpt["history"], ckpt["epoch"], ckpt["step"], ckpt["partial"]
+        log(f"resuming {paths.name} at epoch {start_epoch + 1}, step {start_step}")
+    step_model = torch.compile(model) if config.compile else model
+    params = sum(p.numel() for p in model.parameters())
+    steps = steps_per_epoch(len(train_y), config.batch_size)
+    interactive = not quiet and sys.stderr.isatty()
+    log(f"{paths.name}: {config.arch} attention={config.attention or 'none'} params={params:,} data={data.source} "
+        f"device={device} precision={'fp32' if amp_dtype is None else str(amp_dtype).removeprefix('torch.')} "
+        f"seed={seed}")
+
+    def checkpoint_state(epoch: int, step: int, partial_sums: dict | None) -> dict:
+        return {"version": __version__, "config": config.to_dict(), "seed": seed, "epoch": epoch, "step": step,
+                "partial": partial_sums, "history": history, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": _rng_state(generator)}
+
+    stop = StopRequest()
+    with stop.installed():
+        for epoch in range(start_epoch, config.epochs):
+            lr = optimizer.param_groups[0]["lr"]
+            sums = partial or {"loss": torch.zeros(()), "correct": torch.zeros((), dtype=torch.int64),
+                               "seen": 0, "seconds": 0.0}
+            loss_sum, correct = sums["loss"].to(device), sums["correct"].to(device)
+            seen, seconds_before = sums["seen"], sums["seconds"]
+            nonfinite = torch.zeros((), dtype=torch.int64, device=device)  # first bad step + 1, else 0
+            model.train()
+            bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                       disable=not interactive, dynamic_ncols=True)
+            started, refreshed, step = time.perf_counter(), time.perf_counter(), start_step
+            batches = train_batches(train_x, train_y, config.batch_size, seed=seed, epoch=epoch,
+                                    generator=generator, mode=config.augment, start=start_step)
+            for step, (x, y) in enumerate(batches, start=start_step):
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    out = step_model(x.contiguous(memory_format=memory_format))
+                    loss = F.cross_entropy(out, y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                loss = loss.detach()
+                nonfinite += (~torch.isfinite(loss)).long() * (nonfinite == 0) * (step + 1)
+                loss_sum += loss.float() * len(y)
+                correct += (out.argmax(1) == y).sum()
+                seen += len(y)
+                bar.update(1)
+                now = time.perf_counter()
+                if interactive and now - refreshed > 1.0 or step + 1 == steps or stop:
+                    refreshed = now
+                    if nonfinite.item():
+                        bad = nonfinite.item()
+                        raise UserError(f"non-finite loss at epoch {epoch + 1}, step {bad}: stopped; the last good "
+                                        f"checkpoint (end of epoch {epoch}) is kept at {paths.checkpoint}")
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}%",
+                                    lr=f"{lr:.4g}", ips=f"{(seen - sums['seen']) / (now - started):.0f}")
+                if stop:
+                    step += 1
+                    break
+            bar.close()
+            train_seconds = seconds_before + time.perf_counter() - started
+            if stop:
+                partial_sums = {"loss": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen,
+                                "seconds": train_seconds}
+                save_checkpoint(paths.checkpoint, checkpoint_state(epoch, step, partial_sums))
+                name = signal.Signals(stop.signal).name
+                log(f"{name}: stopped at epoch {epoch + 1}, step {step}; checkpoint saved to {paths.checkpoint}\n"
+                    f"resume with: {' '.join(sys.argv)} --resume")
+                return RunResult(130, paths, history)
+            start_step, partial = 0, None
+            scheduler.step()
+            entry = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / seen,
+                     "train_acc": correct.item() / seen, "eval_loss": None, "eval_acc": None,
+                     "seconds": train_seconds, "images_per_sec": seen / train_seconds,
+                     "eval_seconds": None}
+            if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+                started = time.perf_counter()
+                entry["eval_loss"], entry["eval_acc"] = evaluate(step_model, test_x, test_y, config.eval_batch_size,
+                                                                 amp_dtype, memory_format)
+                entry["eval_seconds"] = time.perf_counter() - started
+            entry.update(lambda_stats(model))
+            history.append(entry)
+            best = max((h["eval_acc"] for h in history if h["eval_acc"] is not None), default=None)
+            log(_format_epoch(entry, config.epochs, best is not None and entry["eval_acc"] == best))
+            save_checkpoint(paths.checkpoint, checkpoint_state(epoch + 1, 0, None))
+            if stop:
+                log(f"stopped after epoch {epoch + 1}; resume with: {' '.join(sys.argv)} --resume")
+                return RunResult(130, paths, history)
+
+    summary = _finish(config, paths, model, history, params, seed, data.source, device, amp_dtype)
+    log(f"final test accuracy {100 * summary['final_eval_acc']:.2f}% (best {100 * summary['best_eval_acc']:.2f}% "
+        f"at epoch {summary['best_epoch']}); results in {paths.output_dir}")
+    return RunResult(0, paths, history, summary)
+
+
+def _finish(config, paths, model, history, params, seed, source, device, amp_dtype) -> dict:
+    evaluated = [h for h in history if h["eval_acc"] is not None]
+    best = max(evaluated, key=lambda h: h["eval_acc"])
+    summary = {
+        "complete": True, "run": paths.name, "version": __version__, "config": config.to_dict(), "seed": seed,
+        "final_eval_acc": history[-1]["eval_acc"], "final_eval_loss": history[-1]["eval_loss"],
+        "best_eval_acc": best["eval_acc"], "best_epoch": best["epoch"], "params": params,
+        "train_seconds": sum(h["seconds"] for h in history), "data": source, "device": str(device),
+        "precision": "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
+        "finished": datetime.now().isoformat(timespec="seconds"),
+    }
+    save_weights(paths.with_suffix(".pth"), model, config, history, summary)
+    plot_history(history, paths.with_suffix(".png"), paths.name)
+    _write_history(paths, history, summary)
+    with open(paths.output_dir / "results.txt", "a") as f:
+        f.write(results_line(config, summary["final_eval_acc"]))
+    paths.checkpoint.unlink(missing_ok=True)
+    return summary

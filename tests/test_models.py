@@ -1,0 +1,81 @@
+import pytest
+import torch
+from torch import nn
+
+import sbattn
+from sbattn import ShiftBalance, SqueezeExcite
+from sbattn.summary import summarize
+
+
+def count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("attention, params", [(None, 7_774_538), ("se", 8_127_018), ("sb", 8_127_978)])
+def test_parameter_counts_match_the_seed(attention, params):
+    assert count(sbattn.vgg16(attention=attention)) == params
+
+
+def test_architecture_layout():
+    model = sbattn.vgg16(attention="sb")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 256, 512, 512, 512]
+    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) and c.bias is not None for c in convs)
+    for stage in model.features:
+        kinds = [type(m) for m in stage]
+        # attention at the end of the stage, right before the pool
+        assert kinds[-2] is ShiftBalance and kinds[-1] is nn.MaxPool2d
+    linears = [m for m in model.classifier if isinstance(m, nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(512, 256), (256, 10)]
+
+
+def test_seed_initialisation():
+    torch.manual_seed(0)
+    model = sbattn.vgg16(attention="sb")
+    lin_bn1d = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.BatchNorm1d))]
+    weights = torch.cat([m.weight.flatten() for m in lin_bn1d])
+    assert abs(weights.std().item() - 0.02) < 0.002 and abs(weights.mean().item()) < 0.002
+    assert all(torch.all(m.bias == 0) for m in lin_bn1d)
+    bn2d = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in bn2d)
+
+
+def test_layer_placement_has_ten_blocks():
+    model = sbattn.vgg16(attention="se", placement="layer")
+    assert sum(isinstance(m, SqueezeExcite) for m in model.modules()) == 10
+    # SE branches for every conv layer: 2 C h + h + C + 2 h + 2 C parameters each, h = C / 2
+    widths = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512]
+    extra = sum(c * c + c // 2 + c + c + 2 * c for c in widths)
+    assert count(model) == 7_774_538 + extra
+    assert count(sbattn.vgg16(attention="sb", placement="layer")) == count(model) + sum(widths)
+
+
+@pytest.mark.parametrize("attention", [None, "se", "sb"])
+def test_forward_shapes_batch_one_and_width(attention):
+    model = sbattn.vgg16(attention=attention, width=0.25, num_classes=7).eval()
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+    convs = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs[0] == 16 and convs[-1] == 128 and model.classifier[0].out_features == 64
+
+
+def test_create_model_by_name():
+    assert count(sbattn.create_model("vgg16", attention="se")) == 8_127_018
+    with pytest.raises(ValueError, match="unknown model"):
+        sbattn.create_model("vgg19")
+
+
+def test_summary_counts_are_computed():
+    base = summarize(sbattn.vgg16())
+    sb = summarize(sbattn.vgg16(attention="sb"))
+    assert base.params == 7_774_538 and sb.params == 8_127_978
+    assert sb.attention_blocks == 4 and sb.attention_params == 8_127_978 - 7_774_538
+    # convolutions dominate: 2 * sum(Cin * Cout * 9 * H * W) per image
+    conv_macs = sum(cin * cout * 9 * hw * hw for cin, cout, hw in [
+        (3, 64, 32), (64, 64, 32), (64, 128, 16), (128, 128, 16), (128, 256, 8), (256, 256, 8), (256, 256, 8),
+        (256, 512, 4), (512, 512, 4), (512, 512, 4)])
+    linear_macs = 512 * 256 + 256 * 10
+    assert base.flops_forward == 2 * (conv_macs + linear_macs)
+    # backward costs twice the forward, except the first conv's gradient for the input, which nobody needs
+    first_conv = 2 * 3 * 64 * 9 * 32 * 32
+    assert base.flops_train == 3 * base.flops_forward - first_conv
+    assert 0 < sb.attention_flops_forward < 0.01 * sb.flops_forward
