@@ -121,6 +121,7 @@ def _init_lambda(channels: int, init: str | float) -> torch.Tensor:
 
 
 ATTENTION: dict[str, type[nn.Module]] = {"sb": ShiftBalance, "se": SqueezeExcite}
+MODEL_WIDE_OPTIONS = ("activation", "lambda_init")
 
 
 def register_attention(name: str):
@@ -134,8 +135,8 @@ def register_attention(name: str):
 def create_attention(kind: str | None, channels: int, **options) -> nn.Module | None:
     """Build an attention block by name ("sb", "se", ...); None or "none" gives None.
 
-    A block whose gate is fixed (SE's sigmoid) takes no `activation`; one passed anyway is dropped, so a
-    model can hand the same options to every kind, as the seed's flags do.
+    The SB-specific options a model hands to every kind (MODEL_WIDE_OPTIONS, as the seed's --activation is
+    given to SE runs too) are dropped for a block that does not take them; any other unknown option is an error.
     """
     if kind is None or kind == "none":
         return None
@@ -143,6 +144,6 @@ def create_attention(kind: str | None, channels: int, **options) -> nn.Module | 
         cls = ATTENTION[kind]
     except KeyError:
         raise ValueError(f"unknown attention {kind!r}: choose one of none, {', '.join(ATTENTION)}") from None
-    if "activation" not in inspect.signature(cls).parameters:
-        options = {k: v for k, v in options.items() if k != "activation"}
+    accepted = inspect.signature(cls).parameters
+    options = {k: v for k, v in options.items() if k in accepted or k not in MODEL_WIDE_OPTIONS}
     return cls(channels, **options)

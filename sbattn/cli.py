@@ -116,15 +116,25 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--placement", choices=("stage", "layer"), default="stage", help="(default: stage)")
 
 
-# name -> (help, add options, run); later modules add their commands with register_command.
+def _lazy(module: str, function: str) -> Callable:
+    """A function of another sbattn module, imported only when its command runs (keeps --help fast)."""
+    def call(*args):
+        import importlib
+        return getattr(importlib.import_module(f"sbattn.{module}"), function)(*args)
+    return call
+
+
+# name -> (help, add options, run)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "train": ("train one model (the seed's `example.py main`)", add_config_options, _train),
+    "compare": ("baseline, SE and SB over seeds: the seed's first table with statistics",
+                _lazy("suites", "add_compare_options"), _lazy("suites", "run_compare")),
+    "ablate": ("SB with each activation over seeds: the seed's second table with statistics",
+               _lazy("suites", "add_ablate_options"), _lazy("suites", "run_ablate")),
+    "report": ("rebuild a suite's tables and figures from its finished runs, without training",
+               _lazy("suites", "add_report_options"), _lazy("suites", "run_report")),
     "summary": ("layer table, parameters and FLOPs of the models", _add_model_options, _summary),
 }
-
-
-def register_command(name: str, help: str, add_options, run) -> None:
-    COMMANDS[name] = (help, add_options, run)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,15 +25,16 @@ from tqdm import tqdm
 
 from . import __version__
 from .attention import ShiftBalance
-from .augment import eval_batches, steps_per_epoch, to_device_uint8, train_batches
+from .augment import steps_per_epoch, to_device_uint8, train_batches
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, save_weights
 from .cli import UserError
 from .config import TrainConfig
 from .data import load_cifar10
+from .evaluation import evaluate
 from .figures import plot_history
 from .models import create_model
 
-__all__ = ["train", "evaluate", "RunResult", "RunPaths", "resolve_precision", "results_line"]
+__all__ = ["train", "RunResult", "RunPaths", "resolve_precision", "results_line"]
 
 
 @dataclass
@@ -143,25 +144,6 @@ def lambda_stats(model: nn.Module) -> dict[str, list[float]]:
     if not lams:
         return {}
     return {"lambda_abs_mean": [l.mean().item() for l in lams], "lambda_abs_std": [l.std().item() for l in lams]}
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
-             amp_dtype: torch.dtype | None = None, memory_format=torch.contiguous_format) -> tuple[float, float]:
-    """(mean loss, accuracy) over every sample, each counted once."""
-    was_training = model.training
-    model.eval()
-    device = images_u8.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        for x, y in eval_batches(images_u8, labels, batch_size):
-            out = model(x.contiguous(memory_format=memory_format))
-            loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
-            correct += (out.argmax(1) == y).sum()
-    model.train(was_training)
-    n = len(labels)
-    return loss_sum.item() / n, correct.item() / n
 
 
 def _rng_state(generator: torch.Generator) -> dict:
@@ -317,8 +299,8 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
                      "eval_seconds": None}
             if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                 started = time.perf_counter()
-                entry["eval_loss"], entry["eval_acc"] = evaluate(step_model, test_x, test_y, config.eval_batch_size,
-                                                                 amp_dtype, memory_format)
+                entry["eval_loss"], entry["eval_acc"] = evaluate(model, test_x, test_y, config.eval_batch_size,
+                                                                 amp_dtype)
                 entry["eval_seconds"] = time.perf_counter() - started
             entry.update(lambda_stats(model))
             history.append(entry)

@@ -1,0 +1,263 @@
+"""Training end to end on the fake set with a width-reduced model: outputs, metrics, interruption and faults."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import sbattn
+from sbattn import TrainConfig
+from sbattn.checkpoint import CheckpointError, load_checkpoint
+from sbattn.cli import UserError, main
+from sbattn.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--device=cpu", "--dataset=fake", "--width=0.0625", "--batch_size=32", "--precision=fp32",
+        "--eval-batch-size=256"]
+
+
+def tiny_config(tmp_path, **overrides) -> TrainConfig:
+    values = dict(device="cpu", dataset="fake", width=0.0625, batch_size=32, precision="fp32", epochs=2,
+                  milestones=[1], seed=0, output_dir=str(tmp_path / "results"), eval_batch_size=256)
+    return TrainConfig(**{**values, **overrides})
+
+
+def run_cli(*args, cwd=ROOT, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def test_seed_command_trains_and_leaves_the_seeds_files(tmp_path):
+    out = tmp_path / "results"
+    proc = run_cli("example.py", "main", "--device='cpu'", "--attn_ratio=0.5", "--use_sb=True", "--use_se=False",
+                   "--activation='tanh'", "--epochs=2", "--batch_size=32", "--init_lr=0.1", "--gamma=0.2",
+                   "--milestones=[1,2]", "--weight_decay=9e-6", "--dataset=fake", "--width=0.0625",
+                   f"--output-dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    stem = out / "vgg16_0.5_True_False_tanh_w0.0625"  # the seed's name, plus the width when not 1
+    for suffix in (".png", ".pth", ".csv", ".json"):
+        assert Path(f"{stem}{suffix}").exists(), suffix
+    assert not Path(f"{stem}" + ".ckpt").exists()  # a finished run leaves no checkpoint behind
+    line = (out / "results.txt").read_text().splitlines()[-1]
+    assert " ::: [attn_ratio : 0.5, use_sb : True, use_se : False, activation : tanh] --> acc : " in line
+    assert line.endswith("%.")
+    assert Path(f"{stem}" + ".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads(Path(f"{stem}" + ".json").read_text())
+    assert record["summary"]["complete"] and len(record["history"]) == 2
+    assert f"{100 * record['summary']['final_eval_acc']:.2f}%" in line
+    header = Path(f"{stem}" + ".csv").read_text().splitlines()[0].split(",")
+    assert {"epoch", "lr", "train_loss", "train_acc", "eval_loss", "eval_acc", "seconds", "images_per_sec"} <= set(header)
+    model = sbattn.load(Path(f"{stem}" + ".pth"))
+    assert isinstance(model, sbattn.VGG) and not model.training
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_seed_command_on_a_machine_without_cuda_says_so():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = run_cli("example.py", "main", "--device='cuda'", "--epochs=1")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "--device=cpu" in proc.stderr
+
+
+def test_bad_value_stops_before_work_exit_2(tmp_path):
+    for bad in ("--gamma=2", "--use_se=True", "--milestones=[3,2]", "--activation=gelu"):
+        code = main(["train", *TINY, bad, f"--output-dir={tmp_path}"])
+        assert code == 2
+    assert not list(tmp_path.iterdir())
+
+
+def test_metrics_are_exact_and_loss_falls(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, epochs=3, milestones=[2], width=0.125)
+    result = train(config, quiet=True)
+    history = result.history
+    assert result.exit_code == 0 and [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["eval_acc"] > 0.2  # 10 classes: chance is 0.1
+    assert [h["lr"] for h in history] == pytest.approx([0.1, 0.1, 0.02])
+    # the reported eval accuracy is correct/total over the whole test set, recomputed here independently
+    model = sbattn.load(result.paths.with_suffix(".pth"))
+    data = sbattn.data.load_cifar10(dataset="fake")
+    x = torch.from_numpy(data.test_images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        correct = (model(x).argmax(1).numpy() == data.test_labels).sum()
+    assert history[-1]["eval_acc"] == pytest.approx(correct / len(data.test_labels), abs=1e-9)
+    assert result.summary["final_eval_acc"] == history[-1]["eval_acc"]
+    assert result.summary["best_eval_acc"] == max(h["eval_acc"] for h in history)
+
+
+def test_eval_every_evaluates_the_last_epoch_always(tmp_path):
+    result = train(tiny_config(tmp_path, epochs=3, eval_every=2), quiet=True)
+    assert [h["eval_acc"] is not None for h in result.history] == [False, True, True]
+
+
+def test_figure_has_losses_and_accs_panels(tmp_path, monkeypatch):
+    import sbattn.figures as figures
+    captured = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: captured.setdefault("titles", [
+        ax.get_title() for ax in fig.axes]))
+    train(tiny_config(tmp_path, epochs=1, milestones=[1]), quiet=True)
+    assert captured["titles"] == ["Losses", "Accs"]
+
+
+def test_seeds_name_runs_apart(tmp_path):
+    for seed in (1, 2):
+        train(tiny_config(tmp_path, epochs=1, milestones=[1], seed=seed), quiet=True)
+    names = {p.name for p in (tmp_path / "results").glob("*.pth")}
+    assert names == {"vgg16_0.5_True_False_tanh_w0.0625_seed1.pth", "vgg16_0.5_True_False_tanh_w0.0625_seed2.pth"}
+    assert len((tmp_path / "results" / "results.txt").read_text().splitlines()) == 2
+
+
+def test_unwritable_output_dir_refused_before_training(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    import sbattn.train as train_module
+    monkeypatch.setattr(train_module, "load_cifar10", lambda *a, **k: pytest.fail("data loaded before the check"))
+    with pytest.raises(UserError, match="not writable"):
+        train(tiny_config(tmp_path, output_dir=str(blocker / "results")), quiet=True)
+
+
+def test_non_finite_loss_stops_naming_epoch_and_step_keeping_last_checkpoint(tmp_path, monkeypatch):
+    import sbattn.train as train_module
+    calls = {"n": 0}
+    real = train_module.F.cross_entropy
+
+    def poisoned(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        calls["n"] += 1
+        # 32 training steps and one evaluation batch in epoch 1, then the fifth step of epoch 2
+        return loss * float("nan") if calls["n"] == 32 + 1 + 5 else loss
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
+    config = tiny_config(tmp_path, epochs=3)
+    with pytest.raises(UserError, match=r"non-finite loss at epoch 2, step 5"):
+        train(config, quiet=True)
+    ckpt = load_checkpoint(Path(config.output_dir) / f"{config.run_name}.ckpt", config)
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 0
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_existing_checkpoint_needs_resume(tmp_path):
+    config = tiny_config(tmp_path)
+    ckpt = Path(config.output_dir) / f"{config.run_name}.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"something")
+    with pytest.raises(UserError, match="--resume"):
+        train(config, quiet=True)
+    assert ckpt.read_bytes() == b"something"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other_config", "other_version"])
+def test_bad_checkpoints_are_refused_not_overwritten(tmp_path, damage):
+    config = tiny_config(tmp_path, epochs=3)
+    _run_until_checkpoint(config)
+    path = Path(config.output_dir) / f"{config.run_name}.ckpt"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+        match, resumed = "damaged", config
+    elif damage == "other_config":
+        match, resumed = "another configuration", config
+        resumed = TrainConfig.from_dict(config.to_dict(), init_lr=0.05)
+        path.rename(Path(config.output_dir) / f"{resumed.run_name}.ckpt")
+        path = Path(config.output_dir) / f"{resumed.run_name}.ckpt"
+    else:
+        obj = torch.load(path, weights_only=True)
+        obj["format"] = 999
+        torch.save(obj, path)
+        match, resumed = "format 999", config
+    before = path.read_bytes()
+    with pytest.raises(UserError, match=match):
+        train(TrainConfig.from_dict(resumed.to_dict(), resume=True), quiet=True)
+    assert path.read_bytes() == before
+
+
+def _run_until_checkpoint(config):
+    """Train, then fail before the run is finished, leaving its last checkpoint behind."""
+    import sbattn.train as train_module
+    original = train_module._finish
+    try:
+        train_module._finish = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, quiet=True)
+    finally:
+        train_module._finish = original
+
+
+def _history_without_timing(path: Path):
+    record = json.loads(path.read_text())
+    drop = {"seconds", "images_per_sec", "eval_seconds"}
+    return [{k: v for k, v in h.items() if k not in drop} for h in record["history"]]
+
+
+def _weights(path: Path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def _train_cmd(out, *extra):
+    return ["-m", "sbattn", "train", *TINY, "--epochs=4", "--milestones=[2,3]", "--seed=3", f"--output-dir={out}",
+            *extra]
+
+
+def _wait_for(path: Path, proc, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    proc = run_cli(*_train_cmd(out))
+    assert proc.returncode == 0, proc.stderr
+    return out / "vgg16_0.5_True_False_tanh_w0.0625_seed3"
+
+
+def test_sigkill_and_resume_is_identical_to_an_uninterrupted_run(tmp_path, uninterrupted):
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, *_train_cmd(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt = out / "vgg16_0.5_True_False_tanh_w0.0625_seed3.ckpt"
+    _wait_for(ckpt, proc)
+    time.sleep(0.15)  # into the next epoch
+    proc.kill()
+    proc.wait()
+    assert ckpt.exists()
+    resumed = run_cli(*_train_cmd(out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    stem = out / uninterrupted.name
+    assert _history_without_timing(Path(f"{stem}" + ".json")) == _history_without_timing(
+        Path(f"{uninterrupted}" + ".json"))
+    a, b = _weights(Path(f"{stem}" + ".pth")), _weights(Path(f"{uninterrupted}" + ".pth"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigint_checkpoints_mid_epoch_exits_130_and_resumes_identically(tmp_path, uninterrupted):
+    out = tmp_path / "interrupted"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, *_train_cmd(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = out / "vgg16_0.5_True_False_tanh_w0.0625_seed3.ckpt"
+    _wait_for(ckpt, proc)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "resume with:" in stdout and "--resume" in stdout
+    state = torch.load(ckpt, weights_only=True)
+    assert state["epoch"] >= 1
+    resumed = run_cli(*_train_cmd(out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    stem = out / uninterrupted.name
+    assert _history_without_timing(Path(f"{stem}" + ".json")) == _history_without_timing(
+        Path(f"{uninterrupted}" + ".json"))
+    a, b = _weights(Path(f"{stem}" + ".pth")), _weights(Path(f"{uninterrupted}" + ".pth"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
