@@ -134,6 +134,12 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "report": ("rebuild a suite's tables and figures from its finished runs, without training",
                _lazy("suites", "add_report_options"), _lazy("suites", "run_report")),
     "summary": ("layer table, parameters and FLOPs of the models", _add_model_options, _summary),
+    "evaluate": ("test accuracy of a trained model (.pth or checkpoint)",
+                 _lazy("deploy", "add_evaluate_options"), _lazy("deploy", "run_evaluate")),
+    "predict": ("top-k classes with probabilities for image files",
+                _lazy("deploy", "add_predict_options"), _lazy("deploy", "run_predict")),
+    "export": ("export a trained model to ONNX or a torch.export program",
+               _lazy("deploy", "add_export_options"), _lazy("deploy", "run_export")),
 }
 
 

@@ -17,6 +17,7 @@ __all__ = ["ConfigError", "TrainConfig", "resolve_device", "PRECISIONS", "AUGMEN
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENTS = ("seed", "standard", "none")
 DATASETS = ("cifar10", "fake")
+PLACEMENTS = ("stage", "block", "layer")
 
 
 class ConfigError(ValueError):
@@ -45,7 +46,8 @@ class TrainConfig:
     weight_decay: float = _opt(9e-6, "weight decay on every parameter", seed=True)
     # The project's own options.
     arch: str = _opt("vgg16", "model architecture")
-    placement: str = _opt("stage", "attention after each stage (stage, the seed's) or each conv layer (layer)")
+    placement: str = _opt("stage", "attention at the end of each stage (the seed's), after each residual block "
+                                   "(block, ResNets: SE-ResNet's) or after each conv layer (layer)")
     width: float = _opt(1.0, "width multiplier for every conv and classifier layer")
     lambda_init: str = _opt("normal", "SB lambda initialisation: normal (the seed's), zeros, ones")
     data_dir: str = _opt("./data", "where CIFAR-10 is (any supported form), or will be downloaded to")
@@ -120,17 +122,18 @@ class TrainConfig:
         if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
             fail("seed", "must be a non-negative integer")
         for name, allowed in (("precision", PRECISIONS), ("augment", AUGMENTS), ("dataset", DATASETS),
-                              ("placement", ("stage", "layer")), ("lambda_init", ("normal", "zeros", "ones"))):
+                              ("placement", PLACEMENTS), ("lambda_init", ("normal", "zeros", "ones"))):
             if getattr(self, name) not in allowed:
                 fail(name, f"must be one of {', '.join(allowed)}")
         from .models import MODELS, create_model
         if self.arch not in MODELS:
             fail("arch", f"must be one of {', '.join(sorted(MODELS))}")
-        try:  # building on the meta device costs nothing and catches a ratio that empties a hidden layer
+        try:  # building on the meta device costs nothing and catches what only the model can check
             with torch.device("meta"):
                 create_model(self.arch, **self.model_options())
         except ValueError as e:
-            fail("attn_ratio", str(e))
+            raise ConfigError(f"{self.arch} with attn_ratio={self.attn_ratio}, width={self.width:g}, "
+                              f"placement={self.placement!r}: {e}") from None
         self.device = resolve_device(self.device)
 
 

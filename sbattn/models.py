@@ -15,7 +15,7 @@ from .attention import create_attention
 __all__ = ["VGG", "VGG16_STAGES", "PLACEMENTS", "MODELS", "register_model", "create_model", "vgg16", "scaled"]
 
 VGG16_STAGES: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 3), (512, 3))
-PLACEMENTS = ("stage", "layer")
+PLACEMENTS = ("stage", "layer")  # VGG has no residual blocks
 
 
 def scaled(width: int, multiplier: float) -> int:
@@ -29,7 +29,7 @@ class VGG(nn.Module):
                  in_chans: int = 3, **attn_options):
         super().__init__()
         if placement not in PLACEMENTS:
-            raise ValueError(f"unknown placement {placement!r}: choose one of {', '.join(PLACEMENTS)}")
+            raise ValueError(f"VGG supports placement {' or '.join(PLACEMENTS)}, not {placement!r}")
         if width <= 0:
             raise ValueError(f"width multiplier must be > 0, got {width}")
         self.attention, self.placement = attention, placement

@@ -11,6 +11,7 @@ import contextlib
 import csv
 import json
 import os
+import resource
 import signal
 import sys
 import time
@@ -327,6 +328,7 @@ def _finish(config, paths, model, history, params, seed, source, device, amp_dty
         "train_seconds": sum(h["seconds"] for h in history), "data": source, "device": str(device),
         "precision": "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
         "finished": datetime.now().isoformat(timespec="seconds"),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     save_weights(paths.with_suffix(".pth"), model, config, history, summary)
     plot_history(history, paths.with_suffix(".png"), paths.name)

@@ -17,6 +17,7 @@ def test_seed_defaults():
     ("use_se", True, "use_sb=True and use_se=True"),
     ("activation", "gelu", "tanh, sigmoid, relu, softmax, linear"),
     ("attn_ratio", 0.001, "attn_ratio=0.001"),
+    ("placement", "block", "VGG supports placement stage or layer"),
     ("epochs", 0, "epochs=0"),
     ("batch_size", 1, "batch_size=1"),
     ("init_lr", 0.0, "init_lr=0.0"),

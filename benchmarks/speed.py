@@ -1,0 +1,159 @@
+"""Training and evaluation throughput of the seed's VGG16 (baseline, SE, SB) on this machine.
+
+    python benchmarks/speed.py                    # CPU or the first GPU, a few minutes on 2 CPU cores
+    python benchmarks/speed.py --json speed.json  # the same table, saved as JSON too
+
+For each model and precision (fp32, and what --precision auto picks here) it reports images/s of the training
+step alone (one fixed batch), of training end to end (on-device augmentation from uint8 data, forward, backward,
+optimiser step: what an epoch costs, evaluation apart), of evaluation, and the end-to-end figure as a fraction
+of the hardware limit: the measured matrix-product peak divided by the step's FLOPs per image.
+Figures are medians over --repeats; the machines are shared and noisy, so compare ratios measured together.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sbattn import create_model  # noqa: E402
+from sbattn.augment import train_batches  # noqa: E402
+from sbattn.evaluation import evaluate  # noqa: E402
+from sbattn.summary import summarize  # noqa: E402
+from sbattn.train import resolve_precision  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, size: int, repeats: int) -> float:
+    """GFLOP/s of a large square matrix product: the ceiling the convolutions can approach."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * size ** 3 / min(times) / 1e9
+
+
+def timed(fn, n: int, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn(n)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def measure(attention, amp_dtype, device, args, images, labels) -> dict:
+    torch.manual_seed(0)
+    model = create_model("vgg16", attention=attention, width=args.width).to(device)
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=9e-6,
+                                foreach=True)
+    autocast = dict(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+    def step(x, y):
+        with torch.autocast(**autocast):
+            loss = F.cross_entropy(model(x.contiguous(memory_format=fmt)), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    x0, y0 = next(iter(train_batches(images, labels, args.batch_size, seed=0, epoch=0,
+                                     generator=torch.Generator(device).manual_seed(0))))
+    generator = torch.Generator(device).manual_seed(0)
+
+    def step_alone(n):
+        for _ in range(n):
+            step(x0, y0)
+
+    def end_to_end(n):
+        batches = train_batches(images, labels, args.batch_size, seed=0, epoch=0, generator=generator)
+        for _, (x, y) in zip(range(n), batches):
+            step(x, y)
+
+    step_alone(args.warmup)
+    result = {"model": attention or "baseline", "precision": "fp32" if amp_dtype is None else str(amp_dtype)[6:]}
+    n = args.steps
+    result["step_img_s"] = statistics.median(n * args.batch_size / timed(step_alone, n, device)
+                                             for _ in range(args.repeats))
+    result["train_img_s"] = statistics.median(n * args.batch_size / timed(end_to_end, n, device)
+                                              for _ in range(args.repeats))
+    test = images[:args.eval_images]
+    evaluate(model, test, labels[:args.eval_images], 1000, amp_dtype)
+    result["eval_img_s"] = statistics.median(
+        len(test) / timed(lambda _: evaluate(model, test, labels[:len(test)], 1000, amp_dtype), 1, device)
+        for _ in range(args.repeats))
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--eval-images", type=int, default=2000)
+    p.add_argument("--models", default="baseline,se,sb")
+    p.add_argument("--precisions", default="fp32,auto")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args()
+    device = torch.device(args.device)
+
+    n = 50_000  # the size of CIFAR-10's training set, as uint8 on the device, so memory is measured honestly
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (n,), device=device)
+    size = 4096 if device.type == "cuda" else 2048
+    peaks = {name: matmul_peak(dtype, device, size, args.repeats)
+             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
+          f"{torch.get_num_threads()} threads); matrix-product peak: fp32 {peaks['fp32']:.0f} GFLOP/s, "
+          f"bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
+
+    rows = []
+    print(f"{'model':<9}{'precision':<10}{'step img/s':>11}{'train img/s':>12}{'eval img/s':>11}"
+          f"{'of limit':>9}{'limit img/s':>12}", flush=True)
+    for attention in args.models.split(","):
+        attention = None if attention == "baseline" else attention
+        flops = summarize(create_model("vgg16", attention=attention, width=args.width)).flops_train
+        for precision in args.precisions.split(","):
+            amp_dtype = resolve_precision(precision, device)
+            row = measure(attention, amp_dtype, device, args, images, labels)
+            peak = peaks["fp32" if amp_dtype is None else "bf16"]  # fp16 runs on the same units as bf16
+            row["limit_img_s"] = peak * 1e9 / flops
+            row["fraction_of_limit"] = row["train_img_s"] / row["limit_img_s"]
+            rows.append(row)
+            print(f"{row['model']:<9}{row['precision']:<10}{row['step_img_s']:>11.0f}{row['train_img_s']:>12.0f}"
+                  f"{row['eval_img_s']:>11.0f}{row['fraction_of_limit']:>8.0%}{row['limit_img_s']:>12.0f}",
+                  flush=True)
+    base = {r["precision"]: r["step_img_s"] for r in rows if r["model"] == "baseline"}
+    for r in rows:
+        if r["model"] != "baseline" and r["precision"] in base:
+            r["attention_cost"] = base[r["precision"]] / r["step_img_s"] - 1
+            print(f"{r['model']} {r['precision']}: attention costs {r['attention_cost']:+.1%} of the baseline's step time")
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident memory of this process: {peak_rss_mb:.0f} MB (50,000 training images as uint8 included)")
+    if args.json:
+        args.json.write_text(json.dumps({"device": str(device), "peaks_gflops": peaks, "batch_size": args.batch_size,
+                                         "rows": rows, "peak_rss_mb": peak_rss_mb}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

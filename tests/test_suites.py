@@ -1,0 +1,344 @@
+"""Suites: options and presets, tables and statistics, figures, report, and resuming after a crash or Ctrl-C.
+
+The first part works on synthetic run files (fast); the end-to-end part trains tiny models on the fake set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from sbattn import suites
+from sbattn.cli import UserError
+from sbattn.config import TrainConfig
+from sbattn.stats import t_quantile
+
+TINY = ["--dataset", "fake", "--width", "0.0625", "--epochs", "2", "--batch_size", "32", "--device", "cpu",
+        "--precision", "fp32", "--eval-batch-size", "256"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def parse(command: str, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"sbattn {command}")
+    {"compare": suites.add_compare_options, "ablate": suites.add_ablate_options,
+     "report": suites.add_report_options}[command](parser)
+    return parser.parse_args(argv)
+
+
+def table_rows(md: str) -> list[list[str]]:
+    """The body rows of the first markdown table, as lists of cells."""
+    lines = [line for line in md.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def assert_png(path: Path, min_bytes: int = 20_000) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    assert len(data) > min_bytes, f"{path} is suspiciously small ({len(data)} bytes)"
+
+
+# ---------------------------------------------------------------- synthetic runs
+
+def write_run(directory: Path, accs_by_epoch: list[float], use_sb=False, use_se=False, activation="tanh", seed=0,
+              params=1000, seconds=10.0, blocks=4, **config) -> Path:
+    """A finished run's JSON, as train() writes it; accuracies are fractions, the last one is the final."""
+    c = TrainConfig(use_sb=use_sb, use_se=use_se, activation=activation, seed=seed, device="cpu", dataset="fake",
+                    width=0.0625, epochs=len(accs_by_epoch), output_dir=str(directory), resume=True, **config)
+    history = []
+    for epoch, acc in enumerate(accs_by_epoch, 1):
+        entry = {"epoch": epoch, "lr": 0.1, "train_loss": 1.0, "train_acc": acc, "eval_loss": 1.0, "eval_acc": acc,
+                 "seconds": seconds, "images_per_sec": 100.0}
+        if use_sb:
+            entry["lambda_abs_mean"] = [0.8 + 0.01 * epoch + 0.1 * b for b in range(blocks)]
+            entry["lambda_abs_std"] = [0.3] * blocks
+        history.append(entry)
+    summary = {"complete": True, "run": c.run_name, "config": c.to_dict(), "seed": seed,
+               "final_eval_acc": accs_by_epoch[-1], "best_eval_acc": max(accs_by_epoch), "best_epoch": 1,
+               "params": params, "train_seconds": seconds * len(accs_by_epoch)}
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{c.run_name}.json"
+    path.write_text(json.dumps({"summary": summary, "history": history}))
+    return path
+
+
+def test_compare_table_statistics_from_synthetic_runs(tmp_path):
+    # baseline 92.0 / 92.4, SE 92.5 / 92.9: difference +0.50; each variance 0.08, se = sqrt(0.04 + 0.04) = 0.2828,
+    # Welch dof = 0.08^2 / (2 * 0.04^2) = 2, t_{0.975, 2} = 4.303: the interval is 0.50 +- 1.217.
+    for seed, (b, se, sb) in enumerate([(0.920, 0.925, 0.931), (0.924, 0.929, 0.933)]):
+        write_run(tmp_path, [0.5, b], seed=seed, params=1000, seconds=30.0)
+        write_run(tmp_path, [0.5, se], use_se=True, seed=seed, params=1050, seconds=36.0)
+        write_run(tmp_path, [0.5, sb], use_sb=True, activation="sigmoid", seed=seed, params=1100, seconds=45.0)
+    assert suites.run_report(parse("report", [str(tmp_path)])) == 0
+    md = (tmp_path / "compare.md").read_text()
+    assert "| Model | Acc. |" in md and "### SB & SE" in md
+    rows = table_rows(md)
+    assert [r[0] for r in rows] == ["baseline", "SE", "SB(Sigmoid)"]
+    assert rows[0][1:5] == ["92.20 ± 0.28%", "2", "—", "—"]
+    assert rows[1][1:5] == ["92.70 ± 0.28%", "2", "+0.50", "[-0.72, +1.72]"]
+    assert rows[2][1:4] == ["**93.20 ± 0.14%**", "2", "+1.00"]  # the best mean is bold, as in the seed's table
+    assert [r[5] for r in rows] == ["1,000", "1,050", "1,100"]
+    assert [r[6] for r in rows] == ["60 s", "72 s", "1.5 min"]
+    assert "**SB(Sigmoid) − SE**: +0.50 pp" in md
+    assert not (tmp_path / "ablation.md").exists()  # one SB activation: no ablation
+
+    data = json.loads((tmp_path / "compare.json").read_text())
+    se_row = data["rows"][1]
+    assert se_row["n"] == 2 and se_row["acc"] == pytest.approx([92.5, 92.9])
+    assert se_row["difference"]["dof"] == pytest.approx(2.0)
+    assert se_row["difference"]["high"] == pytest.approx(0.5 + t_quantile(0.975, 2) * 0.08 ** 0.5)
+    csv_lines = (tmp_path / "compare.csv").read_text().splitlines()
+    assert len(csv_lines) == 4 and csv_lines[2].startswith("SE,se,2,0 1,92.7,")
+    for name in ("compare.png", "lambda.png"):
+        assert_png(tmp_path / name)
+
+
+def test_ablation_with_one_seed_has_no_interval(tmp_path):
+    accs = {"linear": 0.9218, "relu": 0.9224, "tanh": 0.9222, "softmax": 0.9230, "sigmoid": 0.9266}
+    for activation, acc in accs.items():  # written out of order: the table keeps the seed's order
+        write_run(tmp_path, [0.4, acc], use_sb=True, activation=activation)
+    suites.run_report(parse("report", [str(tmp_path)]))
+    md = (tmp_path / "ablation.md").read_text()
+    rows = table_rows(md)
+    assert "| Activation | Acc. |" in md and "Δ vs Tanh" in md
+    assert [r[0] for r in rows] == ["Tanh", "Sigmoid", "ReLU", "Softmax", "Linear"]
+    assert [r[2] for r in rows] == ["1"] * 5
+    assert rows[0][1] == "92.22% ± n/a" and rows[1][1] == "**92.66% ± n/a**"
+    assert [r[3] for r in rows] == ["—", "+0.44", "+0.02", "+0.08", "-0.04"]
+    assert [r[4] for r in rows] == ["—", "n/a", "n/a", "n/a", "n/a"]
+    assert not (tmp_path / "compare.md").exists()
+    assert_png(tmp_path / "ablation.png")
+    assert_png(tmp_path / "lambda.png")
+
+
+@pytest.mark.parametrize("setup, words", [
+    (lambda d: None, "no finished runs"),
+    (lambda d: write_run(d, [0.5], use_sb=True, activation="sigmoid"), "nothing to compare"),
+    (lambda d: (write_run(d, [0.5, 0.6]), write_run(d, [0.5, 0.6], use_se=True, placement="layer")),
+     "different recipes (placement: layer, stage)"),
+])
+def test_report_refuses_what_it_cannot_tabulate(tmp_path, setup, words):
+    setup(tmp_path)
+    with pytest.raises(UserError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        suites.run_report(parse("report", [str(tmp_path)]))
+
+
+def test_report_of_a_missing_directory(tmp_path):
+    with pytest.raises(UserError, match="no such directory"):
+        suites.run_report(parse("report", [str(tmp_path / "nope")]))
+
+
+# ---------------------------------------------------------------- options and presets
+
+def test_preset_sets_fields_and_explicit_flags_win():
+    args = parse("compare", ["--preset", "quick", "--epochs", "3"])
+    c = suites.suite_config(args, suites.COMPARE)
+    quick = suites.PRESETS["quick"]
+    assert c.epochs == 3  # explicit
+    assert (c.width, c.milestones, c.batch_size) == (quick["width"], quick["milestones"], quick["batch_size"])
+    assert c.activation == "sigmoid" and c.resume is True
+    assert c.output_dir == "./results/compare-quick"
+
+    c = suites.suite_config(parse("ablate", ["--preset", "seed", "--width", "0.5", "--placement", "layer"]),
+                            suites.ABLATION)
+    assert (c.epochs, c.batch_size, c.milestones, c.width) == (80, 64, [40, 60, 80], 0.5)
+    assert c.output_dir == "./results/ablation-seed-layer" and c.placement == "layer"
+
+    c = suites.suite_config(parse("compare", ["--activation", "relu", "--output-dir", "x"]), suites.COMPARE)
+    assert (c.activation, c.epochs, c.width, c.output_dir) == ("relu", 80, 1.0, "x")  # no preset: the defaults
+
+
+def test_seeds_and_fixed_flags():
+    assert suites.seed_list(parse("compare", ["--seeds", "3"])) == [0, 1, 2]
+    assert suites.seed_list(parse("compare", ["--seeds", "2", "--seed", "10"])) == [10, 11]
+    with pytest.raises(UserError, match="at least one"):
+        suites.seed_list(parse("compare", ["--seeds", "0"]))
+    for command, flag in (("compare", "--use_se"), ("ablate", "--activation"), ("compare", "--resume")):
+        with pytest.raises(SystemExit):  # the suite sets these itself: passing one is an error, not ignored
+            parse(command, [flag, "True"])
+
+
+def test_the_cli_has_the_suite_commands():
+    from sbattn.cli import build_parser
+    args = build_parser().parse_args(["compare", "--preset", "quick", "--seeds", "2", "--placement", "layer"])
+    assert args.suite == "compare" and args.seeds == 2 and args.placement == "layer"
+    assert build_parser().parse_args(["report", "some/dir"]).directory == "some/dir"
+
+
+# ---------------------------------------------------------------- suite logic with a stand-in for train
+
+class FakeTrain:
+    """Stands in for train(): writes a finished run's JSON, or returns 130 (interrupted) on chosen calls."""
+
+    def __init__(self, interrupt_on: int | None = None):
+        self.configs: list[TrainConfig] = []
+        self.interrupt_on = interrupt_on
+
+    def __call__(self, config: TrainConfig, quiet: bool = False):
+        self.configs.append(config)
+        if len(self.configs) == self.interrupt_on:
+            return SimpleNamespace(exit_code=130)
+        write_run(Path(config.output_dir), [0.5, 0.9 + 0.001 * len(self.configs)], use_sb=config.use_sb,
+                  use_se=config.use_se, activation=config.activation, seed=config.seed)
+        return SimpleNamespace(exit_code=0)
+
+
+def test_interrupted_run_stops_the_suite_with_130_and_the_rerun_finishes(tmp_path, monkeypatch):
+    fake = FakeTrain(interrupt_on=2)
+    monkeypatch.setattr(suites, "train", fake)
+    args = parse("compare", ["--dataset", "fake", "--width", "0.0625", "--epochs", "2", "--device", "cpu",
+                             "--seeds", "2", "--output-dir", str(tmp_path)])
+    assert suites.run_compare(args) == 130
+    assert len(fake.configs) == 2  # nothing after the interrupted run
+    assert not (tmp_path / "compare.md").exists()
+
+    rerun = FakeTrain()
+    monkeypatch.setattr(suites, "train", rerun)
+    assert suites.run_compare(args) == 0
+    trained = [(c.attention, c.seed) for c in rerun.configs]
+    assert trained == [("se", 0), ("sb", 0), (None, 1), ("se", 1), ("sb", 1)]  # baseline seed 0 was reused
+    assert all(c.resume for c in fake.configs + rerun.configs)
+    assert [r[2] for r in table_rows((tmp_path / "compare.md").read_text())] == ["2", "2", "2"]
+
+
+def test_a_finished_run_of_another_recipe_is_not_reused(tmp_path, monkeypatch):
+    write_run(tmp_path, [0.5, 0.6, 0.7], seed=0)  # 3 epochs, same run name as the 2-epoch baseline below
+    fake = FakeTrain()
+    monkeypatch.setattr(suites, "train", fake)
+    args = parse("compare", ["--dataset", "fake", "--width", "0.0625", "--epochs", "2", "--device", "cpu",
+                             "--output-dir", str(tmp_path)])
+    with pytest.raises(UserError, match="another recipe.*epochs 3 there, 2 now"):
+        suites.run_compare(args)
+    assert fake.configs == []
+
+
+# ---------------------------------------------------------------- end to end, tiny real training
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: with two intra-op threads, any other load makes a run ~10x slower."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class CountingTrain:
+    """The real train(), counted; raises (a simulated crash) on call `crash_on`."""
+
+    def __init__(self, crash_on: int | None = None):
+        from sbattn.train import train
+        self.real, self.crash_on, self.configs = train, crash_on, []
+
+    def __call__(self, config: TrainConfig, quiet: bool = False):
+        self.configs.append(config)
+        if len(self.configs) == self.crash_on:
+            raise RuntimeError("simulated crash")
+        return self.real(config, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def compare_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("compare")
+    counter = CountingTrain()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(suites, "train", counter)
+        code = suites.run_compare(parse("compare", TINY + ["--seeds", "2", "--output-dir", str(directory)]))
+    return directory, code, counter
+
+
+def test_compare_end_to_end(compare_dir):
+    directory, code, counter = compare_dir
+    assert code == 0 and len(counter.configs) == 6
+    assert {(c.attention, c.activation, c.seed) for c in counter.configs} == {
+        (a, act, s) for a, act in ((None, "tanh"), ("se", "tanh"), ("sb", "sigmoid")) for s in (0, 1)}
+    rows = table_rows((directory / "compare.md").read_text())
+    assert [r[0] for r in rows] == ["baseline", "SE", "SB(Sigmoid)"]
+    assert [r[2] for r in rows] == ["2", "2", "2"]
+    assert all(r[4].startswith("[") for r in rows[1:])  # two seeds: a real interval
+    params = [int(r[5].replace(",", "")) for r in rows]
+    assert params[0] < params[1] and params[0] < params[2]  # attention adds parameters
+    data = json.loads((directory / "compare.json").read_text())
+    assert [row["n"] for row in data["rows"]] == [2, 2, 2]
+    assert len((directory / "compare.csv").read_text().splitlines()) == 4
+    assert_png(directory / "compare.png")
+    assert_png(directory / "lambda.png")
+    assert not list(directory.glob("*.ckpt"))
+
+
+def test_rerunning_a_finished_suite_trains_nothing(compare_dir, monkeypatch):
+    directory, _, _ = compare_dir
+    counter = CountingTrain()
+    monkeypatch.setattr(suites, "train", counter)
+    assert suites.run_compare(parse("compare", TINY + ["--seeds", "2", "--output-dir", str(directory)])) == 0
+    assert counter.configs == []
+
+
+def test_report_reproduces_the_suite_table(compare_dir, tmp_path, monkeypatch):
+    directory, _, _ = compare_dir
+    copy = tmp_path / "copy"
+    shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("compare.*", "lambda.png"))
+
+    def no_training(*a, **k):
+        raise AssertionError("report must not train")
+    monkeypatch.setattr(suites, "train", no_training)
+    assert suites.run_report(parse("report", [str(copy)])) == 0
+    assert (copy / "compare.md").read_text() == (directory / "compare.md").read_text()
+    assert (copy / "compare.csv").read_text() == (directory / "compare.csv").read_text()
+    assert_png(copy / "compare.png")
+
+
+def test_a_crashed_suite_trains_only_what_is_missing(tmp_path, monkeypatch):
+    args = parse("compare", TINY + ["--seeds", "1", "--output-dir", str(tmp_path)])
+    crashing = CountingTrain(crash_on=2)
+    monkeypatch.setattr(suites, "train", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        suites.run_compare(args)
+    again = CountingTrain()
+    monkeypatch.setattr(suites, "train", again)
+    assert suites.run_compare(args) == 0
+    assert [c.attention for c in again.configs] == ["se", "sb"]  # the baseline finished before the crash
+    assert [r[0] for r in table_rows((tmp_path / "compare.md").read_text())] == ["baseline", "SE", "SB(Sigmoid)"]
+
+
+def test_ctrl_c_mid_run_then_rerun_resumes_from_the_checkpoint(tmp_path, monkeypatch):
+    import sbattn.train as train_module
+    real_batches = train_module.train_batches
+    sent = []
+
+    def interrupt_after_first_batch(*args, **kwargs):
+        for i, batch in enumerate(real_batches(*args, **kwargs)):
+            yield batch
+            if not sent:  # Ctrl-C once, in the middle of the first run's first epoch
+                sent.append(True)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_module, "train_batches", interrupt_after_first_batch)
+    args = parse("ablate", TINY + ["--output-dir", str(tmp_path)])
+    first = CountingTrain()
+    monkeypatch.setattr(suites, "train", first)
+    assert suites.run_ablate(args) == 130
+    assert len(first.configs) == 1
+    checkpoint = tmp_path / f"{first.configs[0].run_name}.ckpt"
+    assert checkpoint.exists()
+
+    loaded = []
+    real_load = train_module.load_checkpoint
+    monkeypatch.setattr(train_module, "load_checkpoint", lambda path, config: loaded.append(path) or real_load(path, config))
+    second = CountingTrain()
+    monkeypatch.setattr(suites, "train", second)
+    assert suites.run_ablate(args) == 0
+    assert loaded == [checkpoint]  # the interrupted run continued from its checkpoint, the others started fresh
+    assert [c.activation for c in second.configs] == list(suites.ABLATION_ACTIVATIONS)
+    assert not checkpoint.exists()  # resumed and finished
+    rows = table_rows((tmp_path / "ablation.md").read_text())
+    assert [r[0] for r in rows] == ["Tanh", "Sigmoid", "ReLU", "Softmax", "Linear"]
+    assert [r[2] for r in rows] == ["1"] * 5 and rows[1][4] == "n/a"
+    assert_png(tmp_path / "ablation.png")
+    assert_png(tmp_path / "lambda.png")
