@@ -12,7 +12,7 @@ from torch import nn
 from .config import TrainConfig
 
 __all__ = ["CheckpointError", "CHECKPOINT_FORMAT", "atomic_write", "save_checkpoint", "load_checkpoint",
-           "save_weights", "load", "RECIPE_FIELDS"]
+           "save_weights", "load", "read_record", "RECIPE_FIELDS"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -48,7 +48,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **state}, f))
 
 
-def _read(path: Path) -> dict:
+def read_record(path: str | Path) -> dict:
+    """The dict of a file sbattn wrote (.pth or .ckpt), checked for its format; CheckpointError if unusable."""
+    path = Path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, foreign file: all the same to the user
@@ -65,7 +67,7 @@ def _read(path: Path) -> dict:
 def load_checkpoint(path: str | Path, config: TrainConfig) -> dict:
     """Read a training checkpoint and check it belongs to `config`'s run."""
     path = Path(path)
-    ckpt = _read(path)
+    ckpt = read_record(path)
     saved = ckpt.get("config", {})
     differences = [f"{name} {saved.get(name)!r} there, {getattr(config, name)!r} now"
                    for name in RECIPE_FIELDS if saved.get(name) != getattr(config, name)]
@@ -76,12 +78,13 @@ def load_checkpoint(path: str | Path, config: TrainConfig) -> dict:
 
 
 def save_weights(path: str | Path, model: nn.Module, config: TrainConfig, history: list[dict],
-                 summary: dict) -> None:
+                 summary: dict, num_classes: int = 10) -> None:
     """The trained model as a state dict, with what rebuilds and explains it beside it."""
     from . import __version__
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
     atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, "version": __version__,
-                                             "config": config.to_dict(), "state_dict": state,
+                                             "config": config.to_dict(), "num_classes": num_classes,
+                                             "state_dict": state,
                                              "history": history, "summary": summary}, f))
 
 
@@ -97,7 +100,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a trained model from a .pth written by training (or a training checkpoint), in eval mode."""
     from .models import create_model
-    obj = _read(Path(path))
+    obj = read_record(Path(path))
     if "state_dict" in obj:
         state = obj["state_dict"]
     elif "model" in obj:
@@ -105,7 +108,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     else:
         raise CheckpointError(f"{path} holds no model weights")
     config = TrainConfig.from_dict(obj["config"], device="cpu", resume=False)
-    model = create_model(config.arch, **config.model_options())
+    model = create_model(config.arch, num_classes=obj.get("num_classes", 10), **config.model_options())
     model.load_state_dict(state)
     model.config, model.history = config, obj.get("history", [])
     return model.to(device).eval()

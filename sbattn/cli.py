@@ -98,10 +98,12 @@ def _summary(args: argparse.Namespace) -> int:
     from .models import create_model
     from .summary import format_summary, summarize
     kinds = [args.attention] if args.attention else [None, "se", "sb"]
+    placement = {"placement": args.placement} if args.placement else {}
     for kind in kinds:
         model = create_model(args.arch, attention=kind, activation=args.activation, ratio=args.attn_ratio,
-                             width=args.width, placement=args.placement)
-        title = f"== {args.arch} attention={kind or 'none'} placement={args.placement} width={args.width:g}"
+                             width=args.width, **placement)
+        title = (f"== {args.arch} attention={kind or 'none'} placement={getattr(model, 'placement', '-')} "
+                 f"width={args.width:g}")
         print(format_summary(summarize(model), title), end="\n\n")
     return 0
 
@@ -113,7 +115,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation", default="tanh", help="SB activation (default: tanh)")
     p.add_argument("--attn_ratio", "--attn-ratio", type=float, default=0.5, help="branch ratio (default: 0.5)")
     p.add_argument("--width", type=float, default=1.0, help="width multiplier (default: 1.0)")
-    p.add_argument("--placement", choices=("stage", "layer"), default="stage", help="(default: stage)")
+    p.add_argument("--placement", choices=("stage", "block", "layer"), default=None,
+                   help="(default: the architecture's own: VGG stage, ResNets block)")
 
 
 def _lazy(module: str, function: str) -> Callable:

@@ -6,6 +6,7 @@ generated from these fields, so a field added here is a flag everywhere.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +18,7 @@ __all__ = ["ConfigError", "TrainConfig", "resolve_device", "PRECISIONS", "AUGMEN
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENTS = ("seed", "standard", "none")
 DATASETS = ("cifar10", "fake")
-PLACEMENTS = ("stage", "block", "layer")
+PLACEMENTS = ("auto", "stage", "block", "layer")
 
 
 class ConfigError(ValueError):
@@ -46,8 +47,9 @@ class TrainConfig:
     weight_decay: float = _opt(9e-6, "weight decay on every parameter", seed=True)
     # The project's own options.
     arch: str = _opt("vgg16", "model architecture")
-    placement: str = _opt("stage", "attention at the end of each stage (the seed's), after each residual block "
-                                   "(block, ResNets: SE-ResNet's) or after each conv layer (layer)")
+    placement: str = _opt("auto", "attention at the end of each stage (stage), after each residual block (block) or "
+                                  "after each conv layer (layer); auto: the architecture's own (VGG: stage, "
+                                  "the seed's; ResNets: block, SE-ResNet's)")
     width: float = _opt(1.0, "width multiplier for every conv and classifier layer")
     lambda_init: str = _opt("normal", "SB lambda initialisation: normal (the seed's), zeros, ones")
     data_dir: str = _opt("./data", "where CIFAR-10 is (any supported form), or will be downloaded to")
@@ -75,7 +77,7 @@ class TrainConfig:
     def run_name(self) -> str:
         """The seed's file stem, vgg16_<ratio>_<use_sb>_<use_se>_<activation>, plus what else tells runs apart."""
         name = f"{self.arch}_{self.attn_ratio}_{self.use_sb}_{self.use_se}_{self.activation}"
-        if self.placement != "stage":
+        if self.placement != default_placement(self.arch):
             name += f"_{self.placement}"
         if self.width != 1.0:
             name += f"_w{self.width:g}"
@@ -128,6 +130,8 @@ class TrainConfig:
         from .models import MODELS, create_model
         if self.arch not in MODELS:
             fail("arch", f"must be one of {', '.join(sorted(MODELS))}")
+        if self.placement == "auto":
+            self.placement = default_placement(self.arch)
         try:  # building on the meta device costs nothing and catches what only the model can check
             with torch.device("meta"):
                 create_model(self.arch, **self.model_options())
@@ -135,6 +139,12 @@ class TrainConfig:
             raise ConfigError(f"{self.arch} with attn_ratio={self.attn_ratio}, width={self.width:g}, "
                               f"placement={self.placement!r}: {e}") from None
         self.device = resolve_device(self.device)
+
+
+def default_placement(arch: str) -> str:
+    """The placement an architecture's builder uses when given none."""
+    from .models import MODELS
+    return inspect.signature(MODELS[arch]).parameters["placement"].default
 
 
 def _is_int(value) -> bool:

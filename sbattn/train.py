@@ -236,7 +236,8 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
         f"seed={seed}")
 
     def checkpoint_state(epoch: int, step: int, partial_sums: dict | None) -> dict:
-        return {"version": __version__, "config": config.to_dict(), "seed": seed, "epoch": epoch, "step": step,
+        return {"version": __version__, "config": config.to_dict(), "num_classes": len(data.classes),
+                "seed": seed, "epoch": epoch, "step": step,
                 "partial": partial_sums, "history": history, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": _rng_state(generator)}
@@ -312,25 +313,26 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
                 log(f"stopped after epoch {epoch + 1}; resume with: {' '.join(sys.argv)} --resume")
                 return RunResult(130, paths, history)
 
-    summary = _finish(config, paths, model, history, params, seed, data.source, device, amp_dtype)
+    summary = _finish(config, paths, model, history, params, seed, data, device, amp_dtype)
     log(f"final test accuracy {100 * summary['final_eval_acc']:.2f}% (best {100 * summary['best_eval_acc']:.2f}% "
         f"at epoch {summary['best_epoch']}); results in {paths.output_dir}")
     return RunResult(0, paths, history, summary)
 
 
-def _finish(config, paths, model, history, params, seed, source, device, amp_dtype) -> dict:
+def _finish(config, paths, model, history, params, seed, data, device, amp_dtype) -> dict:
     evaluated = [h for h in history if h["eval_acc"] is not None]
     best = max(evaluated, key=lambda h: h["eval_acc"])
     summary = {
         "complete": True, "run": paths.name, "version": __version__, "config": config.to_dict(), "seed": seed,
         "final_eval_acc": history[-1]["eval_acc"], "final_eval_loss": history[-1]["eval_loss"],
         "best_eval_acc": best["eval_acc"], "best_epoch": best["epoch"], "params": params,
-        "train_seconds": sum(h["seconds"] for h in history), "data": source, "device": str(device),
+        "train_seconds": sum(h["seconds"] for h in history), "data": data.source, "classes": data.classes,
+        "device": str(device),
         "precision": "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
         "finished": datetime.now().isoformat(timespec="seconds"),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    save_weights(paths.with_suffix(".pth"), model, config, history, summary)
+    save_weights(paths.with_suffix(".pth"), model, config, history, summary, len(data.classes))
     plot_history(history, paths.with_suffix(".png"), paths.name)
     _write_history(paths, history, summary)
     with open(paths.output_dir / "results.txt", "a") as f:

@@ -1,0 +1,149 @@
+"""Put SB or SE attention into any network, after the modules you choose, and take it out again.
+
+    model = torchvision_style_resnet()
+    sbattn.attach(model, "sb", where=lambda name, m: name.endswith("bn2"))   # SE-ResNet's place, with SB
+    sbattn.attached(model)   # ['layer1.0.bn2.attention', ...]
+    sbattn.detach(model)     # the original model again
+
+Each selected module is replaced, in its parent, by `WithAttention(module, block)`, which computes
+block(module(x)); this works inside any parent, not only nn.Sequential. The selected module's parameters
+then live under `<name>.module.` in the state dict, so load pretrained weights before attaching.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Union
+
+from torch import nn
+
+from .attention import ATTENTION, create_attention
+
+__all__ = ["WithAttention", "attach", "detach", "attached", "infer_channels"]
+
+Where = Union[type, tuple[type, ...], Callable[[str, nn.Module], bool], str, Iterable[str]]
+
+# Modules that keep the channel count, so that a Sequential ending in them has its last layer's channels.
+_CHANNEL_PRESERVING = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+                       nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Identity,
+                       nn.Dropout, nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+                       nn.AdaptiveMaxPool2d, nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d)
+
+
+class WithAttention(nn.Module):
+    """`module` followed by an attention block: forward(x) = attention(module(x))."""
+
+    def __init__(self, module: nn.Module, attention: nn.Module):
+        super().__init__()
+        self.module = module
+        self.attention = attention
+
+    def forward(self, *args, **kwargs):
+        return self.attention(self.module(*args, **kwargs))
+
+
+def infer_channels(module: nn.Module) -> int | None:
+    """The channel count of `module`'s (N, C, H, W) output, or None when it cannot tell."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        return module.out_channels
+    if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm, nn.InstanceNorm2d)):
+        return module.num_features
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels
+    if isinstance(module, WithAttention):
+        return infer_channels(module.module)
+    if isinstance(module, nn.Sequential):
+        for child in reversed(module):
+            channels = infer_channels(child)
+            if channels is not None:
+                return channels
+            if not isinstance(child, _CHANNEL_PRESERVING):
+                return None
+    return None
+
+
+def _selector(where: Where, model: nn.Module) -> Callable[[str, nn.Module], bool]:
+    if isinstance(where, type) or (isinstance(where, tuple) and where and all(isinstance(t, type) for t in where)):
+        return lambda name, module: isinstance(module, where)
+    if callable(where):
+        return where
+    names = [where] if isinstance(where, str) else list(where)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise TypeError("where must be a module type, a predicate on (name, module), or a list of module names")
+    known = dict(model.named_modules())
+    for name in names:
+        if name == "":
+            raise ValueError("cannot attach after the model itself; select one of its modules")
+        if name not in known:
+            raise ValueError(f"the model has no module named {name!r}")
+    wanted = set(names)
+    return lambda name, module: name in wanted
+
+
+def _candidates(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
+    """(name, module, parent) for every module that may be selected: not the root, nor inside attention."""
+    found: list[tuple[str, nn.Module, nn.Module]] = []
+    blocks = tuple(ATTENTION.values())
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        for child_name, child in module.named_children():
+            if isinstance(module, WithAttention) and child_name == "attention":
+                continue
+            found.append((f"{prefix}{child_name}", child, module))
+            if not isinstance(child, blocks):
+                visit(child, f"{prefix}{child_name}.")
+    visit(model, "")
+    return found
+
+
+def attach(model: nn.Module, kind: str = "sb", where: Where = nn.BatchNorm2d, channels: int | None = None,
+           **block_options) -> nn.Module:
+    """Insert an attention block (`kind`: "sb", "se" or any registered name) after each module `where` selects.
+
+    where: a module type or tuple of types, a predicate on (name, module), or module names. The channel count
+    comes from each selected module (Conv2d.out_channels, BatchNorm2d.num_features, GroupNorm.num_channels,
+    the last such layer of a Sequential), or from `channels`. block_options go to the block (ratio, activation,
+    lambda_init, use_bn). The new blocks get the selected module's device, dtype and train/eval mode.
+    Returns `model`, changed in place.
+    """
+    if kind is None or kind == "none":
+        raise ValueError("attach needs an attention kind: choose one of " + ", ".join(ATTENTION))
+    select = _selector(where, model)
+    chosen = [(name, module, parent) for name, module, parent in _candidates(model) if select(name, module)]
+    if not chosen:
+        raise ValueError(f"where={where!r} selects no module of this {type(model).__name__}")
+    for name, module, parent in chosen:
+        if isinstance(module, WithAttention) or isinstance(parent, WithAttention):
+            place = name.removesuffix(".module")
+            raise ValueError(f"module {place!r} already has attention after it ({place}.attention); detach it first")
+    plans = []
+    for name, module, parent in chosen:
+        width = channels if channels is not None else infer_channels(module)
+        if width is None:
+            raise ValueError(f"cannot infer the channel count after module {name!r} ({type(module).__name__}); "
+                             f"select a Conv2d or BatchNorm2d, or pass channels=")
+        try:
+            block = create_attention(kind, width, **block_options)
+        except ValueError as e:
+            raise ValueError(f"module {name!r} ({type(module).__name__}, {width} channels): {e}") from None
+        like = next(module.parameters(), None)
+        if like is not None:
+            block.to(device=like.device, dtype=like.dtype)
+        plans.append((name, module, parent, block.train(module.training)))
+    # Every block is built before the first replacement, so an error leaves the model as it was.
+    # Parents are held by reference, so replacing one selected module never disturbs another.
+    for name, module, parent, block in plans:
+        setattr(parent, name.rsplit(".", 1)[-1], WithAttention(module, block))
+    return model
+
+
+def attached(model: nn.Module) -> list[str]:
+    """The names of the attention blocks `attach` inserted, e.g. ['layer1.0.bn2.attention']."""
+    return [f"{name}.attention" for name, m in model.named_modules() if isinstance(m, WithAttention)]
+
+
+def detach(model: nn.Module) -> nn.Module:
+    """Remove every block `attach` inserted, putting the original modules back; returns `model`."""
+    for name, module, parent in reversed(_candidates(model)):
+        if isinstance(module, WithAttention):
+            setattr(parent, name.rsplit(".", 1)[-1], module.module)
+    return model
+

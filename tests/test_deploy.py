@@ -1,0 +1,173 @@
+"""A trained model outside training: ONNX and torch.export round trips, sbattn evaluate / predict / export, hub."""
+import re
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import sbattn
+from sbattn import TrainConfig
+from sbattn.augment import normalize, to_device_uint8
+from sbattn.cli import main
+from sbattn.data import FAKE_SIZES, load_fake
+from sbattn.deploy import export_onnx, export_program
+from sbattn.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A ResNet-20 with SB per block, trained for one epoch on the fake set: (its .pth, the run's summary)."""
+    out = tmp_path_factory.mktemp("run")
+    config = TrainConfig(arch="resnet20", placement="block", device="cpu", dataset="fake", width=0.25,
+                         batch_size=32, precision="fp32", epochs=1, milestones=[1], seed=0, output_dir=str(out))
+    result = train(config, quiet=True)
+    assert result.exit_code == 0
+    return out / f"{result.paths.name}.pth", result.summary
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    data = load_fake()
+    return data.test_images, data.test_labels, data.classes
+
+
+def logits(model: nn.Module, images_u8: np.ndarray) -> torch.Tensor:
+    with torch.no_grad():
+        return model(normalize(to_device_uint8(images_u8, "cpu")))
+
+
+def run_onnx(path: Path, x: torch.Tensor) -> torch.Tensor:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    return torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
+
+
+def test_cli_export_onnx_round_trip(trained, test_images, tmp_path, capsys):
+    path, _ = trained
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", str(path), "--format", "onnx", "--output", str(onnx_path)]) == 0
+    assert str(onnx_path) in capsys.readouterr().out
+    model = sbattn.load(path)
+    for batch in (7, 1):  # the batch dimension is dynamic: both run from the one file
+        x = normalize(to_device_uint8(test_images[0][:batch], "cpu"))
+        expected = logits(model, test_images[0][:batch])
+        torch.testing.assert_close(run_onnx(onnx_path, x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_export_torch_program_round_trip(trained, test_images, capsys):
+    path, _ = trained
+    assert main(["export", str(path), "--format", "torch-export"]) == 0
+    program_path = path.with_suffix(".pt2")
+    assert str(program_path) in capsys.readouterr().out
+    program = torch.export.load(str(program_path)).module()
+    model = sbattn.load(path)
+    for batch in (5, 1):
+        x = normalize(to_device_uint8(test_images[0][:batch], "cpu"))
+        torch.testing.assert_close(program(x), logits(model, test_images[0][:batch]), rtol=1e-4, atol=1e-4)
+
+
+def test_torchscript_onnx_exporter_and_a_fresh_vgg(tmp_path):
+    torch.manual_seed(0)
+    model = sbattn.vgg16(attention="se", width=0.125)
+    model(torch.randn(4, 3, 32, 32))  # moves the BatchNorm statistics off their defaults
+    model.eval()
+    path = export_onnx(model, tmp_path / "vgg.onnx", dynamo=False)
+    for batch in (3, 1):
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(run_onnx(path, x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_export_program_of_an_attached_model(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 4))
+    sbattn.attach(model, "sb", where=nn.BatchNorm2d)
+    model.train()
+    path = export_program(model, tmp_path / "attached.pt2")
+    assert model.training  # exporting does not change the caller's model
+    program = torch.export.load(str(path)).module()
+    model.eval()
+    for batch in (3, 1):
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(program(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_evaluate_reports_the_runs_own_test_accuracy(trained, capsys):
+    path, summary = trained
+    assert main(["evaluate", str(path), "--device", "cpu", "--batch-size", "100"]) == 0
+    out = capsys.readouterr().out
+    assert f"accuracy {100 * summary['final_eval_acc']:.2f}%" in out
+    assert f"test loss {summary['final_eval_loss']:.4f}" in out
+    assert f"{FAKE_SIZES[1]} images" in out
+
+
+def test_predict_on_images_written_by_the_test(trained, test_images, tmp_path, capsys):
+    path, _ = trained
+    images, _, classes = test_images
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"img{i}.png")
+        Image.fromarray(images[i]).save(files[-1])
+    assert main(["predict", str(path), *map(str, files), "--topk", "3", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 * 4
+    probs = torch.softmax(logits(sbattn.load(path), images[:3]), 1)
+    for i, file in enumerate(files):
+        assert lines[4 * i] == str(file)
+        expected_p, expected_k = probs[i].topk(3)
+        for line, p, k in zip(lines[4 * i + 1:4 * i + 4], expected_p.tolist(), expected_k.tolist()):
+            name, shown = re.fullmatch(r"\s+(\S+)\s+([\d.]+)%", line).groups()
+            assert name == classes[k]  # the fake set's names, from the run's dataset
+            assert float(shown) == pytest.approx(100 * p, abs=0.006)
+
+
+def test_predict_wants_32x32_unless_resize(trained, tmp_path, capsys):
+    path, _ = trained
+    big = tmp_path / "big.png"
+    Image.fromarray(np.full((40, 48, 4), 128, np.uint8), "RGBA").save(big)
+    assert main(["predict", str(path), str(big)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "48x40" in err and "--resize" in err and "\n" not in err
+    assert main(["predict", str(path), str(big), "--resize", "--topk", "20"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1 + 10  # top-k stops at the number of classes
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["predict"], ["export", "--format", "onnx"]])
+def test_bad_checkpoint_is_exit_2_with_one_line(command, tmp_path, capsys):
+    missing = tmp_path / "missing.pth"
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    extra = [str(tmp_path / "x.png")] if command == ["predict"] else []
+    for path in (missing, junk):
+        assert main([command[0], str(path), *extra, *command[1:]]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(path) in err and err.startswith(f"sbattn {command[0]}: error:")
+
+
+def test_torch_hub_builds_the_models():
+    model = torch.hub.load(str(ROOT), "vgg16", source="local", attention="sb", width=0.125)
+    assert isinstance(model, sbattn.VGG)
+    assert sum(isinstance(m, sbattn.ShiftBalance) for m in model.modules()) == 4
+    resnet = torch.hub.load(str(ROOT), "resnet20", source="local", attention="se")
+    assert sum(p.numel() for p in resnet.parameters()) == sum(p.numel() for p in sbattn.resnet20("se").parameters())
+    for name in ("resnet56", "resnet18"):
+        built = torch.hub.load(str(ROOT), name, source="local", width=0.25)
+        assert type(built) is sbattn.ResNet and len(built.stages) == len(sbattn.create_model(name).stages)
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        torch.hub.load(str(ROOT), "resnet56", source="local", pretrained=True)
