@@ -66,10 +66,11 @@ def measure(attention, amp_dtype, device, args, images, labels) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=9e-6,
                                 foreach=True)
     autocast = dict(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+    forward = torch.compile(model, mode=args.compile) if args.compile else model
 
     def step(x, y):
         with torch.autocast(**autocast):
-            loss = F.cross_entropy(model(x.contiguous(memory_format=fmt)), y)
+            loss = F.cross_entropy(forward(x.contiguous(memory_format=fmt)), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -113,6 +114,8 @@ def main() -> None:
     p.add_argument("--eval-images", type=int, default=2000)
     p.add_argument("--models", default="baseline,se,sb")
     p.add_argument("--precisions", default="fp32,auto")
+    p.add_argument("--compile", metavar="MODE", help="torch.compile the model with this mode (e.g. default, "
+                   "reduce-overhead, max-autotune-no-cudagraphs)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
     device = torch.device(args.device)

@@ -328,6 +328,19 @@ def test_train_batches_augment_from_the_generator_only() -> None:
     assert xbf.dtype == torch.bfloat16
 
 
+def test_train_batches_resume_from_a_step() -> None:
+    """start=k yields the epoch's steps k.. as they would have come, drawing nothing for the skipped ones."""
+    x = images(50)
+    full = list(train_batches(x, torch.arange(50), 8, seed=3, epoch=1, generator=torch.Generator().manual_seed(0)))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):  # the generator as a checkpoint after step 2 would hold it
+        augment(x[:8], g)
+    tail = list(train_batches(x, torch.arange(50), 8, seed=3, epoch=1, generator=g, start=2))
+    assert len(tail) == len(full) - 2
+    for (xa, ya), (xb, yb) in zip(full[2:], tail):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+
+
 def test_train_batches_argument_checks() -> None:
     x = images(8)
     with pytest.raises(ValueError, match="per rank"):
@@ -352,16 +365,7 @@ def test_eval_batches_in_order_each_once(n: int, batch_size: int, world_size: in
     assert torch.equal(torch.cat(ys), torch.arange(n))
 
 
-@pytest.fixture
-def one_thread():
-    # Hundreds of tiny ops: one thread is as fast and does not stall when other processes hold the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_fake_set_is_learnable_through_the_pipeline(one_thread: None) -> None:
+def test_fake_set_is_learnable_through_the_pipeline() -> None:
     """A tiny CNN, two epochs of augmented fake data, beats chance (10%) by far."""
     torch.manual_seed(0)
     d = load_fake()
