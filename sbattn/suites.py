@@ -30,7 +30,7 @@ __all__ = ["PRESETS", "ABLATION_ACTIVATIONS", "Variant", "Run", "Row", "add_comp
 # What each preset sets; a flag given on the command line wins over its preset.
 PRESETS: dict[str, dict[str, Any]] = {
     "seed": {"epochs": 80, "batch_size": 64, "milestones": [40, 60, 80], "width": 1.0},
-    "quick": {"width": 0.25, "epochs": 10, "milestones": [5, 8], "batch_size": 64},
+    "quick": {"width": 0.25, "epochs": 15, "milestones": [8, 12], "batch_size": 64},
 }
 
 ABLATION_ACTIVATIONS = ("tanh", "sigmoid", "relu", "softmax", "linear")  # the seed's table order
