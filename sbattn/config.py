@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention import ACTIVATIONS
+from .augment import AUGMENTS
 
 __all__ = ["ConfigError", "TrainConfig", "resolve_device", "PRECISIONS", "AUGMENTS", "DATASETS"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-AUGMENTS = ("seed", "standard", "none")
 DATASETS = ("cifar10", "fake")
 PLACEMENTS = ("auto", "stage", "block", "layer")
 
@@ -56,6 +56,7 @@ class TrainConfig:
     download: bool = _opt(False, "download the official archive into --data-dir if it is not there")
     dataset: str = _opt("cifar10", f"dataset: {', '.join(DATASETS)} (fake: a small synthetic set for smoke runs)")
     cache_dir: str | None = _opt(None, "cache of decoded arrays (default $SBATTN_CACHE or ~/.cache/sbattn)")
+    resize: bool = _opt(False, "accept image-folder images that are not 32x32 RGB, resizing and converting them")
     augment: str = _opt("seed", f"training augmentation: {', '.join(AUGMENTS)}")
     output_dir: str = _opt("./results", "where results, figures and checkpoints go")
     seed: int | None = _opt(None, "random seed; also names the run's files so seeds never overwrite each other")

@@ -203,7 +203,8 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
     seed = config.seed if config.seed is not None else (
         ckpt["seed"] if ckpt else int.from_bytes(os.urandom(4), "little"))
     torch.manual_seed(seed)
-    data = load_cifar10(config.data_dir, config.dataset, config.download, config.cache_dir, progress=not quiet)
+    data = load_cifar10(config.data_dir, config.dataset, config.download, config.cache_dir, config.resize,
+                        progress=not quiet)
     train_x, test_x = to_device_uint8(data.train_images, device), to_device_uint8(data.test_images, device)
     train_y = torch.as_tensor(data.train_labels, device=device)
     test_y = torch.as_tensor(data.test_labels, device=device)
