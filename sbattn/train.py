@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import resource
+import shlex
 import signal
 import sys
 import time
@@ -137,6 +138,13 @@ class StopRequest:
 def threading_is_main() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
+
+
+def resume_command(config: TrainConfig) -> str:
+    """This process's command line, as the user would type it, with --resume unless it already resumes."""
+    program = Path(sys.argv[0]).name
+    program = {"__main__.py": "python -m sbattn", "example.py": "python example.py"}.get(program, program)
+    return shlex.join([program, *sys.argv[1:]]) + ("" if config.resume else " --resume")
 
 
 def lambda_stats(model: nn.Module) -> dict[str, list[float]]:
@@ -279,9 +287,10 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
                 if interactive and now - refreshed > 1.0 or step + 1 == steps or stop:
                     refreshed = now
                     if nonfinite.item():
-                        bad = nonfinite.item()
-                        raise UserError(f"non-finite loss at epoch {epoch + 1}, step {bad}: stopped; the last good "
-                                        f"checkpoint (end of epoch {epoch}) is kept at {paths.checkpoint}")
+                        kept = (f"the last good checkpoint is kept at {paths.checkpoint}" if paths.checkpoint.exists()
+                                else "no checkpoint had been written yet")
+                        raise UserError(f"non-finite loss at epoch {epoch + 1}, step {nonfinite.item()}: "
+                                        f"stopped; {kept}")
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}%",
                                     lr=f"{lr:.4g}", ips=f"{(seen - sums['seen']) / (now - started):.0f}")
                 if stop:
@@ -295,7 +304,7 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
                 save_checkpoint(paths.checkpoint, checkpoint_state(epoch, step, partial_sums))
                 name = signal.Signals(stop.signal).name
                 log(f"{name}: stopped at epoch {epoch + 1}, step {step}; checkpoint saved to {paths.checkpoint}\n"
-                    f"resume with: {' '.join(sys.argv)} --resume")
+                    f"resume with: {resume_command(config)}")
                 return RunResult(130, paths, history)
             start_step, partial = 0, None
             scheduler.step()
@@ -314,7 +323,7 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
             log(_format_epoch(entry, config.epochs, best is not None and entry["eval_acc"] == best))
             save_checkpoint(paths.checkpoint, checkpoint_state(epoch + 1, 0, None))
             if stop:
-                log(f"stopped after epoch {epoch + 1}; resume with: {' '.join(sys.argv)} --resume")
+                log(f"stopped after epoch {epoch + 1}; resume with: {resume_command(config)}")
                 return RunResult(130, paths, history)
 
     summary = _finish(config, paths, model, history, params, seed, data, device, amp_dtype)
