@@ -12,7 +12,7 @@ from torch import nn
 from .config import TrainConfig
 
 __all__ = ["CheckpointError", "CHECKPOINT_FORMAT", "atomic_write", "save_checkpoint", "load_checkpoint",
-           "save_weights", "load", "read_record", "RECIPE_FIELDS"]
+           "save_weights", "load", "read_record", "unwrap", "RECIPE_FIELDS"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -81,14 +81,14 @@ def save_weights(path: str | Path, model: nn.Module, config: TrainConfig, histor
                  summary: dict, num_classes: int = 10) -> None:
     """The trained model as a state dict, with what rebuilds and explains it beside it."""
     from . import __version__
-    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, "version": __version__,
                                              "config": config.to_dict(), "num_classes": num_classes,
                                              "state_dict": state,
                                              "history": history, "summary": summary}, f))
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under DDP or torch.compile wrappers."""
     while True:
         inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)

@@ -10,6 +10,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .augment import eval_batches
@@ -25,7 +26,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             continue
         for i in range(len(seq) - 1):
             conv, bn = seq[i], seq[i + 1]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, _BatchNorm) and bn.track_running_stats:
                 seq[i], seq[i + 1] = fuse_conv_bn_eval(conv, bn), nn.Identity()
     return model
 

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, distributed
 from .attention import ShiftBalance
 from .augment import steps_per_epoch, to_device_uint8, train_batches
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, save_weights
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, save_weights, unwrap
 from .cli import UserError
 from .config import TrainConfig
 from .data import load_cifar10
@@ -140,10 +140,11 @@ def threading_is_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def resume_command(config: TrainConfig) -> str:
+def resume_command(config: TrainConfig, ctx: distributed.Context = distributed.Context()) -> str:
     """This process's command line, as the user would type it, with --resume unless it already resumes."""
     program = Path(sys.argv[0]).name
-    program = {"__main__.py": "python -m sbattn", "example.py": "python example.py"}.get(program, program)
+    module = f"torchrun --nproc_per_node={ctx.world_size} -m sbattn" if ctx.distributed else "python -m sbattn"
+    program = {"__main__.py": module, "example.py": "python example.py"}.get(program, program)
     return shlex.join([program, *sys.argv[1:]]) + ("" if config.resume else " --resume")
 
 
@@ -192,8 +193,21 @@ def _format_epoch(e: dict, epochs: int, best: bool) -> str:
 
 
 def train(config: TrainConfig, quiet: bool = False) -> RunResult:
-    """Train one model as `config` says; returns with exit_code 0 when finished, 130 when interrupted."""
-    paths = RunPaths(prepare_output_dir(config.output_dir), config.run_name)
+    """Train one model as `config` says; returns with exit_code 0 when finished, 130 when interrupted.
+
+    Under torchrun every process calls this; rank 0 alone writes files and shows progress.
+    """
+    ctx, device_name = distributed.setup(config.device)
+    try:
+        return _train(config, quiet or not ctx.main, ctx, torch.device(device_name))
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(config: TrainConfig, quiet: bool, ctx: distributed.Context, device: torch.device) -> RunResult:
+    paths = RunPaths(Path(config.output_dir), config.run_name)
+    if ctx.main:
+        prepare_output_dir(paths.output_dir)
     log = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
     ckpt = None
     if paths.checkpoint.exists():
@@ -204,12 +218,14 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
             ckpt = load_checkpoint(paths.checkpoint, config)
         except CheckpointError as e:
             raise UserError(str(e), code=2) from None
+        if ckpt["world_size"] != ctx.world_size and ckpt["step"] != 0:
+            raise UserError(f"{paths.checkpoint} was written mid-epoch by {ckpt['world_size']} process(es): resume "
+                            f"it with {ckpt['world_size']} (torchrun --nproc_per_node), or from an epoch's end", code=2)
     elif config.resume:
         log(f"no checkpoint at {paths.checkpoint}: starting from the beginning")
 
-    device = torch.device(config.device)
     seed = config.seed if config.seed is not None else (
-        ckpt["seed"] if ckpt else int.from_bytes(os.urandom(4), "little"))
+        ckpt["seed"] if ckpt else _shared_seed(ctx))
     torch.manual_seed(seed)
     data = load_cifar10(config.data_dir, config.dataset, config.download, config.cache_dir, config.resize,
                         progress=not quiet)
@@ -220,55 +236,68 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
     model = create_model(config.arch, num_classes=len(data.classes), **config.model_options()).to(device)
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model = model.to(memory_format=memory_format)
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+    wrapped = distributed.wrap(ctx, model, device, config.sync_bn)
+    model = unwrap(wrapped)  # SyncBatchNorm conversion makes new modules: keep the one that trains
     amp_dtype = resolve_precision(config.precision, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.init_lr, momentum=0.9, nesterov=True,
                                 weight_decay=config.weight_decay, foreach=True)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, config.milestones, config.gamma)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    generator = torch.Generator(device).manual_seed(seed)
+    # Each rank augments with its own stream; rank 0's is the single-process run's.
+    generator = torch.Generator(device).manual_seed(seed + 1_000_003 * ctx.rank)
     history: list[dict] = []
     start_epoch, start_step, partial = 0, 0, None
     if ckpt:
-        model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"], generator)
         history, start_epoch, start_step, partial = ckpt["history"], ckpt["epoch"], ckpt["step"], ckpt["partial"]
+        if ckpt["world_size"] == ctx.world_size:
+            _set_rng_state(ckpt["rng"][ctx.rank], generator)
+        else:  # at an epoch's end with another number of processes: fresh augmentation streams
+            generator.manual_seed(seed + 1_000_003 * ctx.rank + start_epoch)
+            log(f"resuming with {ctx.world_size} process(es) a run checkpointed with {ckpt['world_size']}: "
+                f"the same recipe, other augmentation draws")
+        if not ctx.main:
+            partial = None  # rank 0 carries the interrupted epoch's global sums
         log(f"resuming {paths.name} at epoch {start_epoch + 1}, step {start_step}")
     # On CUDA, "reduce-overhead" replays the forward and backward as CUDA graphs: at batch 64 the GPU would
     # otherwise wait on Python to launch hundreds of small kernels a step.
     compile_mode = "reduce-overhead" if device.type == "cuda" else "default"
-    step_model = torch.compile(model, mode=compile_mode) if config.compile else model
+    step_model = torch.compile(wrapped, mode=compile_mode) if config.compile else wrapped
     params = sum(p.numel() for p in model.parameters())
-    steps = steps_per_epoch(len(train_y), config.batch_size)
+    steps = steps_per_epoch(len(train_y), config.batch_size, ctx.world_size)
     interactive = not quiet and sys.stderr.isatty()
     log(f"{paths.name}: {config.arch} attention={config.attention or 'none'} params={params:,} data={data.source} "
-        f"device={device} precision={'fp32' if amp_dtype is None else str(amp_dtype).removeprefix('torch.')} "
-        f"seed={seed}")
+        f"device={device}{f' x {ctx.world_size} processes' if ctx.distributed else ''} "
+        f"precision={'fp32' if amp_dtype is None else str(amp_dtype).removeprefix('torch.')} seed={seed}")
 
-    def checkpoint_state(epoch: int, step: int, partial_sums: dict | None) -> dict:
-        return {"version": __version__, "config": config.to_dict(), "num_classes": len(data.classes),
-                "seed": seed, "epoch": epoch, "step": step,
-                "partial": partial_sums, "history": history, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": _rng_state(generator)}
+    def save(epoch: int, step: int, partial_sums: dict | None) -> None:
+        rng = distributed.gather_objects(ctx, _rng_state(generator))  # a collective: every rank takes part
+        if ctx.main:
+            save_checkpoint(paths.checkpoint, {
+                "version": __version__, "config": config.to_dict(), "num_classes": len(data.classes),
+                "world_size": ctx.world_size, "seed": seed, "epoch": epoch, "step": step, "partial": partial_sums,
+                "history": history, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng})
 
     stop = StopRequest()
     with stop.installed():
         for epoch in range(start_epoch, config.epochs):
             lr = optimizer.param_groups[0]["lr"]
-            sums = partial or {"loss": torch.zeros(()), "correct": torch.zeros((), dtype=torch.int64),
-                               "seen": 0, "seconds": 0.0}
-            loss_sum, correct = sums["loss"].to(device), sums["correct"].to(device)
+            sums = partial or {"loss": torch.zeros(()), "correct": torch.zeros(()), "seen": 0, "seconds": 0.0}
+            loss_sum, correct = sums["loss"].to(device).double(), sums["correct"].to(device).double()
             seen, seconds_before = sums["seen"], sums["seconds"]
             nonfinite = torch.zeros((), dtype=torch.int64, device=device)  # first bad step + 1, else 0
             model.train()
             bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                        disable=not interactive, dynamic_ncols=True)
-            started, refreshed, step = time.perf_counter(), time.perf_counter(), start_step
+            started, refreshed, step, stopping = time.perf_counter(), time.perf_counter(), start_step, False
             batches = train_batches(train_x, train_y, config.batch_size, seed=seed, epoch=epoch,
-                                    generator=generator, mode=config.augment, start=start_step)
+                                    generator=generator, mode=config.augment, start=start_step,
+                                    rank=ctx.rank, world_size=ctx.world_size)
             for step, (x, y) in enumerate(batches, start=start_step):
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     out = step_model(x.contiguous(memory_format=memory_format))
@@ -279,35 +308,39 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
                 scaler.update()
                 loss = loss.detach()
                 nonfinite += (~torch.isfinite(loss)).long() * (nonfinite == 0) * (step + 1)
-                loss_sum += loss.float() * len(y)
+                loss_sum += loss.double() * len(y)
                 correct += (out.argmax(1) == y).sum()
                 seen += len(y)
                 bar.update(1)
                 now = time.perf_counter()
-                if interactive and now - refreshed > 1.0 or step + 1 == steps or stop:
+                last = step + 1 == steps
+                if interactive and now - refreshed > 1.0 or last or stop:  # reading sums waits for the device
                     refreshed = now
-                    if nonfinite.item():
-                        kept = (f"the last good checkpoint is kept at {paths.checkpoint}" if paths.checkpoint.exists()
-                                else "no checkpoint had been written yet")
-                        raise UserError(f"non-finite loss at epoch {epoch + 1}, step {nonfinite.item()}: "
-                                        f"stopped; {kept}")
+                    _check_finite(ctx, nonfinite, epoch, paths)
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}%",
                                     lr=f"{lr:.4g}", ips=f"{(seen - sums['seen']) / (now - started):.0f}")
-                if stop:
+                # Ranks agree on stopping every few steps, so that all of them stop at the same one.
+                if not ctx.distributed:
+                    stopping = bool(stop)
+                elif (step + 1) % 8 == 0 or last:
+                    stopping = distributed.any_rank(ctx, bool(stop), device)
+                if stopping:
                     step += 1
                     break
             bar.close()
             train_seconds = seconds_before + time.perf_counter() - started
-            if stop:
-                partial_sums = {"loss": loss_sum.cpu(), "correct": correct.cpu(), "seen": seen,
-                                "seconds": train_seconds}
-                save_checkpoint(paths.checkpoint, checkpoint_state(epoch, step, partial_sums))
-                name = signal.Signals(stop.signal).name
+            loss_sum, correct, seen_all = distributed.all_reduce_sum(ctx, loss_sum, correct,
+                                                                     torch.tensor(float(seen), device=device))
+            if stopping:
+                save(epoch, step, {"loss": loss_sum.cpu(), "correct": correct.cpu(), "seen": int(seen_all.item()),
+                                   "seconds": train_seconds})
+                name = signal.Signals(stop.signal).name if stop else "stop on another rank"
                 log(f"{name}: stopped at epoch {epoch + 1}, step {step}; checkpoint saved to {paths.checkpoint}\n"
-                    f"resume with: {resume_command(config)}")
+                    f"resume with: {resume_command(config, ctx)}")
                 return RunResult(130, paths, history)
             start_step, partial = 0, None
             scheduler.step()
+            seen = seen_all.item()
             entry = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / seen,
                      "train_acc": correct.item() / seen, "eval_loss": None, "eval_acc": None,
                      "seconds": train_seconds, "images_per_sec": seen / train_seconds,
@@ -315,21 +348,38 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
             if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                 started = time.perf_counter()
                 entry["eval_loss"], entry["eval_acc"] = evaluate(model, test_x, test_y, config.eval_batch_size,
-                                                                 amp_dtype)
+                                                                 amp_dtype, ctx.rank, ctx.world_size)
                 entry["eval_seconds"] = time.perf_counter() - started
             entry.update(lambda_stats(model))
             history.append(entry)
             best = max((h["eval_acc"] for h in history if h["eval_acc"] is not None), default=None)
             log(_format_epoch(entry, config.epochs, best is not None and entry["eval_acc"] == best))
-            save_checkpoint(paths.checkpoint, checkpoint_state(epoch + 1, 0, None))
-            if stop:
-                log(f"stopped after epoch {epoch + 1}; resume with: {resume_command(config)}")
+            save(epoch + 1, 0, None)
+            if distributed.any_rank(ctx, bool(stop), device):
+                log(f"stopped after epoch {epoch + 1}; resume with: {resume_command(config, ctx)}")
                 return RunResult(130, paths, history)
 
+    if not ctx.main:
+        return RunResult(0, paths, history)
     summary = _finish(config, paths, model, history, params, seed, data, device, amp_dtype)
     log(f"final test accuracy {100 * summary['final_eval_acc']:.2f}% (best {100 * summary['best_eval_acc']:.2f}% "
         f"at epoch {summary['best_epoch']}); results in {paths.output_dir}")
     return RunResult(0, paths, history, summary)
+
+
+def _shared_seed(ctx: distributed.Context) -> int:
+    """A random seed, the same on every rank (rank 0's)."""
+    return distributed.gather_objects(ctx, int.from_bytes(os.urandom(4), "little"))[0]
+
+
+def _check_finite(ctx, nonfinite: torch.Tensor, epoch: int, paths: RunPaths) -> None:
+    """Stop on a non-finite loss. Under torchrun the failing rank exits and torchrun stops the others."""
+    bad = nonfinite.item()
+    if bad:
+        kept = (f"the last good checkpoint is kept at {paths.checkpoint}" if paths.checkpoint.exists()
+                else "no checkpoint had been written yet")
+        raise UserError(f"non-finite loss at epoch {epoch + 1}, step {bad}"
+                        f"{f' on rank {ctx.rank}' if ctx.distributed else ''}: stopped; {kept}")
 
 
 def _finish(config, paths, model, history, params, seed, data, device, amp_dtype) -> dict:

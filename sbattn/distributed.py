@@ -1,0 +1,161 @@
+"""torchrun support: one process per device, DistributedDataParallel, NCCL on CUDA and gloo on the CPU.
+
+Launched by torchrun, a process finds RANK, WORLD_SIZE and LOCAL_RANK in its environment; launched plainly, it
+is rank 0 of 1 and nothing here does anything.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["Context", "setup", "teardown", "all_reduce_sum", "any_rank", "gather_objects", "wrap",
+           "sync_batchnorm", "CrossRankBatchNorm"]
+
+# A collective that waits longer than this means a rank has died or hung: fail instead of waiting forever.
+TIMEOUT = timedelta(seconds=float(os.environ.get("SBATTN_DIST_TIMEOUT", 600)))
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str) -> tuple[Context, str]:
+    """Join the process group torchrun set up, if any; returns the context and this rank's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size <= 1:
+        return Context(), device
+    ctx = Context(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", 0)))
+    if torch.device(device).type == "cuda":
+        device = f"cuda:{ctx.local_rank}"
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=TIMEOUT)
+    return ctx, device
+
+
+def teardown(ctx: Context) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(ctx: Context, *values: torch.Tensor) -> list[torch.Tensor]:
+    """The sums over ranks of scalar tensors (float64, so counts stay exact), in one collective."""
+    stacked = torch.stack([v.double() for v in values])
+    if ctx.distributed:
+        dist.all_reduce(stacked)
+    return list(stacked.unbind())
+
+
+def any_rank(ctx: Context, flag: bool, device: torch.device) -> bool:
+    """True on every rank when it is true on any: so that all ranks stop at the same step."""
+    if not ctx.distributed:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gather_objects(ctx: Context, obj):
+    """Every rank's `obj`, as a list indexed by rank (on every rank)."""
+    if not ctx.distributed:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose gradient is the all-reduced gradient: every rank's loss depends on every rank's sum."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class CrossRankBatchNorm(_BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch, summed over ranks.
+
+    nn.SyncBatchNorm does this on CUDA only; this one works with gloo on the CPU. The all-reduce is
+    differentiable, so the gradient through the statistics is the global batch's too.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected an input of at least 2 dimensions, got {x.dim()}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        channels, dims = x.shape[1], [0, *range(2, x.dim())]
+        xf = x.float()
+        local = torch.cat([xf.sum(dims), (xf * xf).sum(dims), xf.new_tensor([x.numel() / channels])])
+        total = _SumOverRanks.apply(local)
+        count = total[-1]
+        mean = total[:channels] / count
+        var = total[channels:2 * channels] / count - mean * mean
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(var * count / (count - 1), self.momentum)
+        shape = (1, channels) + (1,) * (x.dim() - 2)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm (the attention branch's BatchNorm1d too) computing global-batch statistics."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if isinstance(child, _BatchNorm) and not isinstance(child, CrossRankBatchNorm):
+            new = CrossRankBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                     child.track_running_stats).to(device)
+            new.load_state_dict(child.state_dict())
+            new.train(child.training)
+            setattr(model, name, new)
+        else:
+            sync_batchnorm(child, device)
+    return model
+
+
+def wrap(ctx: Context, model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
+    """DistributedDataParallel around `model`, its BatchNorm layers synchronised across ranks if asked."""
+    if not ctx.distributed:
+        return model
+    if sync_bn:
+        model = sync_batchnorm(model, device)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)

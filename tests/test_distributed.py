@@ -1,0 +1,123 @@
+"""torchrun with gloo on the CPU: two processes, fake data, a tiny model."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import sbattn
+from sbattn.data import load_cifar10
+from sbattn.evaluation import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = "vgg16_0.5_True_False_tanh_w0.0625_seed0"
+# augment none and a modest learning rate, so that one and two processes can be compared step for step
+ARGS = ["--device=cpu", "--dataset=fake", "--width=0.0625", "--batch_size=32", "--precision=fp32", "--epochs=3",
+        "--milestones=[2]", "--seed=0", "--augment=none", "--init_lr=0.02"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(out, nproc, *extra):
+    launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+                f"--master_port={free_port()}"] if nproc > 1 else []
+    return [sys.executable, "-W", "ignore", *launcher, "-m", "sbattn", "train", *ARGS, f"--output-dir={out}", *extra]
+
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "SBATTN_DIST_TIMEOUT": "60"}
+
+
+def run(out, nproc, *extra):
+    proc = subprocess.run(command(out, nproc, *extra), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def history(out):
+    return json.loads((out / f"{RUN}.json").read_text())["history"]
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    out = tmp_path_factory.mktemp("two")
+    proc = run(out, 2)
+    return out, proc
+
+
+def test_two_processes_write_the_files_once(two):
+    out, proc = two
+    assert len((out / "results.txt").read_text().splitlines()) == 1
+    assert proc.stdout.count("final test accuracy") == 1  # progress from rank 0 only
+    assert sorted(p.suffix for p in out.iterdir()) == [".csv", ".json", ".png", ".pth", ".txt"]
+
+
+def test_two_processes_follow_one_process(two, tmp_path):
+    run(tmp_path, 1)
+    one, both = history(tmp_path), history(two[0])
+    for a, b in zip(one, both):
+        for key in ("train_loss", "eval_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3), key  # global batch split, batch norm synchronised
+        assert b["lr"] == a["lr"]
+
+
+def test_eval_accuracy_counts_every_sample_once(two):
+    out, _ = two
+    model = sbattn.load(out / f"{RUN}.pth")
+    data = load_cifar10(dataset="fake")
+    x = torch.from_numpy(data.test_images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        correct = (model(x).argmax(1).numpy() == data.test_labels).sum()
+    assert history(out)[-1]["eval_acc"] == pytest.approx(correct / len(x), abs=1e-9)
+
+
+def _evaluate_on_rank(rank, world_size, init, n, result):
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    model = sbattn.vgg16(width=0.0625).eval()
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (n,))
+    result[rank] = evaluate(model, images, labels, batch_size=8, rank=rank, world_size=world_size)
+    dist.destroy_process_group()
+
+
+def test_evaluate_sums_counts_not_averages(tmp_path):
+    n = 37  # shards of 19 and 18: averaging per-rank accuracies would be wrong
+    torch.manual_seed(0)
+    model = sbattn.vgg16(width=0.0625).eval()
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (n,))
+    expected = evaluate(model, images, labels, batch_size=8)
+    result = mp.Manager().dict()
+    mp.spawn(_evaluate_on_rank, args=(2, f"file://{tmp_path}/rendezvous", n, result), nprocs=2)
+    for rank in (0, 1):
+        assert result[rank] == pytest.approx(expected, rel=1e-6)
+
+
+def test_killed_two_process_run_resumes_identically(two, tmp_path):
+    proc = subprocess.Popen(command(tmp_path, 2), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = tmp_path / f"{RUN}.ckpt"
+    deadline = time.time() + 120
+    while not ckpt.exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / f"{RUN}.json").exists()
+    run(tmp_path, 2, "--resume")
+    drop = {"seconds", "images_per_sec", "eval_seconds"}
+    strip = lambda h: [{k: v for k, v in e.items() if k not in drop} for e in h]  # noqa: E731
+    assert strip(history(tmp_path)) == strip(history(two[0]))
