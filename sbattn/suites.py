@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -432,6 +433,10 @@ def _log(message: str) -> None:
 
 def run_suite(args: argparse.Namespace, suite: Suite, variants_for: Callable[[TrainConfig], list[Variant]]) -> int:
     """Train (or reuse, or resume) every variant for every seed, then write the tables and figures."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise UserError("a suite runs its trainings one after another in one process and does not run under "
+                        "torchrun: start it without torchrun, or each of its runs with torchrun -m sbattn train",
+                        code=2)
     base = suite_config(args, suite)
     seeds = seed_list(args)
     variants = variants_for(base)

@@ -121,3 +121,24 @@ def test_killed_two_process_run_resumes_identically(two, tmp_path):
     drop = {"seconds", "images_per_sec", "eval_seconds"}
     strip = lambda h: [{k: v for k, v in e.items() if k not in drop} for e in h]  # noqa: E731
     assert strip(history(tmp_path)) == strip(history(two[0]))
+
+
+def test_suites_refuse_torchrun_with_a_message(monkeypatch, capsys):
+    from sbattn.cli import main
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["compare", "--dataset=fake"]) == 2
+    assert "torchrun" in capsys.readouterr().err
+
+
+def test_mid_epoch_checkpoint_needs_the_same_number_of_processes(two, tmp_path):
+    ckpt = tmp_path / f"{RUN}.ckpt"
+    state = torch.load(next(two[0].glob("*.pth")), weights_only=True)  # any sbattn file to start from
+    config = sbattn.TrainConfig.from_dict(state["config"], output_dir=str(tmp_path))
+    model = sbattn.load(next(two[0].glob("*.pth")))
+    from sbattn.checkpoint import save_checkpoint
+    save_checkpoint(ckpt, {"version": sbattn.__version__, "config": config.to_dict(), "world_size": 1, "seed": 0,
+                           "epoch": 1, "step": 5, "partial": None, "history": [], "model": model.state_dict()})
+    proc = subprocess.run(command(tmp_path, 2, "--resume"), cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert "mid-epoch by 1 process(es)" in proc.stderr
