@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import resource
@@ -173,7 +174,6 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
 def _write_history(paths: RunPaths, history: list[dict], summary: dict) -> None:
     scalar_keys = [k for k in history[0] if not isinstance(history[0][k], list)] if history else []
     def write_csv(f):
-        import io
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=scalar_keys, extrasaction="ignore")
         writer.writeheader()

@@ -7,14 +7,6 @@ import sbattn
 from sbattn import ShiftBalance, SqueezeExcite, WithAttention, attach, attached, detach
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

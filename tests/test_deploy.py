@@ -20,14 +20,6 @@ from sbattn.train import train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A ResNet-20 with SB per block, trained for one epoch on the fake set: (its .pth, the run's summary)."""

@@ -13,14 +13,6 @@ BUILDERS = {"resnet20": (sbattn.resnet20, CIFAR_RESNET20, "A"), "resnet56": (sba
             "resnet18": (sbattn.resnet18, CIFAR_RESNET18, "B")}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

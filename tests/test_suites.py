@@ -219,16 +219,6 @@ def test_a_finished_run_of_another_recipe_is_not_reused(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- end to end, tiny real training
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: with two intra-op threads, any other load makes a run ~10x slower."""
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class CountingTrain:
     """The real train(), counted; raises (a simulated crash) on call `crash_on`."""
 

@@ -12,7 +12,7 @@ import torch
 
 import sbattn
 from sbattn import TrainConfig
-from sbattn.checkpoint import CheckpointError, load_checkpoint
+from sbattn.checkpoint import load_checkpoint
 from sbattn.cli import UserError, main
 from sbattn.train import train
 
@@ -43,17 +43,18 @@ def test_seed_command_trains_and_leaves_the_seeds_files(tmp_path):
     stem = out / "vgg16_0.5_True_False_tanh_w0.0625"  # the seed's name, plus the width when not 1
     for suffix in (".png", ".pth", ".csv", ".json"):
         assert Path(f"{stem}{suffix}").exists(), suffix
-    assert not Path(f"{stem}" + ".ckpt").exists()  # a finished run leaves no checkpoint behind
+    assert not Path(f"{stem}.ckpt").exists()  # a finished run leaves no checkpoint behind
     line = (out / "results.txt").read_text().splitlines()[-1]
     assert " ::: [attn_ratio : 0.5, use_sb : True, use_se : False, activation : tanh] --> acc : " in line
     assert line.endswith("%.")
-    assert Path(f"{stem}" + ".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    record = json.loads(Path(f"{stem}" + ".json").read_text())
+    assert Path(f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads(Path(f"{stem}.json").read_text())
     assert record["summary"]["complete"] and len(record["history"]) == 2
     assert f"{100 * record['summary']['final_eval_acc']:.2f}%" in line
-    header = Path(f"{stem}" + ".csv").read_text().splitlines()[0].split(",")
-    assert {"epoch", "lr", "train_loss", "train_acc", "eval_loss", "eval_acc", "seconds", "images_per_sec"} <= set(header)
-    model = sbattn.load(Path(f"{stem}" + ".pth"))
+    header = Path(f"{stem}.csv").read_text().splitlines()[0].split(",")
+    assert {"epoch", "lr", "train_loss", "train_acc", "eval_loss", "eval_acc", "seconds",
+            "images_per_sec"} <= set(header)
+    model = sbattn.load(Path(f"{stem}.pth"))
     assert isinstance(model, sbattn.VGG) and not model.training
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
@@ -234,9 +235,9 @@ def test_sigkill_and_resume_is_identical_to_an_uninterrupted_run(tmp_path, unint
     resumed = run_cli(*_train_cmd(out, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     stem = out / uninterrupted.name
-    assert _history_without_timing(Path(f"{stem}" + ".json")) == _history_without_timing(
-        Path(f"{uninterrupted}" + ".json"))
-    a, b = _weights(Path(f"{stem}" + ".pth")), _weights(Path(f"{uninterrupted}" + ".pth"))
+    assert _history_without_timing(Path(f"{stem}.json")) == _history_without_timing(
+        Path(f"{uninterrupted}.json"))
+    a, b = _weights(Path(f"{stem}.pth")), _weights(Path(f"{uninterrupted}.pth"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -257,7 +258,7 @@ def test_sigint_checkpoints_mid_epoch_exits_130_and_resumes_identically(tmp_path
     resumed = run_cli(*_train_cmd(out, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     stem = out / uninterrupted.name
-    assert _history_without_timing(Path(f"{stem}" + ".json")) == _history_without_timing(
-        Path(f"{uninterrupted}" + ".json"))
-    a, b = _weights(Path(f"{stem}" + ".pth")), _weights(Path(f"{uninterrupted}" + ".pth"))
+    assert _history_without_timing(Path(f"{stem}.json")) == _history_without_timing(
+        Path(f"{uninterrupted}.json"))
+    a, b = _weights(Path(f"{stem}.pth")), _weights(Path(f"{uninterrupted}.pth"))
     assert all(torch.equal(a[k], b[k]) for k in a)
