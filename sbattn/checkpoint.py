@@ -14,12 +14,17 @@ from .config import TrainConfig
 __all__ = ["CheckpointError", "CHECKPOINT_FORMAT", "atomic_write", "save_checkpoint", "load_checkpoint",
            "save_weights", "load", "read_record", "unwrap", "RECIPE_FIELDS"]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: every rank's random state, and the number of processes
 
 # The fields that make two runs the same run; the rest (device, paths, compile, ...) may change on resume.
 RECIPE_FIELDS = ("arch", "attn_ratio", "use_sb", "use_se", "activation", "epochs", "batch_size", "init_lr", "gamma",
                  "milestones", "weight_decay", "placement", "width", "lambda_init", "dataset", "augment", "seed",
                  "eval_every", "precision")
+
+
+# What a training checkpoint holds besides its format, version and configuration.
+TRAINING_STATE = frozenset({"config", "seed", "epoch", "step", "partial", "history", "world_size", "model", "optimizer",
+                            "scheduler", "scaler", "rng"})
 
 
 class CheckpointError(Exception):
@@ -68,6 +73,10 @@ def load_checkpoint(path: str | Path, config: TrainConfig) -> dict:
     """Read a training checkpoint and check it belongs to `config`'s run."""
     path = Path(path)
     ckpt = read_record(path)
+    missing = sorted(TRAINING_STATE - ckpt.keys())
+    if missing:
+        raise CheckpointError(f"{path} is not a training checkpoint (it lacks {', '.join(missing)}); "
+                              f"move it away to start over")
     saved = ckpt.get("config", {})
     differences = [f"{name} {saved.get(name)!r} there, {getattr(config, name)!r} now"
                    for name in RECIPE_FIELDS if saved.get(name) != getattr(config, name)]

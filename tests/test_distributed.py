@@ -136,8 +136,10 @@ def test_mid_epoch_checkpoint_needs_the_same_number_of_processes(two, tmp_path):
     config = sbattn.TrainConfig.from_dict(state["config"], output_dir=str(tmp_path))
     model = sbattn.load(next(two[0].glob("*.pth")))
     from sbattn.checkpoint import save_checkpoint
+    unused = dict.fromkeys(("optimizer", "scheduler", "scaler", "rng"))  # refused before they are read
     save_checkpoint(ckpt, {"version": sbattn.__version__, "config": config.to_dict(), "world_size": 1, "seed": 0,
-                           "epoch": 1, "step": 5, "partial": None, "history": [], "model": model.state_dict()})
+                           "epoch": 1, "step": 5, "partial": None, "history": [], "model": model.state_dict(),
+                           **unused})
     proc = subprocess.run(command(tmp_path, 2, "--resume"), cwd=ROOT, env=ENV, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode != 0

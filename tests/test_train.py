@@ -154,7 +154,7 @@ def test_existing_checkpoint_needs_resume(tmp_path):
     assert ckpt.read_bytes() == b"something"
 
 
-@pytest.mark.parametrize("damage", ["truncated", "other_config", "other_version"])
+@pytest.mark.parametrize("damage", ["truncated", "other_config", "other_version", "weights_not_checkpoint"])
 def test_bad_checkpoints_are_refused_not_overwritten(tmp_path, damage):
     config = tiny_config(tmp_path, epochs=3)
     _run_until_checkpoint(config)
@@ -167,11 +167,15 @@ def test_bad_checkpoints_are_refused_not_overwritten(tmp_path, damage):
         resumed = TrainConfig.from_dict(config.to_dict(), init_lr=0.05)
         path.rename(Path(config.output_dir) / f"{resumed.run_name}.ckpt")
         path = Path(config.output_dir) / f"{resumed.run_name}.ckpt"
-    else:
+    elif damage == "other_version":
         obj = torch.load(path, weights_only=True)
         obj["format"] = 999
         torch.save(obj, path)
         match, resumed = "format 999", config
+    else:  # trained weights copied over the checkpoint
+        from sbattn.checkpoint import save_weights
+        save_weights(path, sbattn.vgg16(width=0.0625), config, [], {})
+        match, resumed = "not a training checkpoint", config
     before = path.read_bytes()
     with pytest.raises(UserError, match=match):
         train(TrainConfig.from_dict(resumed.to_dict(), resume=True), quiet=True)
