@@ -225,6 +225,17 @@ def uninterrupted(tmp_path_factory):
     return out / "vgg16_0.5_True_False_tanh_w0.0625_seed3"
 
 
+def _resume_and_compare(out: Path, uninterrupted: Path) -> None:
+    """Resume the run in `out` to its end: history and weights must equal the uninterrupted run's."""
+    resumed = run_cli(*_train_cmd(out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    stem = out / uninterrupted.name
+    assert _history_without_timing(Path(f"{stem}.json")) == _history_without_timing(
+        Path(f"{uninterrupted}.json"))
+    a, b = _weights(Path(f"{stem}.pth")), _weights(Path(f"{uninterrupted}.pth"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_sigkill_and_resume_is_identical_to_an_uninterrupted_run(tmp_path, uninterrupted):
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -236,13 +247,7 @@ def test_sigkill_and_resume_is_identical_to_an_uninterrupted_run(tmp_path, unint
     proc.kill()
     proc.wait()
     assert ckpt.exists()
-    resumed = run_cli(*_train_cmd(out, "--resume"))
-    assert resumed.returncode == 0, resumed.stderr
-    stem = out / uninterrupted.name
-    assert _history_without_timing(Path(f"{stem}.json")) == _history_without_timing(
-        Path(f"{uninterrupted}.json"))
-    a, b = _weights(Path(f"{stem}.pth")), _weights(Path(f"{uninterrupted}.pth"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _resume_and_compare(out, uninterrupted)
 
 
 def test_sigint_checkpoints_mid_epoch_exits_130_and_resumes_identically(tmp_path, uninterrupted):
@@ -259,10 +264,4 @@ def test_sigint_checkpoints_mid_epoch_exits_130_and_resumes_identically(tmp_path
     assert "resume with:" in stdout and "--resume" in stdout
     state = torch.load(ckpt, weights_only=True)
     assert state["epoch"] >= 1
-    resumed = run_cli(*_train_cmd(out, "--resume"))
-    assert resumed.returncode == 0, resumed.stderr
-    stem = out / uninterrupted.name
-    assert _history_without_timing(Path(f"{stem}.json")) == _history_without_timing(
-        Path(f"{uninterrupted}.json"))
-    a, b = _weights(Path(f"{stem}.pth")), _weights(Path(f"{uninterrupted}.pth"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    _resume_and_compare(out, uninterrupted)
