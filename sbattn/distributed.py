@@ -60,8 +60,8 @@ def teardown(ctx: Context) -> None:
 
 
 def all_reduce_sum(ctx: Context, *values: torch.Tensor) -> list[torch.Tensor]:
-    """The sums over ranks of scalar tensors (float64, so counts stay exact), in one collective."""
-    stacked = torch.stack([v.double() for v in values])
+    """The sums over ranks of scalar tensors of one dtype, in one collective."""
+    stacked = torch.stack(values)
     if ctx.distributed:
         dist.all_reduce(stacked)
     return list(stacked.unbind())

@@ -15,7 +15,12 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .augment import eval_batches
 
-__all__ = ["evaluate", "fold_batchnorm", "inference_copy"]
+__all__ = ["evaluate", "fold_batchnorm", "inference_copy", "sum_dtype"]
+
+
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """The dtype that running sums of losses and counts use: float64 keeps counts exact; MPS has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -44,9 +49,7 @@ def evaluate(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, ba
     """(mean loss, accuracy) over every sample, each counted once (across ranks under torchrun)."""
     device = images_u8.device
     fast, fmt = inference_copy(model, device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.float64, device=device)
-    seen = torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum, correct, seen = torch.zeros(3, dtype=sum_dtype(device), device=device).unbind()
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         for x, y in eval_batches(images_u8, labels, batch_size, rank=rank, world_size=world_size):
             out = fast(x.contiguous(memory_format=fmt)).float()

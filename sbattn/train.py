@@ -16,6 +16,7 @@ import resource
 import shlex
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,7 +34,7 @@ from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_che
 from .cli import UserError
 from .config import TrainConfig
 from .data import load_cifar10
-from .evaluation import evaluate
+from .evaluation import evaluate, sum_dtype
 from .figures import plot_history
 from .models import create_model
 
@@ -121,7 +122,7 @@ class StopRequest:
 
     @contextlib.contextmanager
     def installed(self):
-        if threading_is_main():
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
             def handler(signum, frame):
                 if self.signal is not None:  # a second Ctrl-C: stop now
                     raise KeyboardInterrupt
@@ -134,11 +135,6 @@ class StopRequest:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
-
-
-def threading_is_main() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 
 def resume_command(config: TrainConfig, ctx: distributed.Context = distributed.Context()) -> str:
@@ -288,7 +284,8 @@ def _train(config: TrainConfig, quiet: bool, ctx: distributed.Context, device: t
         for epoch in range(start_epoch, config.epochs):
             lr = optimizer.param_groups[0]["lr"]
             sums = partial or {"loss": torch.zeros(()), "correct": torch.zeros(()), "seen": 0, "seconds": 0.0}
-            loss_sum, correct = sums["loss"].to(device).double(), sums["correct"].to(device).double()
+            acc_dtype = sum_dtype(device)
+            loss_sum, correct = sums["loss"].to(device, acc_dtype), sums["correct"].to(device, acc_dtype)
             seen, seconds_before = sums["seen"], sums["seconds"]
             nonfinite = torch.zeros((), dtype=torch.int64, device=device)  # first bad step + 1, else 0
             model.train()
@@ -308,7 +305,7 @@ def _train(config: TrainConfig, quiet: bool, ctx: distributed.Context, device: t
                 scaler.update()
                 loss = loss.detach()
                 nonfinite += (~torch.isfinite(loss)).long() * (nonfinite == 0) * (step + 1)
-                loss_sum += loss.double() * len(y)
+                loss_sum += loss.to(acc_dtype) * len(y)
                 correct += (out.argmax(1) == y).sum()
                 seen += len(y)
                 bar.update(1)
@@ -329,8 +326,8 @@ def _train(config: TrainConfig, quiet: bool, ctx: distributed.Context, device: t
                     break
             bar.close()
             train_seconds = seconds_before + time.perf_counter() - started
-            loss_sum, correct, seen_all = distributed.all_reduce_sum(ctx, loss_sum, correct,
-                                                                     torch.tensor(float(seen), device=device))
+            seen_t = torch.tensor(float(seen), dtype=acc_dtype, device=device)
+            loss_sum, correct, seen_all = distributed.all_reduce_sum(ctx, loss_sum, correct, seen_t)
             if stopping:
                 save(epoch, step, {"loss": loss_sum.cpu(), "correct": correct.cpu(), "seen": int(seen_all.item()),
                                    "seconds": train_seconds})
