@@ -8,6 +8,11 @@ step alone (one fixed batch), of training end to end (on-device augmentation fro
 optimiser step: what an epoch costs, evaluation apart), of evaluation, and the end-to-end figure as a fraction
 of the hardware limit: the measured matrix-product peak divided by the step's FLOPs per image.
 Figures are medians over --repeats; the machines are shared and noisy, so compare ratios measured together.
+
+    python benchmarks/speed.py --epoch --models sb --precisions auto --data-dir ../shared/data
+
+times instead one whole epoch of real training through `sbattn train` (50,000 images, every step as a run takes
+it), and the evaluation of the 10,000 test images after it.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import json
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,9 +31,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sbattn import create_model  # noqa: E402
 from sbattn.augment import train_batches  # noqa: E402
-from sbattn.evaluation import evaluate  # noqa: E402
+from sbattn.evaluation import evaluate, memory_format  # noqa: E402
 from sbattn.summary import summarize  # noqa: E402
-from sbattn.train import resolve_precision  # noqa: E402
+from sbattn.config import TrainConfig  # noqa: E402
+from sbattn.train import resolve_precision, train  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -61,7 +68,7 @@ def timed(fn, n: int, device: torch.device) -> float:
 def measure(attention, amp_dtype, device, args, images, labels) -> dict:
     torch.manual_seed(0)
     model = create_model("vgg16", attention=attention, width=args.width).to(device)
-    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    fmt = memory_format(device)
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=9e-6,
                                 foreach=True)
@@ -103,6 +110,18 @@ def measure(attention, amp_dtype, device, args, images, labels) -> dict:
     return result
 
 
+def whole_epoch(attention, precision: str, device, args) -> dict:
+    """One real training epoch and its evaluation, timed by the training loop itself."""
+    with tempfile.TemporaryDirectory() as out:
+        config = TrainConfig(device=str(device), use_sb=attention == "sb", use_se=attention == "se", epochs=1,
+                             milestones=[1], batch_size=args.batch_size, width=args.width, data_dir=args.data_dir,
+                             precision=precision, compile=bool(args.compile), output_dir=out, seed=0)
+        epoch = train(config, quiet=True).history[0]
+    amp_dtype = resolve_precision(precision, device)
+    return {"model": attention or "baseline", "precision": "fp32" if amp_dtype is None else str(amp_dtype)[6:],
+            "train_img_s": epoch["images_per_sec"], "eval_img_s": 10_000 / epoch["eval_seconds"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -116,13 +135,16 @@ def main() -> None:
     p.add_argument("--precisions", default="fp32,auto")
     p.add_argument("--compile", metavar="MODE", help="torch.compile the model with this mode (e.g. default, "
                    "reduce-overhead, max-autotune-no-cudagraphs)")
+    p.add_argument("--epoch", action="store_true", help="time one whole epoch of real training on --data-dir")
+    p.add_argument("--data-dir", default="../shared/data", help="CIFAR-10 for --epoch (default: ../shared/data)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
     device = torch.device(args.device)
 
-    n = 50_000  # the size of CIFAR-10's training set, as uint8 on the device, so memory is measured honestly
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, 10, (n,), device=device)
+    images = labels = None  # --epoch trains on the real data
+    if not args.epoch:  # the size of CIFAR-10's training set, as uint8 on the device: memory measured honestly
+        images = torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8, device=device)
+        labels = torch.randint(0, 10, (50_000,), device=device)
     size = 4096 if device.type == "cuda" else 2048
     peaks = {name: matmul_peak(dtype, device, size, args.repeats)
              for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
@@ -138,18 +160,21 @@ def main() -> None:
         flops = summarize(create_model("vgg16", attention=attention, width=args.width)).flops_train
         for precision in args.precisions.split(","):
             amp_dtype = resolve_precision(precision, device)
-            row = measure(attention, amp_dtype, device, args, images, labels)
+            row = (whole_epoch(attention, precision, device, args) if args.epoch
+                   else measure(attention, amp_dtype, device, args, images, labels))
             peak = peaks["fp32" if amp_dtype is None else "bf16"]  # fp16 runs on the same units as bf16
             row["limit_img_s"] = peak * 1e9 / flops
             row["fraction_of_limit"] = row["train_img_s"] / row["limit_img_s"]
             rows.append(row)
-            print(f"{row['model']:<9}{row['precision']:<10}{row['step_img_s']:>11.0f}{row['train_img_s']:>12.0f}"
+            step = f"{row['step_img_s']:.0f}" if "step_img_s" in row else "-"
+            print(f"{row['model']:<9}{row['precision']:<10}{step:>11}{row['train_img_s']:>12.0f}"
                   f"{row['eval_img_s']:>11.0f}{row['fraction_of_limit']:>8.0%}{row['limit_img_s']:>12.0f}",
                   flush=True)
-    base = {r["precision"]: r["step_img_s"] for r in rows if r["model"] == "baseline"}
+    timing = "train_img_s" if args.epoch else "step_img_s"
+    base = {r["precision"]: r[timing] for r in rows if r["model"] == "baseline"}
     for r in rows:
         if r["model"] != "baseline" and r["precision"] in base:
-            r["attention_cost"] = base[r["precision"]] / r["step_img_s"] - 1
+            r["attention_cost"] = base[r["precision"]] / r[timing] - 1
             print(f"{r['model']} {r['precision']}: attention costs {r['attention_cost']:+.1%} of the baseline's step time")
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory of this process: {peak_rss_mb:.0f} MB (50,000 training images as uint8 included)")

@@ -94,6 +94,12 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def to_argv(self) -> list[str]:
+        """`sbattn train` options that rebuild this configuration (unset options left out)."""
+        def text(value) -> str:
+            return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
+        return [f"--{name}={text(value)}" for name, value in self.to_dict().items() if value is not None]
+
     @classmethod
     def from_dict(cls, values: dict, **overrides) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}

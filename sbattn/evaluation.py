@@ -15,7 +15,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .augment import eval_batches
 
-__all__ = ["evaluate", "fold_batchnorm", "inference_copy", "sum_dtype"]
+__all__ = ["evaluate", "fold_batchnorm", "inference_copy", "memory_format", "sum_dtype"]
 
 
 def sum_dtype(device: torch.device) -> torch.dtype:
@@ -36,11 +36,19 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+def memory_format(device: torch.device) -> torch.memory_format:
+    """The layout images and activations train and evaluate fastest in on `device`.
+
+    Channels-last on CUDA and on the CPU, where it also avoids max pooling's NCHW kernel (about 10x slower):
+    measured on 2 cores, VGG16-SB trains 1.09x faster in bf16 and 1.06x in fp32, 1.17x at width 0.25.
+    """
+    return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+
+
 def inference_copy(model: nn.Module, device: torch.device) -> tuple[nn.Module, torch.memory_format]:
     """The fastest equivalent model for evaluation on `device`, and the input layout it wants."""
-    folded = fold_batchnorm(model)
-    fmt = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
-    return folded.to(memory_format=fmt), fmt
+    fmt = memory_format(device)
+    return fold_batchnorm(model).to(memory_format=fmt), fmt
 
 
 @torch.no_grad()

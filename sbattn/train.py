@@ -34,7 +34,7 @@ from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_che
 from .cli import UserError
 from .config import TrainConfig
 from .data import load_cifar10
-from .evaluation import evaluate, sum_dtype
+from .evaluation import evaluate, memory_format, sum_dtype
 from .figures import plot_history
 from .models import create_model
 
@@ -230,13 +230,13 @@ def _train(config: TrainConfig, quiet: bool, ctx: distributed.Context, device: t
     test_y = torch.as_tensor(data.test_labels, device=device)
 
     model = create_model(config.arch, num_classes=len(data.classes), **config.model_options()).to(device)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    amp_dtype = resolve_precision(config.precision, device)
+    fmt = memory_format(device)
+    model = model.to(memory_format=fmt)
     if ckpt:
         model.load_state_dict(ckpt["model"])
     wrapped = distributed.wrap(ctx, model, device, config.sync_bn)
     model = unwrap(wrapped)  # SyncBatchNorm conversion makes new modules: keep the one that trains
-    amp_dtype = resolve_precision(config.precision, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.init_lr, momentum=0.9, nesterov=True,
                                 weight_decay=config.weight_decay, foreach=True)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, config.milestones, config.gamma)
@@ -297,7 +297,7 @@ def _train(config: TrainConfig, quiet: bool, ctx: distributed.Context, device: t
                                     rank=ctx.rank, world_size=ctx.world_size)
             for step, (x, y) in enumerate(batches, start=start_step):
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    out = step_model(x.contiguous(memory_format=memory_format))
+                    out = step_model(x.contiguous(memory_format=fmt))
                     loss = F.cross_entropy(out, y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()

@@ -174,3 +174,33 @@ def test_register_attention_makes_a_new_kind_available_to_models():
         assert sum(isinstance(m, ScaleOnly) for m in model.modules()) == 4
     finally:
         del sbattn.ATTENTION["scale_only"]
+
+
+@pytest.mark.parametrize("shape", [(4, 16, 8, 8), (1, 3, 5, 7), (2, 1, 4, 4), (3, 8, 1, 2)])
+def test_cpu_bf16_channels_last_mean_and_shift_equal_the_plain_ops(shape):
+    # On CPU bf16 channels-last tensors both are computed as matrix products; values and gradients must be those
+    # of the plain formulas (computed here in float64 from the same bf16 values).
+    from sbattn.attention import add_per_channel, spatial_mean
+    torch.manual_seed(0)
+    x = torch.randn(shape).to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    shift = torch.randn(shape[:2], requires_grad=True)
+    y = add_per_channel(x, shift)
+    z = spatial_mean(x)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    x64, shift64 = x.detach().double().requires_grad_(), shift.detach().double().requires_grad_()
+    y64, z64 = x64 + shift64.to(torch.bfloat16).double()[:, :, None, None], x64.mean((2, 3))
+    torch.testing.assert_close(y.double(), y64, rtol=8e-3, atol=8e-3)
+    torch.testing.assert_close(z.double(), z64, rtol=8e-3, atol=8e-3)
+    gy, gz = torch.randn(shape), torch.randn(shape[:2])
+    torch.autograd.backward([y, z], [gy.to(torch.bfloat16), gz.to(z.dtype)])
+    torch.autograd.backward([y64, z64], [gy.to(torch.bfloat16).double(), gz.to(z.dtype).double()])
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(shift.grad.double(), shift64.grad, rtol=2e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("cls", [ShiftBalance, SqueezeExcite])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_a_block_converted_to_another_dtype_runs_in_it(cls, dtype):
+    block = cls(8).to(dtype).train()
+    y = block(torch.randn(4, 8, 5, 5, dtype=dtype))
+    assert y.dtype == dtype and torch.isfinite(y).all()

@@ -332,3 +332,71 @@ def test_ctrl_c_mid_run_then_rerun_resumes_from_the_checkpoint(tmp_path, monkeyp
     assert [r[2] for r in rows] == ["1"] * 5 and rows[1][4] == "n/a"
     assert_png(tmp_path / "ablation.png")
     assert_png(tmp_path / "lambda.png")
+
+
+# ---------------------------------------------------------------- --jobs K: runs in separate processes
+
+def _final_accs(directory: Path) -> dict[str, float]:
+    return {r.name: r.summary["final_eval_acc"] for r in suites.load_finished_runs(directory)}
+
+
+def test_jobs_trains_in_processes_with_the_same_results(compare_dir, tmp_path, monkeypatch):
+    directory, _, _ = compare_dir
+    import sbattn.jobs
+    monkeypatch.setattr(suites, "train", lambda *a, **k: pytest.fail("--jobs 2 must not train in this process"))
+    monkeypatch.setattr(sbattn.jobs, "threads_per_job", lambda jobs, device: 1)  # as this session's runs
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    assert suites.run_compare(parse("compare", TINY + ["--seeds", "2", "--jobs", "2",
+                                                       "--output-dir", str(tmp_path)])) == 0
+    # One thread per process, as in this session: the same runs, to the bit.
+    assert _final_accs(tmp_path) == _final_accs(directory) and len(_final_accs(tmp_path)) == 6
+    assert table_rows((tmp_path / "compare.md").read_text())[0][:3] == \
+        table_rows((directory / "compare.md").read_text())[0][:3]
+    logs = sorted(tmp_path.glob("*.log"))
+    assert len(logs) == 6 and all("final test accuracy" in p.read_text() for p in logs)
+
+
+def test_jobs_refuses_zero(tmp_path):
+    with pytest.raises(UserError, match="--jobs 0"):
+        suites.run_compare(parse("compare", TINY + ["--jobs", "0", "--output-dir", str(tmp_path)]))
+
+
+def test_jobs_reports_a_failed_run_in_one_line(tmp_path, monkeypatch, capsys):
+    from sbattn.jobs import Job, run_jobs
+    config = TrainConfig(dataset="cifar10", data_dir=str(tmp_path / "nowhere"), device="cpu", width=0.0625,
+                         epochs=1, output_dir=str(tmp_path), seed=0)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    lines = []
+    assert run_jobs([Job("only", config), Job("never", config)], 1, lines.append) == 1
+    assert len(lines) == 3 and "failed with exit status 1" in lines[1] and "nowhere" in lines[1]
+    assert lines[2] == "1 run(s) not started"
+
+
+def test_ctrl_c_to_a_jobs_suite_checkpoints_every_run_and_the_rerun_finishes(tmp_path):
+    import subprocess
+    import sys
+    import time
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "sbattn", "compare", *TINY, "--epochs", "30", "--jobs", "2",
+               "--output-dir", str(tmp_path)]
+    suite = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob("*.ckpt"))) < 2:  # both runs past their first epoch
+        assert suite.poll() is None and time.time() < deadline, suite.communicate()[0]
+        time.sleep(0.05)
+    suite.send_signal(signal.SIGINT)  # to the suite alone: it passes the signal on
+    output = suite.communicate(timeout=120)[0]
+    assert suite.returncode == 130, output
+    assert "stopped, checkpoint kept" in output and "1 run(s) not started" in output
+    checkpoints = sorted(tmp_path.glob("*.ckpt"))
+    assert len(checkpoints) == 2
+    for log in tmp_path.glob("*.log"):
+        assert "resume with:" in log.read_text()
+
+    rerun = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert not list(tmp_path.glob("*.ckpt"))
+    for ckpt in checkpoints:  # the interrupted runs went on from their checkpoints
+        assert "resuming " in (tmp_path / f"{ckpt.stem}.log").read_text()
+    assert [r[2] for r in table_rows((tmp_path / "compare.md").read_text())] == ["1", "1", "1"]

@@ -1,0 +1,137 @@
+"""Several training runs at once, each in its own `sbattn train` process (the suites' --jobs K).
+
+A small model at batch 64 leaves a large GPU mostly idle and keeps a CPU's cores busy on per-operation
+overhead; K processes side by side fill either. Every run is the same command a user could type, resumable on
+its own; its output goes to <output_dir>/<run>.log. On the CPU the cores are shared out: each process gets
+cores // K threads.
+
+The runs live in their own sessions, so a signal reaches them once, from the suite: Ctrl-C or SIGTERM to the
+suite is passed on to every run, which checkpoints and stops; the suite waits for each to save. If the suite is
+killed outright, Linux sends its runs a SIGTERM, so they save too.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .config import TrainConfig
+
+__all__ = ["Job", "run_jobs", "threads_per_job"]
+
+
+@dataclass
+class Job:
+    label: str  # how the suite names the run in its progress lines
+    config: TrainConfig
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.config.output_dir) / f"{self.config.run_name}.log"
+
+
+def threads_per_job(jobs: int, device: str) -> int:
+    """Intra-op threads for each of `jobs` processes: the cores shared out on the CPU (at least one each)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // jobs) if device.startswith("cpu") else max(1, min(4, cores // jobs))
+
+
+def _stop_with_parent_hook() -> Callable[[], None] | None:
+    """A pre-exec hook that asks Linux to SIGTERM the child when this process dies (None elsewhere)."""
+    if sys.platform != "linux":
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child must not dlopen
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the suite died before the request took effect
+            os._exit(130)
+    return hook
+
+
+def _check_round_trip(config: TrainConfig) -> None:
+    """A run's options must rebuild its configuration (the CLI strips quotes and spaces around values)."""
+    from .cli import UserError, build_parser, config_from_args
+    if config_from_args(build_parser().parse_args(["train", *config.to_argv()])) != config:
+        raise UserError(f"{config.run_name}: its configuration does not survive the command line (a path that "
+                        f"begins or ends with a space or a quote?); run the suite with --jobs 1", code=2)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> int:
+    """Train `jobs`, `parallel` at a time; 0 when all finished, else the first failure's exit status.
+
+    After a failure or an interruption no new run starts, and the running ones are waited for.
+    """
+    pending = list(jobs)
+    running: dict[subprocess.Popen, tuple[Job, float]] = {}
+    if not jobs:
+        return 0
+    for job in jobs:
+        _check_round_trip(job.config)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_job(parallel, jobs[0].config.device or "cpu"))}
+    stop_with_parent = _stop_with_parent_hook()
+    status = 0
+    stopped = False
+
+    def forward(signum, frame):  # each run checkpoints and stops (a second Ctrl-C: stops at once)
+        nonlocal stopped
+        stopped = True
+        for proc in running:
+            proc.send_signal(signum)
+
+    in_main = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    try:
+        while running or (pending and status == 0 and not stopped):
+            while pending and len(running) < parallel and status == 0 and not stopped:
+                job = pending.pop(0)
+                job.log_path.parent.mkdir(parents=True, exist_ok=True)
+                with open(job.log_path, "ab") as out:
+                    proc = subprocess.Popen([sys.executable, "-m", "sbattn", "train", *job.config.to_argv()],
+                                            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                            preexec_fn=stop_with_parent)
+                running[proc] = (job, time.perf_counter())
+                if stopped:  # the signal came while the process was being started
+                    proc.send_signal(signal.SIGINT)
+                verb = "resuming" if job.log_path.with_suffix(".ckpt").exists() else "started"
+                log(f"{job.label}: {verb} {job.config.run_name} (log: {job.log_path})")
+            time.sleep(0.2)
+            for proc in [p for p in running if p.poll() is not None]:
+                job, started = running.pop(proc)
+                code = proc.returncode
+                minutes = (time.perf_counter() - started) / 60
+                if code == 0:
+                    log(f"{job.label}: finished in {minutes:.1f} min; {_last_line(job.log_path)}")
+                elif code in (130, -signal.SIGINT, -signal.SIGTERM):
+                    checkpoint = job.log_path.with_suffix(".ckpt")
+                    log(f"{job.label}: stopped, " + (f"checkpoint kept ({checkpoint.name})" if checkpoint.exists()
+                                                     else "before its first checkpoint"))
+                    status = status or 130
+                else:
+                    log(f"{job.label}: failed with exit status {code}: {_last_line(job.log_path)}")
+                    status = status or (code if code > 0 else 1)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if pending:
+        log(f"{len(pending)} run(s) not started")
+    return status or (130 if pending else 0)  # a signal after the last run finished stops nothing
