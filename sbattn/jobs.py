@@ -38,7 +38,8 @@ class Job:
 
 
 def threads_per_job(jobs: int, device: str) -> int:
-    """Intra-op threads for each of `jobs` processes: the cores shared out on the CPU (at least one each)."""
+    """Intra-op threads for each of `jobs` processes: the cores shared out on the CPU (at least one each); on a
+    GPU, where the host only launches kernels and augments nothing, at most four each."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // jobs) if device.startswith("cpu") else max(1, min(4, cores // jobs))
 
