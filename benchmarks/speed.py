@@ -96,7 +96,7 @@ def measure(attention, amp_dtype, device, args, images, labels) -> dict:
             step(x, y)
 
     step_alone(args.warmup)
-    result = {"model": attention or "baseline", "precision": "fp32" if amp_dtype is None else str(amp_dtype)[6:]}
+    result = {"model": attention or "baseline", "precision": precision_label(amp_dtype)}
     n = args.steps
     result["step_img_s"] = statistics.median(n * args.batch_size / timed(step_alone, n, device)
                                              for _ in range(args.repeats))
@@ -110,6 +110,10 @@ def measure(attention, amp_dtype, device, args, images, labels) -> dict:
     return result
 
 
+def precision_label(amp_dtype: torch.dtype | None) -> str:
+    return "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
+
+
 def whole_epoch(attention, precision: str, device, args) -> dict:
     """One real training epoch and its evaluation, timed by the training loop itself."""
     with tempfile.TemporaryDirectory() as out:
@@ -117,8 +121,7 @@ def whole_epoch(attention, precision: str, device, args) -> dict:
                              milestones=[1], batch_size=args.batch_size, width=args.width, data_dir=args.data_dir,
                              precision=precision, compile=bool(args.compile), output_dir=out, seed=0)
         epoch = train(config, quiet=True).history[0]
-    amp_dtype = resolve_precision(precision, device)
-    return {"model": attention or "baseline", "precision": "fp32" if amp_dtype is None else str(amp_dtype)[6:],
+    return {"model": attention or "baseline", "precision": precision_label(resolve_precision(precision, device)),
             "train_img_s": epoch["images_per_sec"], "eval_img_s": 10_000 / epoch["eval_seconds"]}
 
 
@@ -177,7 +180,7 @@ def main() -> None:
             r["attention_cost"] = base[r["precision"]] / r[timing] - 1
             print(f"{r['model']} {r['precision']}: attention costs {r['attention_cost']:+.1%} of the baseline's step time")
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak resident memory of this process: {peak_rss_mb:.0f} MB (50,000 training images as uint8 included)")
+    print(f"peak resident memory of this process: {peak_rss_mb:.0f} MB (the training images, as uint8, included)")
     if args.json:
         args.json.write_text(json.dumps({"device": str(device), "peaks_gflops": peaks, "batch_size": args.batch_size,
                                          "rows": rows, "peak_rss_mb": peak_rss_mb}, indent=1))

@@ -9,6 +9,7 @@ SE scales the trunk by the branch through a sigmoid gate:                   y = 
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Callable
 
@@ -95,11 +96,10 @@ class AttentionBranch(nn.Sequential):
         if self.use_bn and self.training and z.shape[0] == 1:
             raise ValueError("attention block got a batch of 1 sample in training mode: its BatchNorm needs at least "
                              "2 samples per batch to compute statistics; train with batch size >= 2 or call model.eval()")
-        z = z.to(self[0].weight.dtype)
-        if not torch.is_autocast_enabled(z.device.type):
-            return super().forward(z)
         # In the weights' own precision: on (N, C), autocast's casts would cost more than the arithmetic.
-        with torch.autocast(z.device.type, enabled=False):
+        z = z.to(self[0].weight.dtype)
+        autocast = torch.is_autocast_enabled(z.device.type)
+        with torch.autocast(z.device.type, enabled=False) if autocast else contextlib.nullcontext():
             return super().forward(z)
 
 

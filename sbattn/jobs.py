@@ -36,6 +36,10 @@ class Job:
     def log_path(self) -> Path:
         return Path(self.config.output_dir) / f"{self.config.run_name}.log"
 
+    @property
+    def checkpoint(self) -> Path:
+        return self.log_path.with_suffix(".ckpt")
+
 
 def threads_per_job(jobs: int, device: str) -> int:
     """Intra-op threads for each of `jobs` processes: the cores shared out on the CPU (at least one each); on a
@@ -113,7 +117,7 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
                 running[proc] = (job, time.perf_counter())
                 if stopped:  # the signal came while the process was being started
                     proc.send_signal(signal.SIGINT)
-                verb = "resuming" if job.log_path.with_suffix(".ckpt").exists() else "started"
+                verb = "resuming" if job.checkpoint.exists() else "started"
                 log(f"{job.label}: {verb} {job.config.run_name} (log: {job.log_path})")
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
@@ -123,9 +127,8 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
                 if code == 0:
                     log(f"{job.label}: finished in {minutes:.1f} min; {_last_line(job.log_path)}")
                 elif code in (130, -signal.SIGINT, -signal.SIGTERM):
-                    checkpoint = job.log_path.with_suffix(".ckpt")
-                    log(f"{job.label}: stopped, " + (f"checkpoint kept ({checkpoint.name})" if checkpoint.exists()
-                                                     else "before its first checkpoint"))
+                    log(f"{job.label}: stopped, " + (f"checkpoint kept ({job.checkpoint.name})"
+                                                     if job.checkpoint.exists() else "before its first checkpoint"))
                     status = status or 130
                 else:
                     log(f"{job.label}: failed with exit status {code}: {_last_line(job.log_path)}")
