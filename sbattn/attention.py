@@ -47,11 +47,11 @@ def spatial_mean(x: torch.Tensor) -> torch.Tensor:
     if not _cpu_bf16_channels_last(x):
         return x.mean((2, 3))
     # As a matrix product over the memory's (N, HW, C) view: the plain reduction's backward, a broadcast add into
-    # a channels-last bf16 gradient, runs several times slower on the CPU. Summed, then divided: 1 / HW in bf16
-    # would be rounded.
+    # a channels-last bf16 gradient, runs several times slower on the CPU. Ones on the left, so that the
+    # gradient comes back channels-last too. Summed, then divided: 1 / HW in bf16 would be rounded.
     n, c, h, w = x.shape
     rows = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
-    return (rows.transpose(1, 2) @ x.new_ones(h * w, 1)).view(n, c) / (h * w)
+    return (x.new_ones(1, h * w) @ rows).view(n, c) / (h * w)
 
 
 def add_per_channel(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

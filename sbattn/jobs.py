@@ -3,7 +3,7 @@
 A small model at batch 64 leaves a large GPU mostly idle and keeps a CPU's cores busy on per-operation
 overhead; K processes side by side fill either. Every run is the same command a user could type, resumable on
 its own; its output goes to <output_dir>/<run>.log. On the CPU the cores are shared out: each process gets
-cores // K threads.
+cores // K threads, and a run left training alone at the end is told (ALONE_SIGNAL) to take them all.
 
 The runs live in their own sessions, so a signal reaches them once, from the suite: Ctrl-C or SIGTERM to the
 suite is passed on to every run, which checkpoints and stops; the suite waits for each to save. If the suite is
@@ -11,6 +11,7 @@ killed outright, Linux sends its runs a SIGTERM, so they save too.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -24,7 +25,13 @@ from typing import Callable, Sequence
 
 from .config import TrainConfig
 
-__all__ = ["Job", "run_jobs", "threads_per_job"]
+__all__ = ["Job", "alone_signal_handled", "available_cores", "run_jobs", "threads_per_job"]
+
+# Sent to the last CPU run still training: from then on it uses the threads a lone run gets (ALONE_THREADS, set
+# by the suite). Blocked in the run from its start until its handler is installed, so that one sent early waits
+# instead of killing the run. None where the platform has no such signal.
+ALONE_SIGNAL = getattr(signal, "SIGUSR1", None)
+ALONE_THREADS = "SBATTN_ALONE_THREADS"
 
 
 @dataclass
@@ -41,27 +48,57 @@ class Job:
         return self.log_path.with_suffix(".ckpt")
 
 
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def threads_per_job(jobs: int, device: str) -> int:
     """Intra-op threads for each of `jobs` processes: the cores shared out on the CPU (at least one each); on a
     GPU, where the host only launches kernels and augments nothing, at most four each."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     return max(1, cores // jobs) if device.startswith("cpu") else max(1, min(4, cores // jobs))
 
 
-def _stop_with_parent_hook() -> Callable[[], None] | None:
-    """A pre-exec hook that asks Linux to SIGTERM the child when this process dies (None elsewhere)."""
-    if sys.platform != "linux":
-        return None
+def _train_alone(signum, frame) -> None:
+    import torch
+    torch.set_num_threads(int(os.environ.get(ALONE_THREADS, available_cores())))
+
+
+@contextlib.contextmanager
+def alone_signal_handled():
+    """In a training run: on ALONE_SIGNAL, take the lone run's threads from the next operation on.
+
+    In a suite's run, where the signal comes blocked, it is ignored afterwards: one that comes as the run
+    finishes must not kill it.
+    """
+    if ALONE_SIGNAL is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(ALONE_SIGNAL, _train_alone)
+    from_suite = ALONE_SIGNAL in signal.pthread_sigmask(signal.SIG_UNBLOCK, {ALONE_SIGNAL})
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child must not dlopen
-    except (OSError, AttributeError):
-        return None
+        yield
+    finally:
+        signal.signal(ALONE_SIGNAL, signal.SIG_IGN if from_suite else previous)
+
+
+def _child_setup_hook() -> Callable[[], None]:
+    """A pre-exec hook that blocks ALONE_SIGNAL and, on Linux, asks for a SIGTERM when this process dies."""
+    prctl = None
+    if sys.platform == "linux":
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child must not dlopen
+        except (OSError, AttributeError):
+            pass
     parent = os.getpid()
 
     def hook() -> None:
-        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the suite died before the request took effect
-            os._exit(130)
+        if ALONE_SIGNAL is not None:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {ALONE_SIGNAL})
+        if prctl is not None:
+            prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the suite died before the request took effect
+                os._exit(130)
     return hook
 
 
@@ -92,8 +129,11 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
         return 0
     for job in jobs:
         _check_round_trip(job.config)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_job(parallel, jobs[0].config.device or "cpu"))}
-    stop_with_parent = _stop_with_parent_hook()
+    device = jobs[0].config.device or "cpu"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_job(parallel, device)),
+           ALONE_THREADS: str(threads_per_job(1, device))}
+    child_setup = _child_setup_hook()
+    told_alone = ALONE_SIGNAL is None or not device.startswith("cpu") or parallel == 1
     status = 0
     stopped = False
 
@@ -113,7 +153,7 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
                 with open(job.log_path, "ab") as out:
                     proc = subprocess.Popen([sys.executable, "-m", "sbattn", "train", *job.config.to_argv()],
                                             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                            preexec_fn=stop_with_parent)
+                                            preexec_fn=child_setup)
                 running[proc] = (job, time.perf_counter())
                 if stopped:  # the signal came while the process was being started
                     proc.send_signal(signal.SIGINT)
@@ -133,6 +173,9 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
                 else:
                     log(f"{job.label}: failed with exit status {code}: {_last_line(job.log_path)}")
                     status = status or (code if code > 0 else 1)
+            if not told_alone and len(running) == 1 and not (pending and status == 0 and not stopped):
+                told_alone = True
+                next(iter(running)).send_signal(ALONE_SIGNAL)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -36,6 +36,7 @@ from .config import TrainConfig
 from .data import load_cifar10
 from .evaluation import evaluate, memory_format, sum_dtype
 from .figures import plot_history
+from .jobs import alone_signal_handled
 from .models import create_model
 
 __all__ = ["train", "RunResult", "RunPaths", "resolve_precision", "results_line"]
@@ -280,7 +281,7 @@ def _train(config: TrainConfig, quiet: bool, ctx: distributed.Context, device: t
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng})
 
     stop = StopRequest()
-    with stop.installed():
+    with stop.installed(), alone_signal_handled():
         for epoch in range(start_epoch, config.epochs):
             lr = optimizer.param_groups[0]["lr"]
             sums = partial or {"loss": torch.zeros(()), "correct": torch.zeros(()), "seen": 0, "seconds": 0.0}
@@ -341,7 +342,7 @@ def _train(config: TrainConfig, quiet: bool, ctx: distributed.Context, device: t
             entry = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / seen,
                      "train_acc": correct.item() / seen, "eval_loss": None, "eval_acc": None,
                      "seconds": train_seconds, "images_per_sec": seen / train_seconds,
-                     "eval_seconds": None}
+                     "eval_seconds": None, "threads": torch.get_num_threads()}
             if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                 started = time.perf_counter()
                 entry["eval_loss"], entry["eval_acc"] = evaluate(model, test_x, test_y, config.eval_batch_size,

@@ -372,6 +372,46 @@ def test_jobs_reports_a_failed_run_in_one_line(tmp_path, monkeypatch, capsys):
     assert lines[2] == "1 run(s) not started"
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to share out")
+def test_a_run_left_alone_takes_every_core(tmp_path, monkeypatch):
+    from sbattn.jobs import Job, run_jobs
+    config = TrainConfig(dataset="fake", device="cpu", width=0.0625, epochs=1, batch_size=32, precision="fp32",
+                         output_dir=str(tmp_path), seed=0)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    lines = []
+    # Two slots, one run: it starts on its share, one core, and is at once told it is alone. The signal comes
+    # before the run has installed its handler, and must wait for it rather than kill the run.
+    assert run_jobs([Job("only", config)], 2, lines.append) == 0, lines
+    history = json.loads((tmp_path / f"{config.run_name}.json").read_text())["history"]
+    assert history[0]["threads"] == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
+def test_the_alone_signal_sets_threads_inside_the_run_and_is_harmless_after_it():
+    import subprocess
+    import sys
+    # As a suite starts a run: the signal blocked from the start, in every thread.
+    script = """if True:
+        import os, signal, time
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        import torch
+        from sbattn import jobs
+        torch.set_num_threads(1)
+        with jobs.alone_signal_handled():
+            os.kill(os.getpid(), jobs.ALONE_SIGNAL)
+            time.sleep(0.1)
+            assert torch.get_num_threads() == 3, torch.get_num_threads()
+            torch.set_num_threads(2)  # new threads, as a run's pool grows
+            torch.ones(1000, 1000) @ torch.ones(1000, 1000)
+        os.kill(os.getpid(), jobs.ALONE_SIGNAL)  # as the run finishes
+        time.sleep(0.1)
+        print("alive")
+    """
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "SBATTN_ALONE_THREADS": "3"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "alive\n", done.stderr
+
+
 def test_ctrl_c_to_a_jobs_suite_checkpoints_every_run_and_the_rerun_finishes(tmp_path):
     import subprocess
     import sys
