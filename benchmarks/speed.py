@@ -178,7 +178,8 @@ def main() -> None:
     for r in rows:
         if r["model"] != "baseline" and r["precision"] in base:
             r["attention_cost"] = base[r["precision"]] / r[timing] - 1
-            print(f"{r['model']} {r['precision']}: attention costs {r['attention_cost']:+.1%} of the baseline's step time")
+            print(f"{r['model']} {r['precision']}: attention costs {r['attention_cost']:+.1%} of the baseline's "
+                  f"step time (measured minutes apart; `benchmarks/ab.py {r['model']}` measures it interleaved)")
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory of this process: {peak_rss_mb:.0f} MB (the training images, as uint8, included)")
     if args.json:

@@ -111,6 +111,26 @@ def test_bf16_training_reaches_the_accuracy_of_fp32(tmp_path):
     assert abs(accs["bf16"] - accs["fp32"]) <= BF16_TOLERANCE, accs
 
 
+def test_compile_computes_what_eager_mode_does_and_saves_a_plain_model(tmp_path):
+    # A learning rate that barely moves the weights: both runs see nearly the same model on the same batches, so
+    # their sums must agree to rounding; the weights' small steps must agree too, which checks the gradients.
+    runs = {c: train(tiny_config(tmp_path / str(c), compile=c, epochs=1, init_lr=1e-3), quiet=True)
+            for c in (False, True)}
+    eager, compiled = (runs[c].history[0] for c in (False, True))
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-5)
+    assert compiled["train_acc"] == eager["train_acc"] and compiled["eval_acc"] == eager["eval_acc"]
+    models = {c: sbattn.load(r.paths.with_suffix(".pth")) for c, r in runs.items()}
+    assert type(models[True]) is sbattn.VGG  # the weights of the model, not of the compiled wrapper
+    torch.manual_seed(0)
+    start = sbattn.create_model("vgg16", attention="sb", width=0.0625).state_dict()
+    for name, w in models[False].state_dict().items():
+        if w.ndim >= 2:  # convolutions and the blocks' linear layers, whose small weights resolve a small step
+            step_eager, step_compiled = w - start[name], models[True].state_dict()[name] - start[name]
+            assert 0 < step_eager.norm() < 0.05 * w.norm(), name  # a small step from where both started
+            # Compiled kernels sum in another order: the steps agree to about 2%; a wrong or missing term would not.
+            assert (step_compiled - step_eager).norm() <= 0.1 * step_eager.norm(), name
+
+
 def test_eval_every_evaluates_the_last_epoch_always(tmp_path):
     result = train(tiny_config(tmp_path, epochs=3, eval_every=2), quiet=True)
     assert [h["eval_acc"] is not None for h in result.history] == [False, True, True]
