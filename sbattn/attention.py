@@ -95,7 +95,8 @@ class AttentionBranch(nn.Sequential):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.use_bn and self.training and z.shape[0] == 1:
             raise ValueError("attention block got a batch of 1 sample in training mode: its BatchNorm needs at least "
-                             "2 samples per batch to compute statistics; train with batch size >= 2 or call model.eval()")
+                             "2 samples per batch to compute statistics; train with batch size >= 2 or call "
+                             "model.eval()")
         # In the weights' own precision: on (N, C), autocast's casts would cost more than the arithmetic.
         z = z.to(self[0].weight.dtype)
         autocast = torch.is_autocast_enabled(z.device.type)

@@ -65,7 +65,8 @@ def read_record(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not an sbattn file; move it away to start over")
     if obj["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} has format {obj['format']}, this sbattn reads format {CHECKPOINT_FORMAT} "
-                              f"(written by sbattn {obj.get('version', '?')}); resume it with that version or move it away")
+                              f"(written by sbattn {obj.get('version', '?')}); resume it with that version or move "
+                              f"it away")
     return obj
 
 

@@ -62,7 +62,8 @@ class TrainConfig:
     seed: int | None = _opt(None, "random seed; also names the run's files so seeds never overwrite each other")
     eval_every: int = _opt(1, "evaluate every N epochs (the last epoch always)")
     eval_batch_size: int = _opt(1000, "evaluation batch size")
-    precision: str = _opt("auto", f"{', '.join(PRECISIONS)}; auto: bf16 where the device has it, else fp16 on CUDA, else fp32")
+    precision: str = _opt("auto", f"{', '.join(PRECISIONS)}; auto: bf16 where the device has it, else fp16 on CUDA, "
+                                  f"else fp32")
     compile: bool = _opt(False, "torch.compile the model (on CUDA: CUDA graphs for forward and backward)")
     sync_bn: bool = _opt(True, "under torchrun, synchronise every BatchNorm (the attention's too) across processes")
     resume: bool = _opt(False, "continue from the run's last checkpoint in --output-dir")

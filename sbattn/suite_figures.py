@@ -59,7 +59,8 @@ def plot_suite(runs: Mapping[str, Sequence[History]], path: str | Path, title: s
         histories = runs[label]
         epochs, means, stds = mean_band(histories, lambda h: None if h.get("eval_acc") is None
                                         else 100 * h["eval_acc"])
-        curves.plot(epochs, means, "-o", color=color, markersize=3, linewidth=1.6, label=f"{label} (n={len(histories)})")
+        curves.plot(epochs, means, "-o", color=color, markersize=3, linewidth=1.6,
+                    label=f"{label} (n={len(histories)})")
         curves.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                             color=color, alpha=0.2, linewidth=0)
         finals.append([a for a in map(_final_acc, histories) if a is not None])

@@ -408,8 +408,8 @@ def write_suite_outputs(suite: Suite, groups: dict[Variant, list[Run]], director
         _write_text(path, render(suite, rows))
         written.append(path)
     config = rows[0].runs[0].config
-    title = (f"{suite.title}: {config.get('arch')}, {config.get('placement')} placement, width ×{config.get('width'):g}, "
-             f"{config.get('epochs')} epochs, {config.get('dataset')}")
+    title = (f"{suite.title}: {config.get('arch')}, {config.get('placement')} placement, "
+             f"width ×{config.get('width'):g}, {config.get('epochs')} epochs, {config.get('dataset')}")
     plot_suite({row.variant.label: [r.history for r in row.runs] for row in rows}, directory / f"{suite.name}.png",
                title)
     written.append(directory / f"{suite.name}.png")

@@ -320,7 +320,8 @@ def test_ctrl_c_mid_run_then_rerun_resumes_from_the_checkpoint(tmp_path, monkeyp
 
     loaded = []
     real_load = train_module.load_checkpoint
-    monkeypatch.setattr(train_module, "load_checkpoint", lambda path, config: loaded.append(path) or real_load(path, config))
+    monkeypatch.setattr(train_module, "load_checkpoint",
+                        lambda path, config: loaded.append(path) or real_load(path, config))
     second = CountingTrain()
     monkeypatch.setattr(suites, "train", second)
     assert suites.run_ablate(args) == 0
