@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sbattn import create_model  # noqa: E402
+from sbattn.train import seed_optimizer  # noqa: E402
+from speed import train_step  # noqa: E402  (this directory is on the path when a script here runs)
 
 CL, NCHW = torch.channels_last, torch.contiguous_format
 # For each comparison, its two set-ups: what differs from (--attention, channels-last, foreach SGD).
@@ -50,17 +51,12 @@ def main() -> None:
         torch.manual_seed(0)
         model = create_model("vgg16", attention=None if s["attention"] == "none" else s["attention"],
                              width=args.width).to(memory_format=s["fmt"])
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=9e-6,
-                                    **{s["kernel"]: True})
+        optimizer = seed_optimizer(model, 0.01, 9e-6, kernel=s["kernel"])
         x = torch.randn(args.batch_size, 3, 32, 32).contiguous(memory_format=s["fmt"])
         setups[name] = (model, optimizer, x, torch.randint(0, 10, (args.batch_size,)))
 
     def step(model, optimizer, x, y):
-        with torch.autocast(**autocast):
-            loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, x, y, autocast)
 
     times: dict[str, list[float]] = {name: [] for name in setups}
     for setup in setups.values():

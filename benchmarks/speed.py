@@ -34,7 +34,7 @@ from sbattn.augment import train_batches  # noqa: E402
 from sbattn.evaluation import evaluate, memory_format  # noqa: E402
 from sbattn.summary import summarize  # noqa: E402
 from sbattn.config import TrainConfig  # noqa: E402
-from sbattn.train import resolve_precision, train  # noqa: E402
+from sbattn.train import resolve_precision, seed_optimizer, train  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -70,17 +70,12 @@ def measure(attention, amp_dtype, device, args, images, labels) -> dict:
     model = create_model("vgg16", attention=attention, width=args.width).to(device)
     fmt = memory_format(device)
     model = model.to(memory_format=fmt)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=9e-6,
-                                foreach=True)
+    optimizer = seed_optimizer(model, 0.01, 9e-6)
     autocast = dict(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
     forward = torch.compile(model, mode=args.compile) if args.compile else model
 
     def step(x, y):
-        with torch.autocast(**autocast):
-            loss = F.cross_entropy(forward(x.contiguous(memory_format=fmt)), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(forward, optimizer, x.contiguous(memory_format=fmt), y, autocast)
 
     x0, y0 = next(iter(train_batches(images, labels, args.batch_size, seed=0, epoch=0,
                                      generator=torch.Generator(device).manual_seed(0))))
@@ -108,6 +103,15 @@ def measure(attention, amp_dtype, device, args, images, labels) -> dict:
         len(test) / timed(lambda _: evaluate(model, test, labels[:len(test)], 1000, amp_dtype), 1, device)
         for _ in range(args.repeats))
     return result
+
+
+def train_step(model, optimizer, x, y, autocast: dict) -> None:
+    """One training step as `sbattn train` takes it (its loss bookkeeping apart)."""
+    with torch.autocast(**autocast):
+        loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def precision_label(amp_dtype: torch.dtype | None) -> str:

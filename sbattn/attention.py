@@ -50,8 +50,7 @@ def spatial_mean(x: torch.Tensor) -> torch.Tensor:
     # a channels-last bf16 gradient, runs several times slower on the CPU. Ones on the left, so that the
     # gradient comes back channels-last too. Summed, then divided: 1 / HW in bf16 would be rounded.
     n, c, h, w = x.shape
-    rows = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
-    return (x.new_ones(1, h * w) @ rows).view(n, c) / (h * w)
+    return (x.new_ones(1, h * w) @ _pixel_rows(x)).view(n, c) / (h * w)
 
 
 def add_per_channel(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -62,8 +61,14 @@ def add_per_channel(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     # A rank-1 update (baddbmm), for the reason in spatial_mean: on the CPU, this broadcast add over a
     # channels-last bf16 tensor runs about 9x slower than the same add as a GEMM.
     n, c, h, w = x.shape
-    y = torch.baddbmm(x.permute(0, 2, 3, 1).reshape(n, h * w, c), x.new_ones(n, h * w, 1), shift[:, None, :])
+    y = torch.baddbmm(_pixel_rows(x), x.new_ones(n, h * w, 1), shift[:, None, :])
     return y.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def _pixel_rows(x: torch.Tensor) -> torch.Tensor:
+    """A channels-last x (N, C, H, W) as the (N, HW, C) matrix its memory already is (a view, no copy)."""
+    n, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(n, h * w, c)
 
 
 def _cpu_bf16_channels_last(x: torch.Tensor) -> bool:

@@ -137,6 +137,9 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
     status = 0
     stopped = False
 
+    def more_to_start() -> bool:  # no new run after a failure or an interruption
+        return bool(pending) and status == 0 and not stopped
+
     def forward(signum, frame):  # each run checkpoints and stops (a second Ctrl-C: stops at once)
         nonlocal stopped
         stopped = True
@@ -146,8 +149,8 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
     in_main = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     try:
-        while running or (pending and status == 0 and not stopped):
-            while pending and len(running) < parallel and status == 0 and not stopped:
+        while running or more_to_start():
+            while more_to_start() and len(running) < parallel:
                 job = pending.pop(0)
                 job.log_path.parent.mkdir(parents=True, exist_ok=True)
                 with open(job.log_path, "ab") as out:
@@ -173,7 +176,7 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
                 else:
                     log(f"{job.label}: failed with exit status {code}: {_last_line(job.log_path)}")
                     status = status or (code if code > 0 else 1)
-            if not told_alone and len(running) == 1 and not (pending and status == 0 and not stopped):
+            if not told_alone and len(running) == 1 and not more_to_start():
                 told_alone = True
                 next(iter(running)).send_signal(ALONE_SIGNAL)
     finally:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .checkpoint import RECIPE_FIELDS, atomic_write
 from .cli import UserError, add_config_options
 from .config import TrainConfig
+from .jobs import Job, run_jobs
 from .stats import Difference, format_ci, mean, sample_std, welch
 
 __all__ = ["PRESETS", "ABLATION_ACTIVATIONS", "Variant", "Run", "Row", "add_compare_options", "run_compare",
@@ -483,7 +484,6 @@ def run_suite(args: argparse.Namespace, suite: Suite, variants_for: Callable[[Tr
 def _train_missing(missing: list[tuple[str, TrainConfig]], jobs: int) -> int:
     """Train each (tag, config): in this process one after another, or `jobs` processes at a time."""
     if jobs > 1:
-        from .jobs import Job, run_jobs
         if any(config.download for _, config in missing):  # once here, not once per process into one file
             from .data import load_cifar10
             c = missing[0][1]
@@ -491,8 +491,7 @@ def _train_missing(missing: list[tuple[str, TrainConfig]], jobs: int) -> int:
             missing = [(tag, dataclasses.replace(config, download=False)) for tag, config in missing]
         return run_jobs([Job(tag, config) for tag, config in missing], jobs, _log)
     for tag, config in missing:
-        resuming = (Path(config.output_dir) / f"{config.run_name}.ckpt").exists()
-        _log(f"{tag}: {'resuming' if resuming else 'training'} {config.run_name}")
+        _log(f"{tag}: {'resuming' if Job(tag, config).checkpoint.exists() else 'training'} {config.run_name}")
         code = train(config).exit_code
         if code != 0:
             return code

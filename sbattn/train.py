@@ -39,7 +39,7 @@ from .figures import plot_history
 from .jobs import alone_signal_handled
 from .models import create_model
 
-__all__ = ["train", "RunResult", "RunPaths", "resolve_precision", "results_line"]
+__all__ = ["train", "RunResult", "RunPaths", "resolve_precision", "results_line", "seed_optimizer"]
 
 
 @dataclass
@@ -89,6 +89,13 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return None
+
+
+def seed_optimizer(model: nn.Module, lr: float, weight_decay: float, kernel: str = "foreach") -> torch.optim.SGD:
+    """The seed's optimiser: SGD with Nesterov momentum 0.9. kernel: "foreach" (ours) or "fused" (measured no
+    faster in a whole step, see docs/performance.md)."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay,
+                           **{kernel: True})
 
 
 def results_line(config: TrainConfig, acc: float) -> str:
@@ -238,8 +245,7 @@ def _train(config: TrainConfig, quiet: bool, ctx: distributed.Context, device: t
         model.load_state_dict(ckpt["model"])
     wrapped = distributed.wrap(ctx, model, device, config.sync_bn)
     model = unwrap(wrapped)  # SyncBatchNorm conversion makes new modules: keep the one that trains
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.init_lr, momentum=0.9, nesterov=True,
-                                weight_decay=config.weight_decay, foreach=True)
+    optimizer = seed_optimizer(model, config.init_lr, config.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, config.milestones, config.gamma)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     # Each rank augments with its own stream; rank 0's is the single-process run's.

@@ -4,6 +4,7 @@ from torch import nn
 
 import sbattn
 from sbattn import ShiftBalance, SqueezeExcite, create_attention
+from sbattn.attention import add_per_channel, spatial_mean
 
 
 def reference_branch(block, z):
@@ -180,7 +181,6 @@ def test_register_attention_makes_a_new_kind_available_to_models():
 def test_cpu_bf16_channels_last_mean_and_shift_equal_the_plain_ops(shape):
     # On CPU bf16 channels-last tensors both are computed as matrix products; values and gradients must be those
     # of the plain formulas (computed here in float64 from the same bf16 values).
-    from sbattn.attention import add_per_channel, spatial_mean
     torch.manual_seed(0)
     x = torch.randn(shape).to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_()
     shift = torch.randn(shape[:2], requires_grad=True)
@@ -204,3 +204,12 @@ def test_a_block_converted_to_another_dtype_runs_in_it(cls, dtype):
     block = cls(8).to(dtype).train()
     y = block(torch.randn(4, 8, 5, 5, dtype=dtype))
     assert y.dtype == dtype and torch.isfinite(y).all()
+
+
+def test_the_mean_and_the_shift_give_channels_last_gradients():
+    # A gradient in the other layout makes the sum of the trunk's gradients, and every backward kernel below the
+    # block, run on mixed layouts (it cost the CPU 8% of a bf16 step once).
+    x = torch.randn(4, 16, 8, 8).to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    for y in (spatial_mean(x), add_per_channel(x, torch.randn(4, 16))):
+        grad, = torch.autograd.grad(y, x, torch.randn_like(y))
+        assert grad.is_contiguous(memory_format=torch.channels_last)
