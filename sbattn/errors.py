@@ -1,0 +1,43 @@
+"""The one error contract: every error a user can fix is an `SbattnError`, printed by the command line as one
+line and turned into the exit status it carries. The library raises the subclasses; `sbattn.cli.main` catches
+the base class once."""
+from __future__ import annotations
+
+__all__ = ["SbattnError", "ConfigError", "DataError", "CheckpointError", "UserError"]
+
+
+class SbattnError(Exception):
+    """An error the user can fix; str(e) is one line saying what went wrong and what to do.
+
+    code: the exit status the command line returns; label: how it introduces the message.
+    """
+
+    code = 1
+    label = "error"
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(SbattnError, ValueError):
+    """A bad configuration value; the message names the field, the value and what is allowed."""
+
+    code = 2
+
+
+class DataError(SbattnError):
+    """Data that cannot be found, read or trusted."""
+
+    label = "data error"
+
+
+class CheckpointError(SbattnError):
+    """A checkpoint or weights file that cannot be used."""
+
+    code = 2
+
+
+class UserError(SbattnError):
+    """Any other error the user can fix: a file in the way, an option that does not fit the run, ..."""
