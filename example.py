@@ -1,9 +1,10 @@
-"""The seed's entry point, kept so its command works verbatim:
+"""The reference implementation's entry point (yuranusduke/Shift_and_Balance_Attention), kept so that its
+command works verbatim:
 
     python example.py main --device='cuda' --attn_ratio=0.5 --use_sb=True --use_se=False --activation='tanh' \
         --epochs=80 --batch_size=64 --init_lr=0.1 --gamma=0.2 --milestones=[40,60,80] --weight_decay=9e-6
 
-`main` with any of those flags (the rest take the seed's defaults) runs `sbattn train` with the same flags.
+`main` with any of those flags (the rest take the reference's defaults) runs `sbattn train` with the same flags.
 """
 import sys
 

@@ -1,12 +1,12 @@
 """torch.hub entry points: torch.hub.load("<repo or its folder>", "resnet20", attention="sb").
 
-Every entry point takes the builder's options: attention (None, "sb", "se"), activation, ratio, num_classes,
+Every entry point takes the builder's options: attention (None, "sb", "se", or any registered kind), activation, ratio, num_classes,
 width, placement, lambda_init. No pretrained weights are published: the models start untrained.
 """
+from sbattn.models import resnet18 as _resnet18
+from sbattn.models import resnet20 as _resnet20
+from sbattn.models import resnet56 as _resnet56
 from sbattn.models import vgg16 as _vgg16
-from sbattn.resnet import resnet18 as _resnet18
-from sbattn.resnet import resnet20 as _resnet20
-from sbattn.resnet import resnet56 as _resnet56
 
 dependencies = ["torch"]
 
@@ -18,7 +18,7 @@ def _untrained(pretrained: bool, name: str) -> None:
 
 
 def vgg16(pretrained: bool = False, **kwargs):
-    """The seed's modified VGG16 for 32x32 images (untrained: no pretrained weights)."""
+    """The reference implementation's modified VGG16 for 32x32 images (untrained: no pretrained weights)."""
     _untrained(pretrained, "vgg16")
     return _vgg16(**kwargs)
 

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sbattn import create_model  # noqa: E402
-from sbattn.train import seed_optimizer  # noqa: E402
+from sbattn.engine.state import reference_optimizer  # noqa: E402
 from speed import train_step  # noqa: E402  (this directory is on the path when a script here runs)
 
 CL, NCHW = torch.channels_last, torch.contiguous_format
@@ -51,7 +51,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = create_model("vgg16", attention=None if s["attention"] == "none" else s["attention"],
                              width=args.width).to(memory_format=s["fmt"])
-        optimizer = seed_optimizer(model, 0.01, 9e-6, kernel=s["kernel"])
+        optimizer = reference_optimizer(model, 0.01, 9e-6, kernel=s["kernel"])
         x = torch.randn(args.batch_size, 3, 32, 32).contiguous(memory_format=s["fmt"])
         setups[name] = (model, optimizer, x, torch.randint(0, 10, (args.batch_size,)))
 

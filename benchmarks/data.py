@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sbattn.augment import augment, train_batches  # noqa: E402
+from sbattn.data import augment, train_batches  # noqa: E402
 from sbattn.data import load_cifar10  # noqa: E402
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -81,8 +81,8 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     thread_counts = [default_threads] if device.type != "cpu" or default_threads == 1 else [default_threads, 1]
     cases = [(f"augment {mode}, batch {bs}", bs, lambda b=pool[:bs].clone(), m=mode: augment(b, gen, m), 0.5, 5)
-             for mode, bs in (("seed", 64), ("seed", 512), ("standard", 512))]
-    cases.append(("train_batches epoch (gather+augment seed+normalize), batch 512", len(pool), epoch, 0.1, 3))
+             for mode, bs in (("reference", 64), ("reference", 512), ("standard", 512))]
+    cases.append(("train_batches epoch (gather+augment reference+normalize), batch 512", len(pool), epoch, 0.1, 3))
     rates: dict[str, list[str]] = {name: [] for name, *_ in cases}
     for threads in thread_counts:
         torch.set_num_threads(threads)

@@ -30,11 +30,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sbattn import create_model  # noqa: E402
-from sbattn.augment import train_batches  # noqa: E402
-from sbattn.evaluation import evaluate, memory_format  # noqa: E402
-from sbattn.summary import summarize  # noqa: E402
-from sbattn.config import TrainConfig  # noqa: E402
-from sbattn.train import resolve_precision, seed_optimizer, train  # noqa: E402
+from sbattn.data import train_batches  # noqa: E402
+from sbattn.engine.config import TrainConfig  # noqa: E402
+from sbattn.engine.evaluation import evaluate, memory_format  # noqa: E402
+from sbattn.engine.loop import train  # noqa: E402
+from sbattn.engine.precision import precision_label, resolve_precision  # noqa: E402
+from sbattn.engine.state import reference_optimizer  # noqa: E402
+from sbattn.models.summary import summarize  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -70,7 +72,7 @@ def measure(attention, amp_dtype, device, args, images, labels) -> dict:
     model = create_model("vgg16", attention=attention, width=args.width).to(device)
     fmt = memory_format(device)
     model = model.to(memory_format=fmt)
-    optimizer = seed_optimizer(model, 0.01, 9e-6)
+    optimizer = reference_optimizer(model, 0.01, 9e-6)
     autocast = dict(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
     forward = torch.compile(model, mode=args.compile) if args.compile else model
 
@@ -112,10 +114,6 @@ def train_step(model, optimizer, x, y, autocast: dict) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-
-
-def precision_label(amp_dtype: torch.dtype | None) -> str:
-    return "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
 
 
 def whole_epoch(attention, precision: str, device, args) -> dict:

@@ -1,16 +1,14 @@
 """sbattn: Shift-and-Balance attention for PyTorch."""
-from .attention import (ACTIVATIONS, ATTENTION, ShiftBalance, SqueezeExcite, create_attention,
-                        register_attention)
-from .attach import WithAttention, attach, attached, detach
-from .checkpoint import load
-from .config import ConfigError, TrainConfig
-from .models import MODELS, VGG, create_model, register_model, vgg16
-from .resnet import ResNet, resnet18, resnet20, resnet56  # importing registers the ResNet builders
-
-__version__ = "0.1.0"
+from .engine import TrainConfig, load
+from .errors import CheckpointError, ConfigError, DataError, SbattnError, UserError
+from .models import ResNet, VGG, create_model, list_models, register_model, resnet18, resnet20, resnet56, vgg16
+from .nn import (ShiftBalance, SqueezeExcite, WithAttention, attach, attached, create_attention, detach,
+                 list_activations, list_attention, register_attention)
+from .version import __version__
 
 __all__ = [
-    "ACTIVATIONS", "ATTENTION", "ShiftBalance", "SqueezeExcite", "create_attention", "register_attention",
-    "WithAttention", "attach", "attached", "detach", "load", "ConfigError", "TrainConfig", "MODELS", "VGG",
-    "create_model", "register_model", "vgg16", "ResNet", "resnet18", "resnet20", "resnet56", "__version__",
+    "ShiftBalance", "SqueezeExcite", "create_attention", "register_attention", "list_attention", "list_activations",
+    "WithAttention", "attach", "attached", "detach", "load", "TrainConfig", "SbattnError", "ConfigError",
+    "DataError", "CheckpointError", "UserError", "VGG", "create_model", "list_models", "register_model", "vgg16",
+    "ResNet", "resnet18", "resnet20", "resnet56", "__version__",
 ]

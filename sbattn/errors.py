@@ -16,7 +16,7 @@ class SbattnError(Exception):
     label = "error"
 
     def __init__(self, message: str, code: int | None = None):
-        super().__init__(message)
+        super().__init__(" ".join(str(message).split()))  # one line, whatever the errors it quotes hold
         if code is not None:
             self.code = code
 

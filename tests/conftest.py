@@ -9,3 +9,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def attention_registry(monkeypatch):
+    """Blocks a test registers are gone after it."""
+    import sbattn.nn.attention as attention
+    monkeypatch.setattr(attention, "_ATTENTION", dict(attention._ATTENTION))

@@ -4,7 +4,7 @@ from torch import nn
 
 import sbattn
 from sbattn import ShiftBalance, SqueezeExcite, create_attention
-from sbattn.attention import add_per_channel, spatial_mean
+from sbattn.nn.ops import add_per_channel, spatial_mean
 
 
 def reference_branch(block, z):
@@ -160,7 +160,7 @@ def test_create_attention_registry():
         create_attention("cbam", 8)
 
 
-def test_register_attention_makes_a_new_kind_available_to_models():
+def test_register_attention_makes_a_new_kind_available_to_models(attention_registry):
     @sbattn.register_attention("scale_only")
     class ScaleOnly(nn.Module):
         def __init__(self, channels, ratio=0.5):
@@ -170,11 +170,9 @@ def test_register_attention_makes_a_new_kind_available_to_models():
         def forward(self, x):
             return x * self.scale[:, None, None]
 
-    try:
-        model = sbattn.vgg16(attention="scale_only", width=0.125)
-        assert sum(isinstance(m, ScaleOnly) for m in model.modules()) == 4
-    finally:
-        del sbattn.ATTENTION["scale_only"]
+    model = sbattn.vgg16(attention="scale_only", width=0.125)
+    assert sum(isinstance(m, ScaleOnly) for m in model.modules()) == 4
+    assert "scale_only" in sbattn.list_attention()
 
 
 @pytest.mark.parametrize("shape", [(4, 16, 8, 8), (1, 3, 5, 7), (2, 1, 4, 4), (3, 8, 1, 2)])

@@ -1,4 +1,5 @@
-"""sbattn.augment: the seed's transforms on batches, checked against per-image references and by statistics."""
+"""sbattn.data augmentation: the reference implementation's transforms on batches, checked against per-image
+references and by statistics."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from sbattn.augment import (
-    AUGMENTS, AugmentParams, apply_params, augment, epoch_order, eval_batches, normalize, sample_params,
-    steps_per_epoch, to_device_uint8, train_batches,
+from sbattn.data import (
+    AUGMENT_ALIASES, AUGMENTS, STREAM_STRIDE, AugmentParams, apply_params, augment, augment_stream_seed,
+    canonical_augment, epoch_order, eval_batches, load_fake, normalize, sample_params, steps_per_epoch,
+    to_device_uint8, train_batches,
 )
-from sbattn.data import load_fake
 
 
 def images(n: int, seed: int = 0) -> torch.Tensor:
@@ -84,8 +85,8 @@ def test_crop_and_flip_match_pad_slice_flip() -> None:
 
 
 def test_rotation_matches_pil() -> None:
-    """PIL's Image.rotate(angle, NEAREST, fillcolor=0), which the seed used; PIL's fixed-point maths may
-    pick a neighbour on a few boundary pixels, so require near-total agreement."""
+    """PIL's Image.rotate(angle, NEAREST, fillcolor=0), which the reference implementation used; PIL's fixed-point
+    maths may pick a neighbour on a few boundary pixels, so require near-total agreement."""
     angles = torch.linspace(-15, 15, 61, dtype=torch.float64)
     n = len(angles)
     x = images(n, seed=4)
@@ -211,7 +212,30 @@ def test_none_and_repeatability() -> None:
         augment(x, torch.Generator(), "random")
     with pytest.raises(ValueError, match="uint8"):
         augment(x.float(), torch.Generator())
-    assert AUGMENTS == ("seed", "standard", "none")
+    assert AUGMENTS == ("reference", "standard", "none")
+
+
+def test_seed_is_an_alias_of_reference() -> None:
+    assert canonical_augment("seed") == "reference" and AUGMENT_ALIASES == {"seed": "reference"}
+    assert [canonical_augment(m) for m in (*AUGMENTS, "random")] == [*AUGMENTS, "random"]
+    x = images(32, seed=4)
+    out = {m: augment(x, torch.Generator().manual_seed(6), m) for m in ("seed", "reference")}
+    assert torch.equal(out["seed"], out["reference"])
+    assert torch.equal(augment(x, torch.Generator().manual_seed(6)), out["reference"]), "reference is the default"
+    assert not torch.equal(out["reference"], augment(x, torch.Generator().manual_seed(6), "standard"))
+    p, q = (sample_params(32, torch.Generator().manual_seed(6), m) for m in ("seed", "reference"))
+    assert p.angle is not None and q.angle is not None and torch.equal(p.angle, q.angle)
+    assert torch.equal(p.dy, q.dy) and torch.equal(p.dx, q.dx) and torch.equal(p.flip, q.flip)
+    epochs = {m: list(train_batches(x, torch.arange(32), 8, seed=0, epoch=0, generator=torch.Generator().manual_seed(6),
+                                    mode=m)) for m in ("seed", "reference")}
+    for (xs, ys), (xr, yr) in zip(epochs["seed"], epochs["reference"], strict=True):
+        assert torch.equal(xs, xr) and torch.equal(ys, yr)
+
+
+def test_augment_stream_seed() -> None:
+    assert STREAM_STRIDE == 1_000_003
+    assert augment_stream_seed(7, 0) == 7 and augment_stream_seed(7, 2) == 7 + 2 * 1_000_003
+    assert augment_stream_seed(7, 2, epoch=5) == 7 + 2 * 1_000_003 + 5
 
 
 def test_normalize() -> None:

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from sbattn import ConfigError, TrainConfig
-from sbattn.cli import build_parser, config_from_args
+from sbattn.cli import build_parser
+from sbattn.engine.options import config_from_args
 
 
 def test_seed_defaults():
@@ -47,7 +48,7 @@ def test_cuda_without_cuda_suggests_cpu():
 
 def test_baseline_ignores_ratio():
     # with no attention there is no hidden layer to empty
-    assert TrainConfig(use_sb=False, attn_ratio=0.001).attention is None
+    assert TrainConfig(use_sb=False, attn_ratio=0.001).attention == "none"
 
 
 def test_run_name_tells_seeds_and_variants_apart():

@@ -15,6 +15,8 @@ import pytest
 
 import sbattn.data as data
 from sbattn.data import BATCHES_DIR, CLASSES, DataError, load_cifar10, load_fake
+from sbattn.data import cifar10, download, folders  # the modules whose globals the tests patch
+from sbattn.data import cache as cache_module, official as official_module  # 'cache', 'official': fixtures here
 
 sys.path.insert(0, str(Path(__file__).parent))  # the helpers beside this file, however pytest runs
 from _datagen import (  # noqa: E402
@@ -95,7 +97,7 @@ def test_official_archive(tmp_path: Path, cache: Path, monkeypatch: pytest.Monke
     archive = tmp_path / "data" / "cifar-10-python.tar.gz"
     archive.parent.mkdir()
     digest, exp = write_official_archive(archive)
-    monkeypatch.setattr(data, "CIFAR10_MD5", digest)
+    monkeypatch.setattr(download, "CIFAR10_MD5", digest)
     for where in (archive.parent, archive):
         got = load(where, cache)
         assert_same(got, exp)
@@ -107,8 +109,9 @@ def test_official_archive_wrong_md5_refused_before_reading(tmp_path: Path, cache
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     archive = tmp_path / "cifar-10-python.tar.gz"
     write_official_archive(archive)
-    monkeypatch.setattr(data, "_read_archive", lambda *a, **k: pytest.fail("read before the MD5 check"))
-    expect_error(cache, lambda: load(tmp_path, cache), "checksum", data.CIFAR10_MD5, "--download")
+    for reader in (official_module, folders):  # every module that reads archives
+        monkeypatch.setattr(reader, "_read_archive", lambda *a, **k: pytest.fail("read before the MD5 check"))
+    expect_error(cache, lambda: load(tmp_path, cache), "checksum", download.CIFAR10_MD5, "--download")
 
 
 # ------------------------------------------------------------------------------------- download
@@ -118,7 +121,7 @@ def test_official_archive_wrong_md5_refused_before_reading(tmp_path: Path, cache
 def official(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, Expected]:
     src = tmp_path / "upstream.tar.gz"
     digest, exp = write_official_archive(src)
-    monkeypatch.setattr(data, "CIFAR10_MD5", digest)
+    monkeypatch.setattr(download, "CIFAR10_MD5", digest)
     return src.read_bytes(), exp
 
 
@@ -131,7 +134,7 @@ def test_download(tmp_path: Path, cache: Path, official, monkeypatch: pytest.Mon
     payload, exp = official
     root = tmp_path / "data"
     with serve(payload) as server:
-        monkeypatch.setattr(data, "CIFAR10_URL", server.url)
+        monkeypatch.setattr(download, "CIFAR10_URL", server.url)
         assert_same(load(root, cache, download=True), exp)
         assert len(server.requests) == 1 and "Range" not in server.requests[0]
         assert_clean_download(root)
@@ -146,7 +149,7 @@ def test_download_resumes_a_part_file(tmp_path: Path, cache: Path, official, mon
     half = len(payload) // 2
     (root / "cifar-10-python.tar.gz.part").write_bytes(payload[:half])
     with serve(payload) as server:
-        monkeypatch.setattr(data, "CIFAR10_URL", server.url)
+        monkeypatch.setattr(download, "CIFAR10_URL", server.url)
         assert_same(load(root, cache, download=True), exp)
     assert server.requests[0]["Range"] == f"bytes={half}-"
     assert_clean_download(root)
@@ -158,7 +161,7 @@ def test_download_restarts_when_server_ignores_range(tmp_path: Path, cache: Path
     root.mkdir()
     (root / "cifar-10-python.tar.gz.part").write_bytes(payload[:100])
     with serve(payload, ranges=False) as server:
-        monkeypatch.setattr(data, "CIFAR10_URL", server.url)
+        monkeypatch.setattr(download, "CIFAR10_URL", server.url)
         assert_same(load(root, cache, download=True), exp)
     assert_clean_download(root)
 
@@ -168,12 +171,12 @@ def test_download_broken_off_then_resumed(tmp_path: Path, cache: Path, official,
     root = tmp_path / "data"
     cut = len(payload) // 3
     with serve(payload, cut_at=cut) as server:
-        monkeypatch.setattr(data, "CIFAR10_URL", server.url)
+        monkeypatch.setattr(download, "CIFAR10_URL", server.url)
         expect_error(cache, lambda: load(root, cache, download=True), "network", "--download", "resume")
     assert os.listdir(root) == ["cifar-10-python.tar.gz.part"], "only the .part may remain, never a final name"
     assert (root / "cifar-10-python.tar.gz.part").read_bytes() == payload[:cut]
     with serve(payload) as server:
-        monkeypatch.setattr(data, "CIFAR10_URL", server.url)
+        monkeypatch.setattr(download, "CIFAR10_URL", server.url)
         assert_same(load(root, cache, download=True), exp)
     assert server.requests[0]["Range"] == f"bytes={cut}-"
     assert_clean_download(root)
@@ -185,7 +188,7 @@ def test_download_part_longer_than_file_starts_over(tmp_path: Path, cache: Path,
     root.mkdir()
     (root / "cifar-10-python.tar.gz.part").write_bytes(b"x" * (len(payload) + 10))
     with serve(payload) as server:
-        monkeypatch.setattr(data, "CIFAR10_URL", server.url)
+        monkeypatch.setattr(download, "CIFAR10_URL", server.url)
         assert_same(load(root, cache, download=True), exp)
     assert [r.get("Range") for r in server.requests] == [f"bytes={len(payload) + 10}-", None]
 
@@ -193,7 +196,7 @@ def test_download_part_longer_than_file_starts_over(tmp_path: Path, cache: Path,
 def test_download_unreachable(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with serve(b"") as server:
         url = server.url  # the server is gone after this block: nothing listens there
-    monkeypatch.setattr(data, "CIFAR10_URL", url)
+    monkeypatch.setattr(download, "CIFAR10_URL", url)
     root = tmp_path / "data"
     msg = expect_error(cache, lambda: load(root, cache, download=True), "network", "--data-dir")
     assert url in msg
@@ -202,17 +205,17 @@ def test_download_unreachable(tmp_path: Path, cache: Path, monkeypatch: pytest.M
 
 def test_download_checksum_mismatch_deletes_part(tmp_path: Path, cache: Path, official, monkeypatch) -> None:
     payload, _ = official
-    monkeypatch.setattr(data, "CIFAR10_MD5", "0" * 32)
+    monkeypatch.setattr(download, "CIFAR10_MD5", "0" * 32)
     root = tmp_path / "data"
     with serve(payload) as server:
-        monkeypatch.setattr(data, "CIFAR10_URL", server.url)
+        monkeypatch.setattr(download, "CIFAR10_URL", server.url)
         expect_error(cache, lambda: load(root, cache, download=True), "checksum", "--download")
     assert files_under(root) == []
 
 
 def test_download_http_error(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with serve(b"", status=404) as server:
-        monkeypatch.setattr(data, "CIFAR10_URL", server.url)
+        monkeypatch.setattr(download, "CIFAR10_URL", server.url)
         expect_error(cache, lambda: load(tmp_path / "d", cache, download=True), "HTTP 404", "--data-dir")
     assert files_under(tmp_path / "d") == []
 
@@ -221,7 +224,7 @@ def test_download_file_url(tmp_path: Path, cache: Path, official, monkeypatch: p
     payload, exp = official
     src = tmp_path / "mirror.tar.gz"
     src.write_bytes(payload)
-    monkeypatch.setattr(data, "CIFAR10_URL", src.as_uri())
+    monkeypatch.setattr(download, "CIFAR10_URL", src.as_uri())
     assert_same(load(tmp_path / "data", cache, download=True), exp)
     assert_clean_download(tmp_path / "data")
 
@@ -231,8 +234,8 @@ def test_download_of_a_bad_archive_leaves_no_directory(tmp_path: Path, cache: Pa
     del files["test_batch"]
     src = tmp_path / "bad.tar.gz"
     add_to_tar(src, {f"{BATCHES_DIR}/{k}": v for k, v in files.items()})
-    monkeypatch.setattr(data, "CIFAR10_MD5", md5(src))
-    monkeypatch.setattr(data, "CIFAR10_URL", src.as_uri())
+    monkeypatch.setattr(download, "CIFAR10_MD5", md5(src))
+    monkeypatch.setattr(download, "CIFAR10_URL", src.as_uri())
     root = tmp_path / "data"
     expect_error(cache, lambda: load(root, cache, download=True), "test_batch", "incomplete")
     assert os.listdir(root) == ["cifar-10-python.tar.gz"], "no half-unpacked directory may be left"
@@ -325,8 +328,8 @@ def test_greyscale_and_palette_convert_exactly(tmp_path: Path, cache: Path) -> N
 
 
 def test_decoding_in_a_process_pool(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "_POOL_MIN_IMAGES", 1)
-    monkeypatch.setattr(data, "_CHUNK", 3)
+    monkeypatch.setattr(folders, "_POOL_MIN_IMAGES", 1)
+    monkeypatch.setattr(folders, "_CHUNK", 3)
     files, exp = tree_files(n_train=5, n_test=3)
     assert_same(load(write_tree(tmp_path / "t", files), cache), exp)
     name = sorted(files)[-1]
@@ -340,8 +343,8 @@ def _crash(items: object, resize: bool) -> None:
 
 
 def test_a_dying_decoder_process_is_a_data_error(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "_POOL_MIN_IMAGES", 1)
-    monkeypatch.setattr(data, "_decode_chunk", _crash)  # runs in the forked workers only
+    monkeypatch.setattr(folders, "_POOL_MIN_IMAGES", 1)
+    monkeypatch.setattr(folders, "_decode_chunk", _crash)  # runs in the forked workers only
     files, _ = tree_files(n_train=2, n_test=1)
     expect_error(cache, lambda: load(write_tree(tmp_path / "t", files), cache), "process died")
 
@@ -569,8 +572,8 @@ def test_cache_reuse_and_invalidation(tmp_path: Path, cache: Path, monkeypatch: 
     elif form == "official-archive":
         where = tmp_path / "cifar-10-python.tar.gz"
         digest, exp = write_official_archive(where)
-        monkeypatch.setattr(data, "CIFAR10_MD5", digest)
-        change = lambda: monkeypatch.setattr(data, "CIFAR10_MD5", write_official_archive(where, seed=1)[0])
+        monkeypatch.setattr(download, "CIFAR10_MD5", digest)
+        change = lambda: monkeypatch.setattr(download, "CIFAR10_MD5", write_official_archive(where, seed=1)[0])
     else:
         files, exp = tree_files()
         if form == "folder":
@@ -586,13 +589,13 @@ def test_cache_reuse_and_invalidation(tmp_path: Path, cache: Path, monkeypatch: 
     assert_same(first_load, exp)
     assert len([f for f in files_under(cache) if f.endswith(".npz")]) == 1
     with monkeypatch.context() as m:
-        m.setattr(data, "_decode", _no_decode)
+        m.setattr(cifar10, "_decode", _no_decode)
         again = load(where, cache)
     assert_same(again, exp)
     assert "cached" in again.source
     change()
     with monkeypatch.context() as m:
-        m.setattr(data, "_decode", _no_decode)
+        m.setattr(cifar10, "_decode", _no_decode)
         with pytest.raises(AssertionError, match="decoded again"):
             load(where, cache)
     fresh = load(where, cache)
@@ -652,7 +655,7 @@ def test_failed_cache_write_leaves_nothing(tmp_path: Path, cache: Path, monkeypa
         f.write(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(data.np, "savez", savez_then_fail)
+    monkeypatch.setattr(cache_module.np, "savez", savez_then_fail)
     with pytest.warns(UserWarning, match="could not write the cache"):
         assert_same(load(root, cache), exp)
     assert files_under(cache) == []

@@ -11,11 +11,11 @@ from torch import nn
 
 import sbattn
 from sbattn import TrainConfig
-from sbattn.augment import normalize, to_device_uint8
+from sbattn.data import normalize, to_device_uint8
 from sbattn.cli import main
 from sbattn.data import FAKE_SIZES, load_fake
-from sbattn.deploy import export_onnx, export_program
-from sbattn.train import train
+from sbattn.engine.deploy import export_onnx, export_program
+from sbattn.engine.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

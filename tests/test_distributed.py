@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 import sbattn
 from sbattn.data import load_cifar10
-from sbattn.evaluation import evaluate
+from sbattn.engine.evaluation import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "vgg16_0.5_True_False_tanh_w0.0625_seed0"
@@ -135,7 +135,7 @@ def test_mid_epoch_checkpoint_needs_the_same_number_of_processes(two, tmp_path):
     state = torch.load(next(two[0].glob("*.pth")), weights_only=True)  # any sbattn file to start from
     config = sbattn.TrainConfig.from_dict(state["config"], output_dir=str(tmp_path))
     model = sbattn.load(next(two[0].glob("*.pth")))
-    from sbattn.checkpoint import save_checkpoint
+    from sbattn.engine.checkpoint import save_checkpoint
     unused = dict.fromkeys(("optimizer", "scheduler", "scaler", "rng"))  # refused before they are read
     save_checkpoint(ckpt, {"version": sbattn.__version__, "config": config.to_dict(), "world_size": 1, "seed": 0,
                            "epoch": 1, "step": 5, "partial": None, "history": [], "model": model.state_dict(),

@@ -4,7 +4,7 @@ from torch import nn
 
 import sbattn
 from sbattn import ShiftBalance, SqueezeExcite
-from sbattn.summary import summarize
+from sbattn.models.summary import summarize
 
 
 def count(model):

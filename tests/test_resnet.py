@@ -5,9 +5,8 @@ from torch import nn
 
 import sbattn
 from sbattn import ShiftBalance, SqueezeExcite, TrainConfig
-from sbattn.attention import ATTENTION
-from sbattn.evaluation import fold_batchnorm
-from sbattn.resnet import CIFAR_RESNET18, CIFAR_RESNET20, CIFAR_RESNET56, BasicBlock, PadShortcut
+from sbattn.engine.evaluation import fold_batchnorm
+from sbattn.models.resnet import CIFAR_RESNET18, CIFAR_RESNET20, CIFAR_RESNET56, BasicBlock, PadShortcut
 
 BUILDERS = {"resnet20": (sbattn.resnet20, CIFAR_RESNET20, "A"), "resnet56": (sbattn.resnet56, CIFAR_RESNET56, "A"),
             "resnet18": (sbattn.resnet18, CIFAR_RESNET18, "B")}
@@ -99,9 +98,9 @@ class _Zero(nn.Module):
         return x * 0
 
 
-def test_attention_acts_on_the_residual_branch_before_the_addition(monkeypatch):
+def test_attention_acts_on_the_residual_branch_before_the_addition(attention_registry):
     # An "attention" that zeroes its input leaves only the shortcut: relu(shortcut(x)).
-    monkeypatch.setitem(ATTENTION, "zero", _Zero)
+    sbattn.register_attention("zero")(_Zero)
     x = torch.randn(2, 4, 8, 8)
     block = BasicBlock(4, 8, stride=2, shortcut="A", attention="zero", attn_after_bn2=True).eval()
     expected = torch.relu(torch.cat([torch.zeros(2, 2, 4, 4), x[:, :, ::2, ::2], torch.zeros(2, 2, 4, 4)], 1))

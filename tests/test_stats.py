@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from sbattn.stats import betainc, format_ci, mean, sample_std, t_cdf, t_quantile, welch
+from sbattn.experiments.stats import betainc, format_ci, mean, sample_std, t_cdf, t_quantile, welch
 
 
 @pytest.mark.parametrize("dof, expected", [(1, 12.706), (2, 4.303), (5, 2.571), (10, 2.228), (30, 2.042),

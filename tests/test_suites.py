@@ -14,11 +14,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from sbattn import suites
-from sbattn.cli import UserError
-from sbattn.config import TrainConfig
-from sbattn.jobs import available_cores
-from sbattn.stats import t_quantile
+from sbattn.cli import suites as cli
+from sbattn.experiments import suites, tables, variants
+from sbattn.errors import UserError
+from sbattn.engine.config import TrainConfig
+from sbattn.system import available_cores
+from sbattn.experiments.stats import t_quantile
 
 TINY = ["--dataset", "fake", "--width", "0.0625", "--epochs", "2", "--batch_size", "32", "--device", "cpu",
         "--precision", "fp32", "--eval-batch-size", "256"]
@@ -27,8 +28,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def parse(command: str, argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"sbattn {command}")
-    {"compare": suites.add_compare_options, "ablate": suites.add_ablate_options,
-     "report": suites.add_report_options}[command](parser)
+    {"compare": cli.add_compare_options, "ablate": cli.add_ablate_options,
+     "report": cli.add_report_options}[command](parser)
     return parser.parse_args(argv)
 
 
@@ -75,7 +76,7 @@ def test_compare_table_statistics_from_synthetic_runs(tmp_path):
         write_run(tmp_path, [0.5, b], seed=seed, params=1000, seconds=30.0)
         write_run(tmp_path, [0.5, se], use_se=True, seed=seed, params=1050, seconds=36.0)
         write_run(tmp_path, [0.5, sb], use_sb=True, activation="sigmoid", seed=seed, params=1100, seconds=45.0)
-    assert suites.run_report(parse("report", [str(tmp_path)])) == 0
+    assert cli.run_report(parse("report", [str(tmp_path)])) == 0
     md = (tmp_path / "compare.md").read_text()
     assert "| Model | Acc. |" in md and "### SB & SE" in md
     rows = table_rows(md)
@@ -103,7 +104,7 @@ def test_ablation_with_one_seed_has_no_interval(tmp_path):
     accs = {"linear": 0.9218, "relu": 0.9224, "tanh": 0.9222, "softmax": 0.9230, "sigmoid": 0.9266}
     for activation, acc in accs.items():  # written out of order: the table keeps the seed's order
         write_run(tmp_path, [0.4, acc], use_sb=True, activation=activation)
-    suites.run_report(parse("report", [str(tmp_path)]))
+    cli.run_report(parse("report", [str(tmp_path)]))
     md = (tmp_path / "ablation.md").read_text()
     rows = table_rows(md)
     assert "| Activation | Acc. |" in md and "Δ vs Tanh" in md
@@ -126,39 +127,39 @@ def test_ablation_with_one_seed_has_no_interval(tmp_path):
 def test_report_refuses_what_it_cannot_tabulate(tmp_path, setup, words):
     setup(tmp_path)
     with pytest.raises(UserError, match=words.replace("(", r"\(").replace(")", r"\)")):
-        suites.run_report(parse("report", [str(tmp_path)]))
+        cli.run_report(parse("report", [str(tmp_path)]))
 
 
 def test_report_of_a_missing_directory(tmp_path):
     with pytest.raises(UserError, match="no such directory"):
-        suites.run_report(parse("report", [str(tmp_path / "nope")]))
+        cli.run_report(parse("report", [str(tmp_path / "nope")]))
 
 
 # ---------------------------------------------------------------- options and presets
 
 def test_preset_sets_fields_and_explicit_flags_win():
     args = parse("compare", ["--preset", "quick", "--epochs", "3"])
-    c = suites.suite_config(args, suites.COMPARE)
-    quick = suites.PRESETS["quick"]
+    c = cli.base_config(args, variants.COMPARE)
+    quick = variants.PRESETS["quick"]
     assert c.epochs == 3  # explicit
     assert (c.width, c.milestones, c.batch_size) == (quick["width"], quick["milestones"], quick["batch_size"])
     assert c.activation == "sigmoid" and c.resume is True
     assert c.output_dir == "./results/compare-quick"
 
-    c = suites.suite_config(parse("ablate", ["--preset", "seed", "--width", "0.5", "--placement", "layer"]),
-                            suites.ABLATION)
+    c = cli.base_config(parse("ablate", ["--preset", "seed", "--width", "0.5", "--placement", "layer"]),
+                            variants.ABLATION)
     assert (c.epochs, c.batch_size, c.milestones, c.width) == (80, 64, [40, 60, 80], 0.5)
     assert c.output_dir == "./results/ablation-seed-layer" and c.placement == "layer"
 
-    c = suites.suite_config(parse("compare", ["--activation", "relu", "--output-dir", "x"]), suites.COMPARE)
+    c = cli.base_config(parse("compare", ["--activation", "relu", "--output-dir", "x"]), variants.COMPARE)
     assert (c.activation, c.epochs, c.width, c.output_dir) == ("relu", 80, 1.0, "x")  # no preset: the defaults
 
 
 def test_seeds_and_fixed_flags():
-    assert suites.seed_list(parse("compare", ["--seeds", "3"])) == [0, 1, 2]
-    assert suites.seed_list(parse("compare", ["--seeds", "2", "--seed", "10"])) == [10, 11]
+    assert cli.seed_list(parse("compare", ["--seeds", "3"])) == [0, 1, 2]
+    assert cli.seed_list(parse("compare", ["--seeds", "2", "--seed", "10"])) == [10, 11]
     with pytest.raises(UserError, match="at least one"):
-        suites.seed_list(parse("compare", ["--seeds", "0"]))
+        cli.seed_list(parse("compare", ["--seeds", "0"]))
     for command, flag in (("compare", "--use_se"), ("ablate", "--activation"), ("compare", "--resume")):
         with pytest.raises(SystemExit):  # the suite sets these itself: passing one is an error, not ignored
             parse(command, [flag, "True"])
@@ -167,7 +168,7 @@ def test_seeds_and_fixed_flags():
 def test_the_cli_has_the_suite_commands():
     from sbattn.cli import build_parser
     args = build_parser().parse_args(["compare", "--preset", "quick", "--seeds", "2", "--placement", "layer"])
-    assert args.suite == "compare" and args.seeds == 2 and args.placement == "layer"
+    assert args.command == "compare" and args.seeds == 2 and args.placement == "layer"
     assert build_parser().parse_args(["report", "some/dir"]).directory == "some/dir"
 
 
@@ -194,15 +195,15 @@ def test_interrupted_run_stops_the_suite_with_130_and_the_rerun_finishes(tmp_pat
     monkeypatch.setattr(suites, "train", fake)
     args = parse("compare", ["--dataset", "fake", "--width", "0.0625", "--epochs", "2", "--device", "cpu",
                              "--seeds", "2", "--output-dir", str(tmp_path)])
-    assert suites.run_compare(args) == 130
+    assert cli.run_compare(args) == 130
     assert len(fake.configs) == 2  # nothing after the interrupted run
     assert not (tmp_path / "compare.md").exists()
 
     rerun = FakeTrain()
     monkeypatch.setattr(suites, "train", rerun)
-    assert suites.run_compare(args) == 0
+    assert cli.run_compare(args) == 0
     trained = [(c.attention, c.seed) for c in rerun.configs]
-    assert trained == [("se", 0), ("sb", 0), (None, 1), ("se", 1), ("sb", 1)]  # baseline seed 0 was reused
+    assert trained == [("se", 0), ("sb", 0), ("none", 1), ("se", 1), ("sb", 1)]  # baseline seed 0 was reused
     assert all(c.resume for c in fake.configs + rerun.configs)
     assert [r[2] for r in table_rows((tmp_path / "compare.md").read_text())] == ["2", "2", "2"]
 
@@ -214,7 +215,7 @@ def test_a_finished_run_of_another_recipe_is_not_reused(tmp_path, monkeypatch):
     args = parse("compare", ["--dataset", "fake", "--width", "0.0625", "--epochs", "2", "--device", "cpu",
                              "--output-dir", str(tmp_path)])
     with pytest.raises(UserError, match="another recipe.*epochs 3 there, 2 now"):
-        suites.run_compare(args)
+        cli.run_compare(args)
     assert fake.configs == []
 
 
@@ -224,7 +225,7 @@ class CountingTrain:
     """The real train(), counted; raises (a simulated crash) on call `crash_on`."""
 
     def __init__(self, crash_on: int | None = None):
-        from sbattn.train import train
+        from sbattn.engine.loop import train
         self.real, self.crash_on, self.configs = train, crash_on, []
 
     def __call__(self, config: TrainConfig, quiet: bool = False):
@@ -240,7 +241,7 @@ def compare_dir(tmp_path_factory):
     counter = CountingTrain()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(suites, "train", counter)
-        code = suites.run_compare(parse("compare", TINY + ["--seeds", "2", "--output-dir", str(directory)]))
+        code = cli.run_compare(parse("compare", TINY + ["--seeds", "2", "--output-dir", str(directory)]))
     return directory, code, counter
 
 
@@ -248,7 +249,7 @@ def test_compare_end_to_end(compare_dir):
     directory, code, counter = compare_dir
     assert code == 0 and len(counter.configs) == 6
     assert {(c.attention, c.activation, c.seed) for c in counter.configs} == {
-        (a, act, s) for a, act in ((None, "tanh"), ("se", "tanh"), ("sb", "sigmoid")) for s in (0, 1)}
+        (a, act, s) for a, act in (("none", "tanh"), ("se", "tanh"), ("sb", "sigmoid")) for s in (0, 1)}
     rows = table_rows((directory / "compare.md").read_text())
     assert [r[0] for r in rows] == ["baseline", "SE", "SB(Sigmoid)"]
     assert [r[2] for r in rows] == ["2", "2", "2"]
@@ -267,7 +268,7 @@ def test_rerunning_a_finished_suite_trains_nothing(compare_dir, monkeypatch):
     directory, _, _ = compare_dir
     counter = CountingTrain()
     monkeypatch.setattr(suites, "train", counter)
-    assert suites.run_compare(parse("compare", TINY + ["--seeds", "2", "--output-dir", str(directory)])) == 0
+    assert cli.run_compare(parse("compare", TINY + ["--seeds", "2", "--output-dir", str(directory)])) == 0
     assert counter.configs == []
 
 
@@ -279,7 +280,7 @@ def test_report_reproduces_the_suite_table(compare_dir, tmp_path, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("report must not train")
     monkeypatch.setattr(suites, "train", no_training)
-    assert suites.run_report(parse("report", [str(copy)])) == 0
+    assert cli.run_report(parse("report", [str(copy)])) == 0
     assert (copy / "compare.md").read_text() == (directory / "compare.md").read_text()
     assert (copy / "compare.csv").read_text() == (directory / "compare.csv").read_text()
     assert_png(copy / "compare.png")
@@ -290,16 +291,16 @@ def test_a_crashed_suite_trains_only_what_is_missing(tmp_path, monkeypatch):
     crashing = CountingTrain(crash_on=2)
     monkeypatch.setattr(suites, "train", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        suites.run_compare(args)
+        cli.run_compare(args)
     again = CountingTrain()
     monkeypatch.setattr(suites, "train", again)
-    assert suites.run_compare(args) == 0
+    assert cli.run_compare(args) == 0
     assert [c.attention for c in again.configs] == ["se", "sb"]  # the baseline finished before the crash
     assert [r[0] for r in table_rows((tmp_path / "compare.md").read_text())] == ["baseline", "SE", "SB(Sigmoid)"]
 
 
 def test_ctrl_c_mid_run_then_rerun_resumes_from_the_checkpoint(tmp_path, monkeypatch):
-    import sbattn.train as train_module
+    import sbattn.engine.loop as train_module
     real_batches = train_module.train_batches
     sent = []
 
@@ -314,7 +315,7 @@ def test_ctrl_c_mid_run_then_rerun_resumes_from_the_checkpoint(tmp_path, monkeyp
     args = parse("ablate", TINY + ["--output-dir", str(tmp_path)])
     first = CountingTrain()
     monkeypatch.setattr(suites, "train", first)
-    assert suites.run_ablate(args) == 130
+    assert cli.run_ablate(args) == 130
     assert len(first.configs) == 1
     checkpoint = tmp_path / f"{first.configs[0].run_name}.ckpt"
     assert checkpoint.exists()
@@ -325,9 +326,9 @@ def test_ctrl_c_mid_run_then_rerun_resumes_from_the_checkpoint(tmp_path, monkeyp
                         lambda path, config: loaded.append(path) or real_load(path, config))
     second = CountingTrain()
     monkeypatch.setattr(suites, "train", second)
-    assert suites.run_ablate(args) == 0
+    assert cli.run_ablate(args) == 0
     assert loaded == [checkpoint]  # the interrupted run continued from its checkpoint, the others started fresh
-    assert [c.activation for c in second.configs] == list(suites.ABLATION_ACTIVATIONS)
+    assert [c.activation for c in second.configs] == list(variants.ABLATION_ACTIVATIONS)
     assert not checkpoint.exists()  # resumed and finished
     rows = table_rows((tmp_path / "ablation.md").read_text())
     assert [r[0] for r in rows] == ["Tanh", "Sigmoid", "ReLU", "Softmax", "Linear"]
@@ -339,16 +340,16 @@ def test_ctrl_c_mid_run_then_rerun_resumes_from_the_checkpoint(tmp_path, monkeyp
 # ---------------------------------------------------------------- --jobs K: runs in separate processes
 
 def _final_accs(directory: Path) -> dict[str, float]:
-    return {r.name: r.summary["final_eval_acc"] for r in suites.load_finished_runs(directory)}
+    return {r.name: r.summary["final_eval_acc"] for r in tables.load_finished_runs(directory)}
 
 
 def test_jobs_trains_in_processes_with_the_same_results(compare_dir, tmp_path, monkeypatch):
     directory, _, _ = compare_dir
-    import sbattn.jobs
+    import sbattn.experiments.jobs
     monkeypatch.setattr(suites, "train", lambda *a, **k: pytest.fail("--jobs 2 must not train in this process"))
-    monkeypatch.setattr(sbattn.jobs, "threads_per_job", lambda jobs, device: 1)  # as this session's runs
+    monkeypatch.setattr(sbattn.experiments.jobs, "threads_per_job", lambda jobs, device: 1)  # as this session's runs
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
-    assert suites.run_compare(parse("compare", TINY + ["--seeds", "2", "--jobs", "2",
+    assert cli.run_compare(parse("compare", TINY + ["--seeds", "2", "--jobs", "2",
                                                        "--output-dir", str(tmp_path)])) == 0
     # One thread per process, as in this session: the same runs, to the bit.
     assert _final_accs(tmp_path) == _final_accs(directory) and len(_final_accs(tmp_path)) == 6
@@ -360,11 +361,11 @@ def test_jobs_trains_in_processes_with_the_same_results(compare_dir, tmp_path, m
 
 def test_jobs_refuses_zero(tmp_path):
     with pytest.raises(UserError, match="--jobs 0"):
-        suites.run_compare(parse("compare", TINY + ["--jobs", "0", "--output-dir", str(tmp_path)]))
+        cli.run_compare(parse("compare", TINY + ["--jobs", "0", "--output-dir", str(tmp_path)]))
 
 
 def test_jobs_reports_a_failed_run_in_one_line(tmp_path, monkeypatch, capsys):
-    from sbattn.jobs import Job, run_jobs
+    from sbattn.experiments.jobs import Job, run_jobs
     config = TrainConfig(dataset="cifar10", data_dir=str(tmp_path / "nowhere"), device="cpu", width=0.0625,
                          epochs=1, output_dir=str(tmp_path), seed=0)
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
@@ -376,7 +377,7 @@ def test_jobs_reports_a_failed_run_in_one_line(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.skipif(available_cores() < 2, reason="needs two cores to share out")
 def test_a_run_left_alone_takes_every_core(tmp_path, monkeypatch):
-    from sbattn.jobs import Job, run_jobs
+    from sbattn.experiments.jobs import Job, run_jobs
     config = TrainConfig(dataset="fake", device="cpu", width=0.0625, epochs=1, batch_size=32, precision="fp32",
                          output_dir=str(tmp_path), seed=0)
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
@@ -397,7 +398,7 @@ def test_the_alone_signal_sets_threads_inside_the_run_and_is_harmless_after_it()
         import os, signal, time
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         import torch
-        from sbattn import jobs
+        from sbattn.engine import signals as jobs
         torch.set_num_threads(1)
         with jobs.alone_signal_handled():
             os.kill(os.getpid(), jobs.ALONE_SIGNAL)

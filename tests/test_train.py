@@ -12,9 +12,10 @@ import torch
 
 import sbattn
 from sbattn import TrainConfig
-from sbattn.checkpoint import load_checkpoint
-from sbattn.cli import UserError, main
-from sbattn.train import train
+from sbattn.engine.checkpoint import load_checkpoint
+from sbattn.cli import main
+from sbattn.errors import CheckpointError, UserError
+from sbattn.engine.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--device=cpu", "--dataset=fake", "--width=0.0625", "--batch_size=32", "--precision=fp32",
@@ -137,7 +138,7 @@ def test_eval_every_evaluates_the_last_epoch_always(tmp_path):
 
 
 def test_figure_has_losses_and_accs_panels(tmp_path, monkeypatch):
-    import sbattn.figures as figures
+    import sbattn.engine.figures as figures
     captured = {}
     monkeypatch.setattr(figures, "save_figure", lambda fig, path: captured.setdefault("titles", [
         ax.get_title() for ax in fig.axes]))
@@ -156,14 +157,14 @@ def test_seeds_name_runs_apart(tmp_path):
 def test_unwritable_output_dir_refused_before_training(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    import sbattn.train as train_module
+    import sbattn.engine.loop as train_module
     monkeypatch.setattr(train_module, "load_cifar10", lambda *a, **k: pytest.fail("data loaded before the check"))
     with pytest.raises(UserError, match="not writable"):
         train(tiny_config(tmp_path, output_dir=str(blocker / "results")), quiet=True)
 
 
 def test_non_finite_loss_stops_naming_epoch_and_step_keeping_last_checkpoint(tmp_path, monkeypatch):
-    import sbattn.train as train_module
+    import sbattn.engine.loop as train_module
     calls = {"n": 0}
     real = train_module.F.cross_entropy
 
@@ -211,18 +212,19 @@ def test_bad_checkpoints_are_refused_not_overwritten(tmp_path, damage):
         torch.save(obj, path)
         match, resumed = "format 999", config
     else:  # trained weights copied over the checkpoint
-        from sbattn.checkpoint import save_weights
+        from sbattn.engine.checkpoint import save_weights
         save_weights(path, sbattn.vgg16(width=0.0625), config, [], {})
         match, resumed = "not a training checkpoint", config
     before = path.read_bytes()
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(CheckpointError, match=match) as refused:
         train(TrainConfig.from_dict(resumed.to_dict(), resume=True), quiet=True)
+    assert refused.value.code == 2
     assert path.read_bytes() == before
 
 
 def _run_until_checkpoint(config):
     """Train, then fail before the run is finished, leaving its last checkpoint behind."""
-    import sbattn.train as train_module
+    import sbattn.engine.loop as train_module
     original = train_module._finish
     try:
         train_module._finish = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)

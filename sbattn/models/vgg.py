@@ -1,21 +1,22 @@
-"""The seed's modified VGG16 for 32x32 images, and the model registry the CLI builds from.
+"""The reference implementation's modified VGG16 for 32x32 images.
 
 The architecture is data: a list of stages, each (width, number of 3x3 conv-BN-ReLU layers), each ending in a
-2x2 max pool. Attention sits at the end of every stage, before its pool ("stage", the seed's placement), or
+2x2 max pool. Attention sits at the end of every stage, before its pool ("stage", the reference's placement), or
 after every conv-BN-ReLU ("layer", the paper's "more layers").
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 from torch import nn
 
-from .attention import create_attention
+from ..nn.attention import create_attention
+from .registry import register_model
 
-__all__ = ["VGG", "VGG16_STAGES", "PLACEMENTS", "MODELS", "register_model", "create_model", "vgg16", "scaled"]
+__all__ = ["VGG", "VGG16_STAGES", "VGG_PLACEMENTS", "vgg16", "scaled"]
 
 VGG16_STAGES: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 3), (512, 3))
-PLACEMENTS = ("stage", "layer")  # VGG has no residual blocks
+VGG_PLACEMENTS = ("stage", "layer")  # VGG has no residual blocks
 
 
 def scaled(width: int, multiplier: float) -> int:
@@ -28,8 +29,8 @@ class VGG(nn.Module):
                  placement: str = "stage", num_classes: int = 10, width: float = 1.0, hidden: int = 256,
                  in_chans: int = 3, **attn_options):
         super().__init__()
-        if placement not in PLACEMENTS:
-            raise ValueError(f"VGG supports placement {' or '.join(PLACEMENTS)}, not {placement!r}")
+        if placement not in VGG_PLACEMENTS:
+            raise ValueError(f"VGG supports placement {' or '.join(VGG_PLACEMENTS)}, not {placement!r}")
         if width <= 0:
             raise ValueError(f"width multiplier must be > 0, got {width}")
         self.attention, self.placement = attention, placement
@@ -50,7 +51,7 @@ class VGG(nn.Module):
         hidden = scaled(hidden, width)
         self.classifier = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True),
                                         nn.Linear(hidden, num_classes))
-        self.apply(_seed_init)
+        self.apply(_reference_init)
 
     def forward_features(self, x):
         return self.features(x).mean((2, 3))
@@ -59,34 +60,16 @@ class VGG(nn.Module):
         return self.classifier(self.forward_features(x))
 
 
-def _seed_init(module: nn.Module) -> None:
-    """The seed's initialisation: Linear and BatchNorm1d weights from N(0, 0.02), their biases 0."""
+def _reference_init(module: nn.Module) -> None:
+    """The reference implementation's initialisation: Linear and BatchNorm1d weights from N(0, 0.02), their biases 0."""
     if isinstance(module, (nn.Linear, nn.BatchNorm1d)):
         nn.init.normal_(module.weight, 0.0, 0.02)
         nn.init.zeros_(module.bias)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: make a model builder available to create_model and the CLI under its function name."""
-    MODELS[fn.__name__] = fn
-    return fn
-
-
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model by name, e.g. create_model("vgg16", attention="sb")."""
-    try:
-        builder = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(sorted(MODELS))}") from None
-    return builder(**kwargs)
-
-
 @register_model
 def vgg16(attention: str | None = None, activation: str = "tanh", ratio: float = 0.5, num_classes: int = 10,
           width: float = 1.0, placement: str = "stage", **attn_options) -> VGG:
-    """The seed's modified VGG16. attention: None, "sb" or "se"; activation is SB's (SE's gate is a sigmoid)."""
+    """The reference implementation's modified VGG16. attention: None, "sb" or "se"; activation is SB's (SE's gate is a sigmoid)."""
     return VGG(VGG16_STAGES, attention, placement, num_classes, width,
                activation=activation, ratio=ratio, **attn_options)

@@ -1,4 +1,4 @@
-"""Figures: the seed's per-run "Training and eval statistics" (Losses and Accs panels)."""
+"""Figures: the reference implementation's per-run "Training and eval statistics" (Losses and Accs panels)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .checkpoint import atomic_write  # noqa: E402
+from ..files import atomic_write  # noqa: E402
 
 __all__ = ["plot_history", "save_figure"]
 

@@ -11,7 +11,6 @@ killed outright, Linux sends its runs a SIGTERM, so they save too.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import signal
@@ -23,15 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import TrainConfig
+from ..engine.config import TrainConfig
+from ..engine.options import config_from_argv
+from ..engine.signals import ALONE_SIGNAL, ALONE_THREADS
+from ..errors import UserError
+from ..system import available_cores
 
-__all__ = ["Job", "alone_signal_handled", "available_cores", "run_jobs", "threads_per_job"]
-
-# Sent to the last CPU run still training: from then on it uses the threads a lone run gets (ALONE_THREADS, set
-# by the suite). Blocked in the run from its start until its handler is installed, so that one sent early waits
-# instead of killing the run. None where the platform has no such signal.
-ALONE_SIGNAL = getattr(signal, "SIGUSR1", None)
-ALONE_THREADS = "SBATTN_ALONE_THREADS"
+__all__ = ["Job", "run_jobs", "threads_per_job"]
 
 
 @dataclass
@@ -48,38 +45,11 @@ class Job:
         return self.log_path.with_suffix(".ckpt")
 
 
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def threads_per_job(jobs: int, device: str) -> int:
     """Intra-op threads for each of `jobs` processes: the cores shared out on the CPU (at least one each); on a
     GPU, where the host only launches kernels and augments nothing, at most four each."""
     cores = available_cores()
     return max(1, cores // jobs) if device.startswith("cpu") else max(1, min(4, cores // jobs))
-
-
-def _train_alone(signum, frame) -> None:
-    import torch
-    torch.set_num_threads(int(os.environ.get(ALONE_THREADS, available_cores())))
-
-
-@contextlib.contextmanager
-def alone_signal_handled():
-    """In a training run: on ALONE_SIGNAL, take the lone run's threads from the next operation on.
-
-    In a suite's run, where the signal comes blocked, it is ignored afterwards: one that comes as the run
-    finishes must not kill it.
-    """
-    if ALONE_SIGNAL is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(ALONE_SIGNAL, _train_alone)
-    from_suite = ALONE_SIGNAL in signal.pthread_sigmask(signal.SIG_UNBLOCK, {ALONE_SIGNAL})
-    try:
-        yield
-    finally:
-        signal.signal(ALONE_SIGNAL, signal.SIG_IGN if from_suite else previous)
 
 
 def _child_setup_hook() -> Callable[[], None]:
@@ -104,8 +74,7 @@ def _child_setup_hook() -> Callable[[], None]:
 
 def _check_round_trip(config: TrainConfig) -> None:
     """A run's options must rebuild its configuration (the CLI strips quotes and spaces around values)."""
-    from .cli import UserError, build_parser, config_from_args
-    if config_from_args(build_parser().parse_args(["train", *config.to_argv()])) != config:
+    if config_from_argv(config.to_argv()) != config:
         raise UserError(f"{config.run_name}: its configuration does not survive the command line (a path that "
                         f"begins or ends with a space or a quote?); run the suite with --jobs 1", code=2)
 

@@ -16,9 +16,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .ops import add_per_channel, spatial_mean
+
 __all__ = [
-    "ACTIVATIONS", "ATTENTION", "AttentionBranch", "ShiftBalance", "SqueezeExcite",
-    "create_attention", "register_attention", "hidden_channels", "spatial_mean", "add_per_channel",
+    "AttentionBranch", "ShiftBalance", "SqueezeExcite", "LAMBDA_INITS", "create_attention", "register_attention",
+    "list_attention", "list_activations", "get_attention", "is_attention", "hidden_channels",
 ]
 
 
@@ -26,7 +28,7 @@ def _softmax_over_channels(a: torch.Tensor) -> torch.Tensor:
     return torch.softmax(a, dim=1)
 
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
     "relu": torch.relu,
@@ -37,43 +39,14 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     try:
-        return ACTIVATIONS[name]
+        return _ACTIVATIONS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown activation {name!r}: choose one of {', '.join(ACTIVATIONS)}") from None
+        raise ValueError(f"unknown activation {name!r}: choose one of {', '.join(_ACTIVATIONS)}") from None
 
 
-def spatial_mean(x: torch.Tensor) -> torch.Tensor:
-    """x (N, C, H, W) averaged over H and W, as (N, C)."""
-    if not _cpu_bf16_channels_last(x):
-        return x.mean((2, 3))
-    # As a matrix product over the memory's (N, HW, C) view: the plain reduction's backward, a broadcast add into
-    # a channels-last bf16 gradient, runs several times slower on the CPU. Ones on the left, so that the
-    # gradient comes back channels-last too. Summed, then divided: 1 / HW in bf16 would be rounded.
-    n, c, h, w = x.shape
-    return (x.new_ones(1, h * w) @ _pixel_rows(x)).view(n, c) / (h * w)
-
-
-def add_per_channel(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """x (N, C, H, W) + shift (N, C) broadcast over H and W, in x's dtype and memory format."""
-    shift = shift.to(x.dtype)
-    if not _cpu_bf16_channels_last(x):
-        return x + shift[:, :, None, None]
-    # A rank-1 update (baddbmm), for the reason in spatial_mean: on the CPU, this broadcast add over a
-    # channels-last bf16 tensor runs about 9x slower than the same add as a GEMM.
-    n, c, h, w = x.shape
-    y = torch.baddbmm(_pixel_rows(x), x.new_ones(n, h * w, 1), shift[:, None, :])
-    return y.view(n, h, w, c).permute(0, 3, 1, 2)
-
-
-def _pixel_rows(x: torch.Tensor) -> torch.Tensor:
-    """A channels-last x (N, C, H, W) as the (N, HW, C) matrix its memory already is (a view, no copy)."""
-    n, c, h, w = x.shape
-    return x.permute(0, 2, 3, 1).reshape(n, h * w, c)
-
-
-def _cpu_bf16_channels_last(x: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dtype == torch.bfloat16
-            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+def list_activations() -> list[str]:
+    """SB's activations by name, in the reference implementation's table order."""
+    return list(_ACTIVATIONS)
 
 
 def hidden_channels(channels: int, ratio: float) -> int:
@@ -112,7 +85,7 @@ class AttentionBranch(nn.Sequential):
 class ShiftBalance(nn.Module):
     """Shift-and-Balance attention (arXiv 2103.13080): y = x + lambda * act(branch(mean_hw(x))).
 
-    lambda_init: "normal" (standard normal, the seed's), "zeros" (the block starts as the identity),
+    lambda_init: "normal" (standard normal, the reference implementation's), "zeros" (the block starts as the identity),
     "ones", or a number every channel starts at.
     """
 
@@ -135,7 +108,7 @@ class ShiftBalance(nn.Module):
 class SqueezeExcite(nn.Module):
     """Squeeze-and-Excitation: y = x * sigmoid(branch(mean_hw(x))).
 
-    use_bn=True is the seed's variant (BatchNorm in the branch); use_bn=False is the original SE of Hu et al.
+    use_bn=True is the reference implementation's variant (BatchNorm in the branch); use_bn=False is the original SE of Hu et al.
     """
 
     def __init__(self, channels: int, ratio: float = 0.5, use_bn: bool = True):
@@ -147,6 +120,9 @@ class SqueezeExcite(nn.Module):
         return x * gate.to(x.dtype)[:, :, None, None]
 
 
+LAMBDA_INITS = ("normal", "zeros", "ones")  # or a number every channel starts at
+
+
 def _init_lambda(channels: int, init: str | float) -> torch.Tensor:
     if init == "normal":
         return torch.randn(channels)
@@ -156,33 +132,49 @@ def _init_lambda(channels: int, init: str | float) -> torch.Tensor:
         return torch.ones(channels)
     if isinstance(init, (int, float)) and not isinstance(init, bool):
         return torch.full((channels,), float(init))
-    raise ValueError(f"unknown lambda_init {init!r}: use 'normal', 'zeros', 'ones' or a number")
+    raise ValueError(f"unknown lambda_init {init!r}: use {', '.join(map(repr, LAMBDA_INITS))} or a number")
 
 
-ATTENTION: dict[str, type[nn.Module]] = {"sb": ShiftBalance, "se": SqueezeExcite}
+_ATTENTION: dict[str, type[nn.Module]] = {"sb": ShiftBalance, "se": SqueezeExcite}
 MODEL_WIDE_OPTIONS = ("activation", "lambda_init")
 
 
 def register_attention(name: str):
-    """Class decorator: make a block available to create_attention, the models and the CLI under `name`."""
+    """Class decorator: make a block available under `name` to create_attention, attach, the models, and the
+    command line's --attention (train and the suites)."""
     def add(cls: type[nn.Module]) -> type[nn.Module]:
-        ATTENTION[name] = cls
+        _ATTENTION[name] = cls
         return cls
     return add
+
+
+def list_attention() -> list[str]:
+    """The registered attention kinds ("sb", "se", ...), in registration order; "none" is not one of them."""
+    return list(_ATTENTION)
+
+
+def get_attention(kind: str) -> type[nn.Module]:
+    """The block class registered as `kind`; ValueError naming the choices when there is none."""
+    try:
+        return _ATTENTION[kind]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown attention {kind!r}: choose one of none, {', '.join(_ATTENTION)}") from None
+
+
+def is_attention(module: nn.Module) -> bool:
+    """Whether `module` is one of the registered attention blocks."""
+    return isinstance(module, tuple(_ATTENTION.values()))
 
 
 def create_attention(kind: str | None, channels: int, **options) -> nn.Module | None:
     """Build an attention block by name ("sb", "se", ...); None or "none" gives None.
 
-    The SB-specific options a model hands to every kind (MODEL_WIDE_OPTIONS, as the seed's --activation is
+    The SB-specific options a model hands to every kind (MODEL_WIDE_OPTIONS, as the reference's --activation is
     given to SE runs too) are dropped for a block that does not take them; any other unknown option is an error.
     """
     if kind is None or kind == "none":
         return None
-    try:
-        cls = ATTENTION[kind]
-    except KeyError:
-        raise ValueError(f"unknown attention {kind!r}: choose one of none, {', '.join(ATTENTION)}") from None
+    cls = get_attention(kind)
     accepted = inspect.signature(cls).parameters
     options = {k: v for k, v in options.items() if k in accepted or k not in MODEL_WIDE_OPTIONS}
     return cls(channels, **options)

@@ -1,52 +1,27 @@
-"""Atomic files, training checkpoints that refuse to be misused, and trained weights with their provenance."""
+"""Training checkpoints that refuse to be misused, and trained weights with their provenance."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from ..errors import CheckpointError
+from ..files import atomic_write
+from ..models import create_model
+from ..version import __version__
+from .config import TrainConfig, recipe_differences
 
-__all__ = ["CheckpointError", "CHECKPOINT_FORMAT", "atomic_write", "save_checkpoint", "load_checkpoint",
-           "save_weights", "load", "read_record", "unwrap", "RECIPE_FIELDS"]
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "save_weights", "load", "read_record",
+           "unwrap"]
 
 CHECKPOINT_FORMAT = 2  # 2: every rank's random state, and the number of processes
-
-# The fields that make two runs the same run; the rest (device, paths, compile, ...) may change on resume.
-RECIPE_FIELDS = ("arch", "attn_ratio", "use_sb", "use_se", "activation", "epochs", "batch_size", "init_lr", "gamma",
-                 "milestones", "weight_decay", "placement", "width", "lambda_init", "dataset", "augment", "seed",
-                 "eval_every", "precision")
 
 
 # What a training checkpoint holds besides its format, version and configuration.
 TRAINING_STATE = frozenset({"config", "seed", "epoch", "step", "partial", "history", "world_size", "model", "optimizer",
                             "scheduler", "scaler", "rng"})
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; str(e) is one line saying why and what to do."""
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call write(file) on a temporary file beside `path`, then rename it over `path`.
-
-    A crash mid-write leaves the previous file intact, never a half-written one under the real name.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -78,9 +53,7 @@ def load_checkpoint(path: str | Path, config: TrainConfig) -> dict:
     if missing:
         raise CheckpointError(f"{path} is not a training checkpoint (it lacks {', '.join(missing)}); "
                               f"move it away to start over")
-    saved = ckpt.get("config", {})
-    differences = [f"{name} {saved.get(name)!r} there, {getattr(config, name)!r} now"
-                   for name in RECIPE_FIELDS if saved.get(name) != getattr(config, name)]
+    differences = recipe_differences(ckpt.get("config", {}), config)
     if differences:
         raise CheckpointError(f"{path} is from another configuration ({'; '.join(differences)}); "
                               f"run with its settings or move it away to start over")
@@ -90,7 +63,6 @@ def load_checkpoint(path: str | Path, config: TrainConfig) -> dict:
 def save_weights(path: str | Path, model: nn.Module, config: TrainConfig, history: list[dict],
                  summary: dict, num_classes: int = 10) -> None:
     """The trained model as a state dict, with what rebuilds and explains it beside it."""
-    from . import __version__
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, "version": __version__,
                                              "config": config.to_dict(), "num_classes": num_classes,
@@ -108,17 +80,26 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a trained model from a .pth written by training (or a training checkpoint), in eval mode."""
-    from .models import create_model
-    obj = read_record(Path(path))
+    """Rebuild a trained model from a .pth written by training (or a training checkpoint), in eval mode.
+
+    A missing, damaged or foreign file, or weights that do not fit the recorded model, is a CheckpointError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file (give the .pth that training wrote)")
+    obj = read_record(path)
     if "state_dict" in obj:
         state = obj["state_dict"]
     elif "model" in obj:
         state = obj["model"]
     else:
         raise CheckpointError(f"{path} holds no model weights")
-    config = TrainConfig.from_dict(obj["config"], device="cpu", resume=False)
-    model = create_model(config.arch, num_classes=obj.get("num_classes", 10), **config.model_options())
-    model.load_state_dict(state)
+    try:
+        config = TrainConfig.from_dict(obj["config"], device="cpu", resume=False)
+        model = create_model(config.arch, num_classes=obj.get("num_classes", 10), **config.model_options())
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:  # weights that do not fit the recorded model
+        first_line = (str(e).splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: cannot rebuild its model ({type(e).__name__}: {first_line})") from None
     model.config, model.history = config, obj.get("history", [])
     return model.to(device).eval()

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import create_attention
-from .models import register_model, scaled
+from ..nn.attention import create_attention
+from .registry import PLACEMENTS, register_model
+from .vgg import scaled
 
 __all__ = ["ResNet", "BasicBlock", "PadShortcut", "RESNET_PLACEMENTS", "CIFAR_RESNET20", "CIFAR_RESNET56",
            "CIFAR_RESNET18", "resnet20", "resnet56", "resnet18"]
@@ -31,7 +32,7 @@ Stage = tuple[int, int, int]  # (width, blocks, stride of the first block)
 CIFAR_RESNET20: tuple[Stage, ...] = ((16, 3, 1), (32, 3, 2), (64, 3, 2))
 CIFAR_RESNET56: tuple[Stage, ...] = ((16, 9, 1), (32, 9, 2), (64, 9, 2))
 CIFAR_RESNET18: tuple[Stage, ...] = ((64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2))
-RESNET_PLACEMENTS = ("block", "stage", "layer")
+RESNET_PLACEMENTS = PLACEMENTS  # a residual network offers every placement
 SHORTCUTS = ("A", "B")
 
 
@@ -94,7 +95,7 @@ class ResNet(nn.Module):
 
     Initialisation, as in He et al. and torchvision: convolutions He-normal (fan_out, ReLU), BatchNorm2d weight 1
     and bias 0; the classifier and the attention blocks keep PyTorch's defaults (the SE-ResNet convention, and
-    what `sbattn.attach` gives a user's own network), not the VGG's N(0, 0.02) seed initialisation.
+    what `sbattn.attach` gives a user's own network), not the VGG's N(0, 0.02) initialisation of the reference implementation.
     """
 
     def __init__(self, stages: Sequence[Stage] = CIFAR_RESNET20, attention: str | None = None,

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .attention import ATTENTION
+from ..nn.attention import is_attention
 
 __all__ = ["Summary", "summarize", "format_summary"]
 
@@ -38,16 +38,12 @@ class Summary:
     attention_blocks: int = 0
 
 
-def _is_attention(module: nn.Module) -> bool:
-    return isinstance(module, tuple(ATTENTION.values()))
-
-
 def _units(model: nn.Module):
     """The table's rows: leaf modules, with each attention block as one unit."""
     def walk(module: nn.Module, prefix: str):
         for name, child in module.named_children():
             full = f"{prefix}.{name}" if prefix else name
-            if _is_attention(child) or not any(True for _ in child.children()):
+            if is_attention(child) or not any(True for _ in child.children()):
                 yield full, child
             else:
                 yield from walk(child, full)
@@ -86,7 +82,7 @@ def summarize(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32), 
     for name, module in units:
         params = sum(p.numel() for p in module.parameters())
         summary.rows.append(Row(name, type(module).__name__, shapes.get(name, ()), params, fwd.get(name, 0) // batch))
-        if _is_attention(module):
+        if is_attention(module):
             summary.attention_blocks += 1
             summary.attention_params += params
             summary.attention_flops_forward += fwd.get(name, 0) // batch

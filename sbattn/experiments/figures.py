@@ -11,7 +11,8 @@ from typing import Mapping, Sequence
 
 from matplotlib.ticker import MaxNLocator
 
-from .figures import plt, save_figure
+from ..engine.figures import plt, save_figure
+from .stats import sample_std
 
 __all__ = ["plot_suite", "plot_lambda", "has_lambda", "mean_band"]
 
@@ -29,15 +30,8 @@ def mean_band(histories: Sequence[History], value) -> tuple[list[int], list[floa
                 per_epoch.setdefault(entry["epoch"], []).append(v)
     epochs = sorted(per_epoch)
     means = [sum(per_epoch[e]) / len(per_epoch[e]) for e in epochs]
-    stds = [_std(per_epoch[e]) for e in epochs]
+    stds = [sample_std(per_epoch[e]) or 0.0 for e in epochs]
     return epochs, means, stds
-
-
-def _std(values: Sequence[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    m = sum(values) / len(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
 def _final_acc(history: History) -> float | None:
@@ -72,7 +66,7 @@ def plot_suite(runs: Mapping[str, Sequence[History]], path: str | Path, title: s
     curves.legend(loc="lower right")
 
     means = [sum(f) / len(f) if f else math.nan for f in finals]
-    stds = [_std(f) for f in finals]
+    stds = [sample_std(f) or 0.0 for f in finals]
     xs = range(len(labels))
     bars.bar(xs, means, yerr=stds, capsize=6, color=colors, alpha=0.85, edgecolor="black", linewidth=0.6)
     for x, m, s in zip(xs, means, stds):

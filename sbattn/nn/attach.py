@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Union
 
 from torch import nn
 
-from .attention import ATTENTION, create_attention
+from .attention import create_attention, is_attention, list_attention
 
 __all__ = ["WithAttention", "attach", "detach", "attached", "infer_channels"]
 
@@ -81,14 +81,13 @@ def _selector(where: Where, model: nn.Module) -> Callable[[str, nn.Module], bool
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
     """(name, module, parent) for every module that may be selected: not the root, nor inside attention."""
     found: list[tuple[str, nn.Module, nn.Module]] = []
-    blocks = tuple(ATTENTION.values())
 
     def visit(module: nn.Module, prefix: str) -> None:
         for child_name, child in module.named_children():
             if isinstance(module, WithAttention) and child_name == "attention":
                 continue
             found.append((f"{prefix}{child_name}", child, module))
-            if not isinstance(child, blocks):
+            if not is_attention(child):
                 visit(child, f"{prefix}{child_name}.")
     visit(model, "")
     return found
@@ -105,7 +104,7 @@ def attach(model: nn.Module, kind: str = "sb", where: Where = nn.BatchNorm2d, ch
     Returns `model`, changed in place.
     """
     if kind is None or kind == "none":
-        raise ValueError("attach needs an attention kind: choose one of " + ", ".join(ATTENTION))
+        raise ValueError("attach needs an attention kind: choose one of " + ", ".join(list_attention()))
     select = _selector(where, model)
     chosen = [(name, module, parent) for name, module, parent in _candidates(model) if select(name, module)]
     if not chosen:

@@ -1,69 +1,82 @@
 """One typed configuration for a training run, validated when built.
 
-The seed's hyper-parameters keep the seed's names and defaults; the project's own options follow. The CLI is
-generated from these fields, so a field added here is a flag everywhere.
+The reference implementation's hyper-parameters keep its names and defaults; the project's own options follow.
+The command line is generated from these fields (engine/options.py), so a field added here is a flag everywhere.
 """
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
-from .attention import ACTIVATIONS
-from .augment import AUGMENTS
+from ..data import AUGMENTS, DATASETS, canonical_augment
+from ..errors import ConfigError
+from ..models import PLACEMENTS, create_model, default_placement, list_models
+from ..nn import LAMBDA_INITS, list_activations, list_attention
 
-__all__ = ["ConfigError", "TrainConfig", "resolve_device", "PRECISIONS", "AUGMENTS", "DATASETS"]
+__all__ = ["TrainConfig", "resolve_device", "PRECISIONS", "RECIPE_FIELDS", "canonical_config", "recipe_differences"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DATASETS = ("cifar10", "fake")
-PLACEMENTS = ("auto", "stage", "block", "layer")
+
+# The fields that make two runs the same run; the rest (device, paths, compile, ...) may change on resume.
+RECIPE_FIELDS = ("arch", "attention", "attn_ratio", "use_sb", "use_se", "activation", "epochs", "batch_size",
+                 "init_lr", "gamma", "milestones", "weight_decay", "placement", "width", "lambda_init", "dataset",
+                 "augment", "seed", "eval_every", "precision")
 
 
-class ConfigError(ValueError):
-    """A bad configuration value; str(e) is one line naming the field, the value and what is allowed."""
-
-
-def _opt(default, help: str, seed: bool = False, **extra):
-    """A config field with its CLI help; seed=True marks the seed's own flags (spelled with underscores)."""
+def _opt(default, help: str, reference: bool = False, choices: Callable[[], list[str]] | None = None):
+    """A config field with its CLI help; reference=True marks the reference implementation's own flags (spelled
+    with underscores); choices: the allowed values, from the registry that defines them."""
     factory = {"default_factory": default} if callable(default) else {"default": default}
-    return field(**factory, metadata={"help": help, "seed": seed, **extra})
+    return field(**factory, metadata={"help": help, "reference": reference, "choices": choices})
 
 
 @dataclass
 class TrainConfig:
-    # The seed's hyper-parameters, with the seed README's defaults.
-    device: str | None = _opt(None, "cuda, cuda:N, cpu or mps; default: CUDA when present, else the CPU", seed=True)
-    attn_ratio: float = _opt(0.5, "hidden size ratio of the SB or SE branch", seed=True)
-    use_sb: bool = _opt(True, "Shift-and-Balance attention", seed=True)
-    use_se: bool = _opt(False, "Squeeze-and-Excitation attention (not together with use_sb)", seed=True)
-    activation: str = _opt("tanh", f"SB activation: {', '.join(ACTIVATIONS)}", seed=True)
-    epochs: int = _opt(80, "training epochs", seed=True)
-    batch_size: int = _opt(64, "batch size (the global batch under torchrun)", seed=True)
-    init_lr: float = _opt(0.1, "initial learning rate", seed=True)
-    gamma: float = _opt(0.2, "learning-rate decay factor at each milestone", seed=True)
-    milestones: list[int] = _opt(lambda: [40, 60, 80], "epochs at which the learning rate decays", seed=True)
-    weight_decay: float = _opt(9e-6, "weight decay on every parameter", seed=True)
+    # The reference implementation's hyper-parameters, with its README's defaults.
+    device: str | None = _opt(None, "cuda, cuda:N, cpu or mps; none given: CUDA when present, else the CPU",
+                              reference=True)
+    attn_ratio: float = _opt(0.5, "hidden size ratio of the attention branch", reference=True)
+    use_sb: bool = _opt(True, "Shift-and-Balance attention (the reference's spelling of --attention sb)",
+                        reference=True)
+    use_se: bool = _opt(False, "Squeeze-and-Excitation attention (the reference's spelling of --attention se; "
+                               "not together with use_sb)", reference=True)
+    activation: str = _opt("tanh", "SB activation", reference=True, choices=list_activations)
+    epochs: int = _opt(80, "training epochs", reference=True)
+    batch_size: int = _opt(64, "batch size (the global batch under torchrun)", reference=True)
+    init_lr: float = _opt(0.1, "initial learning rate", reference=True)
+    gamma: float = _opt(0.2, "learning-rate decay factor at each milestone", reference=True)
+    milestones: list[int] = _opt(lambda: [40, 60, 80], "epochs at which the learning rate decays", reference=True)
+    weight_decay: float = _opt(9e-6, "weight decay on every parameter", reference=True)
     # The project's own options.
-    arch: str = _opt("vgg16", "model architecture")
+    attention: str | None = _opt(None, "attention block by registered name, or none; given, it sets --use_sb and "
+                                       "--use_se; none given: from --use_sb and --use_se",
+                                 choices=lambda: ["none", *list_attention()])
+    arch: str = _opt("vgg16", "model architecture", choices=list_models)
     placement: str = _opt("auto", "attention at the end of each stage (stage), after each residual block (block) or "
                                   "after each conv layer (layer); auto: the architecture's own (VGG: stage, "
-                                  "the seed's; ResNets: block, SE-ResNet's)")
+                                  "the reference's; ResNets: block, SE-ResNet's)",
+                          choices=lambda: ["auto", *PLACEMENTS])
     width: float = _opt(1.0, "width multiplier for every conv and classifier layer")
-    lambda_init: str = _opt("normal", "SB lambda initialisation: normal (the seed's), zeros, ones")
+    lambda_init: str = _opt("normal", "SB lambda initialisation (normal: the reference's)",
+                            choices=lambda: list(LAMBDA_INITS))
     data_dir: str = _opt("./data", "where CIFAR-10 is (any supported form), or will be downloaded to")
     download: bool = _opt(False, "download the official archive into --data-dir if it is not there")
-    dataset: str = _opt("cifar10", f"dataset: {', '.join(DATASETS)} (fake: a small synthetic set for smoke runs)")
-    cache_dir: str | None = _opt(None, "cache of decoded arrays (default $SBATTN_CACHE or ~/.cache/sbattn)")
+    dataset: str = _opt("cifar10", "dataset (fake: a small synthetic set for smoke runs)",
+                        choices=lambda: list(DATASETS))
+    cache_dir: str | None = _opt(None, "cache of decoded arrays; none given: $SBATTN_CACHE, else ~/.cache/sbattn")
     resize: bool = _opt(False, "accept image-folder images that are not 32x32 RGB, resizing and converting them")
-    augment: str = _opt("seed", f"training augmentation: {', '.join(AUGMENTS)}")
+    augment: str = _opt("reference", "training augmentation (reference: the reference implementation's; "
+                                     "seed: the same, its former name)", choices=lambda: list(AUGMENTS))
     output_dir: str = _opt("./results", "where results, figures and checkpoints go")
-    seed: int | None = _opt(None, "random seed; also names the run's files so seeds never overwrite each other")
+    seed: int | None = _opt(None, "random seed; also names the run's files so seeds never overwrite each other; "
+                                  "none given: a random one, recorded in the run's files")
     eval_every: int = _opt(1, "evaluate every N epochs (the last epoch always)")
     eval_batch_size: int = _opt(1000, "evaluation batch size")
-    precision: str = _opt("auto", f"{', '.join(PRECISIONS)}; auto: bf16 where the device has it, else fp16 on CUDA, "
-                                  f"else fp32")
+    precision: str = _opt("auto", "auto: bf16 where the device has it, else fp16 on CUDA, else fp32",
+                          choices=lambda: list(PRECISIONS))
     compile: bool = _opt(False, "torch.compile the model (on CUDA: CUDA graphs for forward and backward)")
     sync_bn: bool = _opt(True, "under torchrun, synchronise every BatchNorm (the attention's too) across processes")
     resume: bool = _opt(False, "continue from the run's last checkpoint in --output-dir")
@@ -73,13 +86,12 @@ class TrainConfig:
         self.validate()
 
     @property
-    def attention(self) -> str | None:
-        return "sb" if self.use_sb else "se" if self.use_se else None
-
-    @property
     def run_name(self) -> str:
-        """The seed's file stem, vgg16_<ratio>_<use_sb>_<use_se>_<activation>, plus what else tells runs apart."""
+        """The reference's file stem, vgg16_<ratio>_<use_sb>_<use_se>_<activation>, plus what else tells runs
+        apart."""
         name = f"{self.arch}_{self.attn_ratio}_{self.use_sb}_{self.use_se}_{self.activation}"
+        if self.attention not in ("none", "sb", "se"):  # the reference's flags cannot name it
+            name += f"_{self.attention}"
         if self.placement != default_placement(self.arch):
             name += f"_{self.placement}"
         if self.width != 1.0:
@@ -110,10 +122,17 @@ class TrainConfig:
         def fail(name: str, why: str) -> None:
             raise ConfigError(f"{name}={getattr(self, name)!r}: {why}")
 
-        if self.use_sb and self.use_se:
-            raise ConfigError("use_sb=True and use_se=True: choose one of SB and SE (or neither, for the baseline)")
-        if self.activation not in ACTIVATIONS:
-            fail("activation", f"must be one of {', '.join(ACTIVATIONS)}")
+        if self.attention is None:
+            if self.use_sb and self.use_se:
+                raise ConfigError("use_sb=True and use_se=True: choose one of SB and SE (or neither, for the "
+                                  "baseline)")
+            self.attention = "sb" if self.use_sb else "se" if self.use_se else "none"
+        self.augment = canonical_augment(self.augment)
+        for f in dataclasses.fields(self):
+            choices = f.metadata["choices"]
+            if choices is not None and getattr(self, f.name) not in choices():
+                fail(f.name, f"must be one of {', '.join(choices())}")
+        self.use_sb, self.use_se = self.attention == "sb", self.attention == "se"
         for name in ("epochs", "eval_every", "eval_batch_size"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 fail(name, "must be an integer >= 1")
@@ -132,13 +151,6 @@ class TrainConfig:
             fail("width", "must be > 0")
         if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
             fail("seed", "must be a non-negative integer")
-        for name, allowed in (("precision", PRECISIONS), ("augment", AUGMENTS), ("dataset", DATASETS),
-                              ("placement", PLACEMENTS), ("lambda_init", ("normal", "zeros", "ones"))):
-            if getattr(self, name) not in allowed:
-                fail(name, f"must be one of {', '.join(allowed)}")
-        from .models import MODELS, create_model
-        if self.arch not in MODELS:
-            fail("arch", f"must be one of {', '.join(sorted(MODELS))}")
         if self.placement == "auto":
             self.placement = default_placement(self.arch)
         try:  # building on the meta device costs nothing and catches what only the model can check
@@ -150,10 +162,22 @@ class TrainConfig:
         self.device = resolve_device(self.device)
 
 
-def default_placement(arch: str) -> str:
-    """The placement an architecture's builder uses when given none."""
-    from .models import MODELS
-    return inspect.signature(MODELS[arch]).parameters["placement"].default
+def canonical_config(saved: dict) -> dict:
+    """A saved configuration in today's spelling: earlier versions had no attention field and called the
+    reference's augmentation "seed"."""
+    saved = dict(saved)
+    if saved.get("attention") is None:
+        saved["attention"] = "sb" if saved.get("use_sb") else "se" if saved.get("use_se") else "none"
+    if isinstance(saved.get("augment"), str):
+        saved["augment"] = canonical_augment(saved["augment"])
+    return saved
+
+
+def recipe_differences(saved: dict, config: TrainConfig) -> list[str]:
+    """'name X there, Y now' for each recipe field in which a run's saved configuration differs from `config`."""
+    saved = canonical_config(saved)
+    return [f"{name} {saved.get(name)!r} there, {getattr(config, name)!r} now"
+            for name in RECIPE_FIELDS if saved.get(name) != getattr(config, name)]
 
 
 def _is_int(value) -> bool:

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .augment import eval_batches
+from ..data import eval_batches
 
 __all__ = ["evaluate", "fold_batchnorm", "inference_copy", "memory_format", "sum_dtype"]
 

@@ -1,0 +1,88 @@
+"""`sbattn export`, `sbattn evaluate` and `sbattn predict`: a trained model outside training."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..data import DATASETS, load_cifar10, to_device_uint8
+from ..engine.checkpoint import load
+from ..engine.config import resolve_device
+from ..engine.deploy import FORMATS, class_names, export_onnx, export_program, predict, read_images
+from ..engine.evaluation import evaluate
+from ..errors import UserError
+
+__all__ = ["add_export_options", "run_export", "add_evaluate_options", "run_evaluate", "add_predict_options",
+           "run_predict"]
+
+
+def add_export_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a trained model (.pth) or training checkpoint (.ckpt)")
+    parser.add_argument("--format", choices=tuple(FORMATS), default="onnx", help="(default: onnx)")
+    parser.add_argument("--output", "-o", default=None,
+                        help="file to write; none given: the checkpoint's name with .onnx or .pt2")
+    parser.add_argument("--static-batch", action="store_true", help="fix the batch size (without it: any batch size)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    model = load(args.checkpoint)
+    output = Path(args.output) if args.output else Path(args.checkpoint).with_suffix(FORMATS[args.format])
+    if not output.parent.is_dir():
+        raise UserError(f"cannot write {output}: the folder {output.parent} does not exist", 2)
+    if args.format == "onnx":
+        export_onnx(model, output, batch_dynamic=not args.static_batch)
+    else:
+        export_program(model, output, batch_dynamic=not args.static_batch)
+    print(f"wrote {output} ({args.format}; input (N, 3, 32, 32) normalised as (x/255 - 0.5)/0.5, output logits)")
+    return 0
+
+
+def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a trained model (.pth) or training checkpoint (.ckpt)")
+    parser.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None,
+                        help="where CIFAR-10 is; none given: the training run's")
+    parser.add_argument("--dataset", choices=DATASETS, default=None, help="none given: the training run's")
+    parser.add_argument("--cache-dir", "--cache_dir", dest="cache_dir", default=None,
+                        help="cache of decoded arrays; none given: $SBATTN_CACHE, else ~/.cache/sbattn")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps; none given: CUDA when present, else the CPU")
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=1000,
+                        help="evaluation batch size (default: 1000)")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}", 2)
+    device = torch.device(resolve_device(args.device))
+    model = load(args.checkpoint, device)
+    trained = model.config
+    data = load_cifar10(args.data_dir or trained.data_dir, args.dataset or trained.dataset, False,
+                        args.cache_dir if args.cache_dir is not None else trained.cache_dir, progress=False)
+    images = to_device_uint8(data.test_images, device)
+    labels = torch.from_numpy(data.test_labels).to(device)
+    loss, acc = evaluate(model, images, labels, batch_size=args.batch_size)
+    print(f"test loss {loss:.4f}  accuracy {100 * acc:.2f}%  ({len(labels)} images, {data.source})")
+    return 0
+
+
+def add_predict_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a trained model (.pth) or training checkpoint (.ckpt)")
+    parser.add_argument("images", nargs="+", help="image files (32x32, or any size with --resize)")
+    parser.add_argument("--topk", type=int, default=5, help="classes to show per image (default: 5)")
+    parser.add_argument("--resize", action="store_true", help="resize images of other sizes to 32x32 (bilinear)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps; none given: CUDA when present, else the CPU")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    if args.topk < 1:
+        raise UserError(f"--topk must be >= 1, got {args.topk}", 2)
+    model = load(args.checkpoint, resolve_device(args.device))
+    probs = predict(model, read_images(args.images, args.resize))
+    names = class_names(args.checkpoint, probs.shape[1])
+    probs, indices = probs.cpu().topk(min(args.topk, probs.shape[1]), dim=1)
+    width = max(len(n) for n in names)
+    for path, p_row, i_row in zip(args.images, probs.tolist(), indices.tolist()):
+        print(path)
+        for p, i in zip(p_row, i_row):
+            print(f"  {names[i]:<{width}}  {100 * p:6.2f}%")
+    return 0

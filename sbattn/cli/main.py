@@ -1,0 +1,62 @@
+"""`sbattn COMMAND ...`: the parser, the commands, and the one place errors become a line and an exit status."""
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from typing import Callable, Sequence
+
+from ..errors import SbattnError
+from ..version import __version__
+from . import deploy, suites, train
+
+__all__ = ["build_parser", "main", "COMMANDS"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one line, not the usage block
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+# name -> (help, add options, run)
+COMMANDS: dict[str, Command] = {
+    "train": ("train one model (the reference implementation's `example.py main`)", train.add_train_options,
+              train.run_train),
+    "compare": ("attention kinds side by side over seeds (default baseline, SE and SB: the reference's first "
+                "table) with statistics", suites.add_compare_options, suites.run_compare),
+    "ablate": ("SB with each activation over seeds: the reference's second table with statistics",
+               suites.add_ablate_options, suites.run_ablate),
+    "report": ("rebuild a suite's tables and figures from its finished runs, without training",
+               suites.add_report_options, suites.run_report),
+    "summary": ("layer table, parameters and FLOPs of the models", train.add_summary_options, train.run_summary),
+    "evaluate": ("test accuracy of a trained model (.pth or checkpoint)", deploy.add_evaluate_options,
+                 deploy.run_evaluate),
+    "predict": ("top-k classes with probabilities for image files", deploy.add_predict_options, deploy.run_predict),
+    "export": ("export a trained model to ONNX or a torch.export program", deploy.add_export_options,
+               deploy.run_export),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sbattn", description="Shift-and-Balance attention: train, compare and inspect models.")
+    parser.add_argument("--version", action="version", version=f"sbattn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (help, add_options, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help, description=help)
+        add_options(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except SbattnError as e:
+        print(f"sbattn {args.command}: {e.label}: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print(f"sbattn {args.command}: interrupted", file=sys.stderr)
+        return 130

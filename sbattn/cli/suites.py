@@ -1,0 +1,106 @@
+"""`sbattn compare`, `sbattn ablate` and `sbattn report`: every option of train, plus seeds, jobs and presets."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ..engine.config import TrainConfig
+from ..engine.options import add_config_options
+from ..errors import UserError
+from ..experiments.suites import job_count, report, run_suite, suite_config
+from ..experiments.variants import (ABLATION, COMPARE, PRESET_ALIASES, PRESETS, Suite, ablation_variants,
+                                    compare_variants)
+from ..nn import list_attention
+
+__all__ = ["add_compare_options", "run_compare", "add_ablate_options", "run_ablate", "add_report_options",
+           "run_report", "base_config", "seed_list"]
+
+_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+COMPARE_DEFAULT = ("none", "se", "sb")  # the reference's table
+
+
+def _add_suite_options(parser: argparse.ArgumentParser, suite: Suite, skip: tuple[str, ...],
+                       help_defaults: dict[str, str]) -> None:
+    add_config_options(parser, skip=skip)
+    for action in parser._actions:
+        if action.dest in _FIELDS:
+            # Absent from the namespace unless given, so a preset can tell which settings the user chose.
+            action.default = argparse.SUPPRESS
+            if action.dest in help_defaults:
+                action.help = action.help.rsplit(" (default:", 1)[0] + f" (default: {help_defaults[action.dest]})"
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="runs per configuration, seeds 0..N-1 (or SEED..SEED+N-1 with --seed) (default: 1)")
+    preset_help = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+                            for name, values in PRESETS.items())
+    aliases = ", ".join(f"{alias} is {name}" for alias, name in PRESET_ALIASES.items())
+    parser.add_argument("--jobs", type=int, default=None, metavar="K",
+                        help="train K runs at once, each in its own process (on a CPU the cores are shared out; "
+                             "on a GPU small models leave room for several); none given: the preset's, else 1")
+    parser.add_argument("--preset", choices=(*PRESETS, *PRESET_ALIASES), default=None, metavar="PRESET",
+                        help=f"a recipe, one of {', '.join(PRESETS)} ({aliases}); flags given explicitly win over "
+                             f"it ({preset_help})")
+
+
+def _attention_list(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in str(text).strip("'\"[]").split(",") if k.strip())
+    allowed = ["none", *list_attention()]
+    unknown = [k for k in kinds if k not in allowed]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated list of {', '.join(allowed)}")
+    return tuple(dict.fromkeys(kinds))
+
+
+def add_compare_options(parser: argparse.ArgumentParser) -> None:
+    _add_suite_options(parser, COMPARE, skip=("use_sb", "use_se", "resume", "attention"),
+                       help_defaults={"activation": "sigmoid (the reference's table)",
+                                      "output_dir": "./results/compare[-PRESET][-layer]"})
+    parser.add_argument("--attention", type=_attention_list, default=COMPARE_DEFAULT, metavar="KINDS",
+                        help=f"the attention kinds to compare, comma-separated, from none, "
+                             f"{', '.join(list_attention())} (default: {','.join(COMPARE_DEFAULT)})")
+
+
+def add_ablate_options(parser: argparse.ArgumentParser) -> None:
+    _add_suite_options(parser, ABLATION, skip=("use_sb", "use_se", "activation", "resume", "attention"),
+                       help_defaults={"output_dir": "./results/ablation[-PRESET][-layer]"})
+
+
+def add_report_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", help="a suite's output directory (compare's or ablate's --output-dir)")
+
+
+def _explicit(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k in _FIELDS and k != "attention"}
+
+
+def base_config(args: argparse.Namespace, suite: Suite) -> TrainConfig:
+    """The configuration every run of the suite shares, from the preset and the flags given."""
+    return suite_config(suite, args.preset, _explicit(args))
+
+
+def seed_list(args: argparse.Namespace) -> list[int]:
+    if args.seeds < 1:
+        raise UserError(f"--seeds {args.seeds}: need at least one run per configuration", code=2)
+    start = _explicit(args).get("seed") or 0
+    return [start + i for i in range(args.seeds)]
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    base = base_config(args, COMPARE)
+    return run_suite(COMPARE, base, compare_variants(args.attention, base.activation), seed_list(args),
+                     job_count(args.preset, args.jobs))
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    return run_suite(ABLATION, base_config(args, ABLATION), ablation_variants(), seed_list(args),
+                     job_count(args.preset, args.jobs))
+
+
+def run_report(args: argparse.Namespace) -> int:
+    written = report(Path(args.directory))
+    for path in written:
+        if path.suffix == ".md":
+            print(path.read_text())
+    print(f"report: wrote {', '.join(str(p) for p in written)}")
+    return 0

@@ -1,0 +1,41 @@
+"""`sbattn train` (the reference implementation's `example.py main`) and `sbattn summary`."""
+from __future__ import annotations
+
+import argparse
+
+from ..engine.config import TrainConfig
+from ..engine.loop import train
+from ..engine.options import add_config_options, config_from_args, field_help
+from ..models import create_model, format_summary, summarize
+
+__all__ = ["add_train_options", "run_train", "add_summary_options", "run_summary"]
+
+add_train_options = add_config_options
+
+
+def run_train(args: argparse.Namespace) -> int:
+    return train(config_from_args(args)).exit_code
+
+
+def add_summary_options(p: argparse.ArgumentParser) -> None:
+    fields = TrainConfig.__dataclass_fields__
+    for name in ("arch", "activation", "attn_ratio", "width"):
+        f = fields[name]
+        p.add_argument(f"--{name}", f"--{name.replace('_', '-')}", default=f.default, help=field_help(f),
+                       type=type(f.default), metavar=name.upper())
+    p.add_argument("--attention", default=None, metavar="ATTENTION",
+                   help=field_help(fields["attention"]).split(";")[0] + "; none given: baseline, SE and SB")
+    p.add_argument("--placement", default=None, metavar="PLACEMENT",
+                   help=field_help(fields["placement"], default=None))
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    kinds = [args.attention] if args.attention else ["none", "se", "sb"]
+    for kind in kinds:
+        config = TrainConfig(arch=args.arch, attention=kind, activation=args.activation, attn_ratio=args.attn_ratio,
+                             width=args.width, placement=args.placement or "auto", device="cpu")
+        model = create_model(config.arch, **config.model_options())
+        title = (f"== {args.arch} attention={kind} placement={getattr(model, 'placement', '-')} "
+                 f"width={args.width:g}")
+        print(format_summary(summarize(model), title), end="\n\n")
+    return 0

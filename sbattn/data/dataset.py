@@ -1,0 +1,44 @@
+"""The decoded dataset: the CIFAR10 container, the names and sizes of the official distribution, and the
+last check of what any source produced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DataError
+
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+BATCHES_DIR = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META = "batches.meta"
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+IMAGE_SIZE = 32
+
+
+@dataclass
+class CIFAR10:
+    """A decoded dataset in host memory: uint8 NHWC images and int64 labels."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: list[str]
+    source: str
+
+
+def _validate(data: CIFAR10) -> None:
+    """Last check of what any source produced, before it is cached."""
+    for split in ("train", "test"):
+        x, y = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3) or len(x) == 0:
+            raise DataError(f"{data.source}: {split} images have shape {x.shape} ({x.dtype}), "
+                            "expected (N, 32, 32, 3) uint8")
+        if y.dtype != np.int64 or y.shape != (len(x),):
+            raise DataError(f"{data.source}: {split} labels have shape {y.shape} ({y.dtype}), "
+                            f"expected ({len(x)},) int64")
+        if y.min() < 0 or y.max() >= len(data.classes):
+            raise DataError(f"{data.source}: {split} labels outside 0..{len(data.classes) - 1}")

@@ -1,0 +1,125 @@
+"""A trained model outside training: ONNX and torch.export files, test accuracy, predictions for image files.
+
+The command line's `sbattn export`, `sbattn evaluate` and `sbattn predict` are built on these. Exported models take
+normalised float images (N, 3, 32, 32), (x / 255 - 0.5) / 0.5 as in training, and return logits (N, classes),
+for any batch size N.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import logging
+import warnings
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import CLASSES, load_fake, normalize, to_device_uint8
+from ..errors import UserError
+from .checkpoint import read_record
+
+__all__ = ["FORMATS", "export_onnx", "export_program", "class_names", "read_images", "predict"]
+
+IMAGE_SHAPE = (3, 32, 32)
+FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporters' notes that concern their own internals (missing torchvision ops, deprecations)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message="Constant folding")  # option A's strided slice
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _example(model: nn.Module, batch: int = 2) -> torch.Tensor:
+    like = next(model.parameters(), None)
+    device = like.device if like is not None else "cpu"
+    # A batch of 2, not 1: exporters specialise a dimension of size 1 to a constant.
+    return torch.randn(batch, *IMAGE_SHAPE, device=device)
+
+
+def export_onnx(model: nn.Module, path: str | Path, batch_dynamic: bool = True, dynamo: bool | None = None,
+                opset_version: int | None = None) -> Path:
+    """Write `model` (in eval mode) to an ONNX file, input "images" (N, 3, 32, 32), output "logits".
+
+    dynamo: the torch.export-based exporter (None: when onnxscript is installed, else the TorchScript one).
+    batch_dynamic: N is a symbolic dimension "batch"; otherwise it is fixed to 2.
+    """
+    path = Path(path)
+    if dynamo is None:
+        dynamo = importlib.util.find_spec("onnxscript") is not None
+    model = copy.deepcopy(model).eval()
+    x = _example(model)
+    big = sum(p.numel() * p.element_size() for p in model.parameters()) >= 2**31 - 2**26
+    with _quiet_exporter(), torch.no_grad():
+        if dynamo:
+            shapes = ({0: torch.export.Dim("batch", min=1)},) if batch_dynamic else None
+            torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
+                              dynamic_shapes=shapes, external_data=big, opset_version=opset_version,
+                              verbose=False)
+        else:
+            axes = {"images": {0: "batch"}, "logits": {0: "batch"}} if batch_dynamic else None
+            torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["images"],
+                              output_names=["logits"], dynamic_axes=axes, opset_version=opset_version or 17)
+    return path
+
+
+def export_program(model: nn.Module, path: str | Path, batch_dynamic: bool = True) -> Path:
+    """Write `model` (in eval mode) as a torch.export program (.pt2); load with torch.export.load(path).module()."""
+    path = Path(path)
+    model = copy.deepcopy(model).eval()
+    shapes = ({0: torch.export.Dim("batch", min=1)},) if batch_dynamic else None
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.export.export(model, (_example(model),), dynamic_shapes=shapes)
+    torch.export.save(program, str(path))
+    return path
+
+
+def class_names(path: str | Path, num_classes: int) -> list[str]:
+    """The class names a checkpoint records, else those of its dataset, else the CIFAR-10 names."""
+    obj = read_record(Path(path))
+    summary = obj.get("summary") or {}
+    names = summary.get("classes") or obj.get("classes")
+    if not names:
+        names = load_fake(1, 1).classes if (obj.get("config") or {}).get("dataset") == "fake" else CLASSES
+    names = [str(n) for n in names]
+    return names if len(names) == num_classes else [f"class {i}" for i in range(num_classes)]
+
+
+def read_images(paths: Sequence[str | Path], resize: bool = False) -> np.ndarray:
+    """Image files -> uint8 (N, 32, 32, 3) RGB; other sizes need resize=True (bilinear)."""
+    from PIL import Image
+    out = np.empty((len(paths), IMAGE_SHAPE[1], IMAGE_SHAPE[2], 3), np.uint8)
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as im:
+                rgb = im.convert("RGB")
+        except OSError as e:  # missing, unreadable, not an image
+            raise UserError(f"cannot read image {path} ({type(e).__name__}: {e})", 2) from None
+        if rgb.size != (IMAGE_SHAPE[2], IMAGE_SHAPE[1]):
+            if not resize:
+                raise UserError(f"image {path} is {rgb.size[0]}x{rgb.size[1]}; the model takes 32x32 images "
+                                f"(pass --resize to resize it)", 2)
+            rgb = rgb.resize((IMAGE_SHAPE[2], IMAGE_SHAPE[1]), Image.Resampling.BILINEAR)
+        out[i] = np.asarray(rgb)
+    return out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images_u8: np.ndarray) -> torch.Tensor:
+    """Class probabilities (N, classes) for uint8 (N, 32, 32, 3) images, normalised as in training."""
+    device = next(model.parameters()).device
+    return torch.softmax(model.eval()(normalize(to_device_uint8(images_u8, device))).float(), dim=1)

@@ -1,0 +1,281 @@
+"""The training loop: the reference implementation's recipe, exact metrics, and runs that survive interruption.
+
+The data live on the training device as uint8 and are augmented there in whole batches. Loss and accuracy
+are summed on the device and read only when the progress bar refreshes and at the end of an epoch, so the
+step loop does not wait on the host. A checkpoint after every epoch (and on Ctrl-C or SIGTERM, mid-epoch)
+holds the whole RunState, so a resumed run continues exactly where the last checkpoint stood.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..data import load_cifar10, steps_per_epoch, to_device_uint8, train_batches
+from ..errors import UserError
+from ..models import create_model
+from ..version import __version__
+from . import distributed
+from .checkpoint import load_checkpoint, unwrap
+from .config import TrainConfig
+from .evaluation import evaluate, memory_format, sum_dtype
+from .outputs import (RunPaths, format_epoch, lambda_stats, now_iso, peak_rss_mb, prepare_output_dir,
+                      write_finished_run)
+from .precision import precision_label, resolve_precision
+from .signals import StopRequest, alone_signal_handled
+from .state import RunState
+
+__all__ = ["train", "train_epoch", "RunResult", "Run", "resume_command"]
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    paths: RunPaths
+    history: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What stays fixed through a run: its configuration, where it trains, and how it reports."""
+
+    config: TrainConfig
+    ctx: distributed.Context
+    device: torch.device
+    paths: RunPaths
+    amp_dtype: torch.dtype | None
+    log: Callable[..., None]
+    interactive: bool  # a progress bar on a terminal
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return memory_format(self.device)
+
+
+@dataclass
+class EpochSums:
+    """The running sums of an epoch, on the device (global over ranks once reduced)."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    seen: int
+    seconds: float  # training time of the epoch before this stretch of it (nonzero after a mid-epoch resume)
+
+    @classmethod
+    def resume(cls, partial: dict | None, device: torch.device) -> "EpochSums":
+        sums = partial or {"loss": torch.zeros(()), "correct": torch.zeros(()), "seen": 0, "seconds": 0.0}
+        dtype = sum_dtype(device)
+        return cls(sums["loss"].to(device, dtype), sums["correct"].to(device, dtype), sums["seen"], sums["seconds"])
+
+
+def train(config: TrainConfig, quiet: bool = False) -> RunResult:
+    """Train one model as `config` says; returns with exit_code 0 when finished, 130 when interrupted.
+
+    Under torchrun every process calls this; rank 0 alone writes files and shows progress.
+    """
+    ctx, device_name = distributed.setup(config.device)
+    try:
+        quiet = quiet or not ctx.main
+        log = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
+        device = torch.device(device_name)
+        run = Run(config, ctx, device, RunPaths(Path(config.output_dir), config.run_name),
+                  resolve_precision(config.precision, device), log, not quiet and sys.stderr.isatty())
+        return _train(run, quiet)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(run: Run, quiet: bool) -> RunResult:
+    config, ctx, device, paths = run.config, run.ctx, run.device, run.paths
+    if ctx.main:
+        prepare_output_dir(paths.output_dir)
+    ckpt = _checkpoint_to_resume(run)
+    seed = config.seed if config.seed is not None else ckpt["seed"] if ckpt else _shared_seed(ctx)
+    torch.manual_seed(seed)
+    data = load_cifar10(config.data_dir, config.dataset, config.download, config.cache_dir, config.resize,
+                        progress=not quiet)
+    train_x, test_x = to_device_uint8(data.train_images, device), to_device_uint8(data.test_images, device)
+    train_y = torch.as_tensor(data.train_labels, device=device)
+    test_y = torch.as_tensor(data.test_labels, device=device)
+
+    model = create_model(config.arch, num_classes=len(data.classes), **config.model_options()).to(device)
+    wrapped = distributed.wrap(ctx, model.to(memory_format=run.memory_format), device, config.sync_bn)
+    state = RunState.start(config, unwrap(wrapped), device, run.amp_dtype, seed, len(data.classes), ctx.rank)
+    if ckpt:  # SyncBatchNorm conversion makes new modules: the state holds the ones that train
+        note = state.restore(ckpt, ctx)
+        run.log(note) if note else None
+        run.log(f"resuming {paths.name} at epoch {state.epoch + 1}, step {state.step}")
+    # On CUDA, "reduce-overhead" replays the forward and backward as CUDA graphs: at batch 64 the GPU would
+    # otherwise wait on Python to launch hundreds of small kernels a step.
+    compile_mode = "reduce-overhead" if device.type == "cuda" else "default"
+    step_model = torch.compile(wrapped, mode=compile_mode) if config.compile else wrapped
+    params = sum(p.numel() for p in state.model.parameters())
+    run.log(f"{paths.name}: {config.arch} attention={config.attention} params={params:,} data={data.source} "
+            f"device={device}{f' x {ctx.world_size} processes' if ctx.distributed else ''} "
+            f"precision={precision_label(run.amp_dtype)} seed={seed}")
+
+    stop = StopRequest()
+    with stop.installed(), alone_signal_handled():
+        while state.epoch < config.epochs:
+            sums = train_epoch(run, state, step_model, train_x, train_y, stop)
+            if state.step:  # stopped inside the epoch
+                state.save(paths.checkpoint, config, ctx)
+                run.log(f"{stop.name}: stopped at epoch {state.epoch + 1}, step {state.step}; checkpoint saved to "
+                        f"{paths.checkpoint}\nresume with: {resume_command(config, ctx)}")
+                return RunResult(130, paths, state.history)
+            _end_epoch(run, state, sums, test_x, test_y)
+            state.save(paths.checkpoint, config, ctx)
+            if distributed.any_rank(ctx, bool(stop), device):
+                run.log(f"stopped after epoch {state.epoch}; resume with: {resume_command(config, ctx)}")
+                return RunResult(130, paths, state.history)
+
+    if not ctx.main:
+        return RunResult(0, paths, state.history)
+    summary = _finish(run, state, params, data)
+    run.log(f"final test accuracy {100 * summary['final_eval_acc']:.2f}% (best {100 * summary['best_eval_acc']:.2f}%"
+            f" at epoch {summary['best_epoch']}); results in {paths.output_dir}")
+    return RunResult(0, paths, state.history, summary)
+
+
+def _checkpoint_to_resume(run: Run) -> dict | None:
+    """The run's checkpoint when it is to be resumed; refuses to start over one unasked."""
+    config, ctx, checkpoint = run.config, run.ctx, run.paths.checkpoint
+    if not checkpoint.exists():
+        if config.resume:
+            run.log(f"no checkpoint at {checkpoint}: starting from the beginning")
+        return None
+    if not config.resume:
+        raise UserError(f"{checkpoint} holds an unfinished run: add --resume to continue it, "
+                        f"or move it away to start over", code=2)
+    ckpt = load_checkpoint(checkpoint, config)
+    if ckpt["world_size"] != ctx.world_size and ckpt["step"] != 0:
+        raise UserError(f"{checkpoint} was written mid-epoch by {ckpt['world_size']} process(es): resume "
+                        f"it with {ckpt['world_size']} (torchrun --nproc_per_node), or from an epoch's end", code=2)
+    return ckpt
+
+
+def train_epoch(run: Run, state: RunState, step_model: torch.nn.Module, train_x: torch.Tensor,
+                train_y: torch.Tensor, stop: StopRequest) -> EpochSums:
+    """Train the epoch under way from its next step, to its end or to a stop request; the sums come back
+    reduced over ranks. On a stop, state.step is the number of steps done (never 0), else it is 0."""
+    config, ctx, device, fmt = run.config, run.ctx, run.device, run.memory_format
+    optimizer, scaler, epoch, start_step = state.optimizer, state.scaler, state.epoch, state.step
+    sums = EpochSums.resume(state.partial, device)
+    seen_before = sums.seen
+    nonfinite = torch.zeros((), dtype=torch.int64, device=device)  # first bad step + 1, else 0
+    steps = steps_per_epoch(len(train_y), config.batch_size, ctx.world_size)
+    lr = optimizer.param_groups[0]["lr"]
+    state.model.train()
+    bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+               disable=not run.interactive, dynamic_ncols=True)
+    started = refreshed = time.perf_counter()
+    step, stopping = start_step, False
+    batches = train_batches(train_x, train_y, config.batch_size, seed=state.seed, epoch=epoch,
+                            generator=state.generator, mode=config.augment, start=start_step,
+                            rank=ctx.rank, world_size=ctx.world_size)
+    for step, (x, y) in enumerate(batches, start=start_step):
+        with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+            out = step_model(x.contiguous(memory_format=fmt))
+            loss = F.cross_entropy(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss = loss.detach()
+        nonfinite += (~torch.isfinite(loss)).long() * (nonfinite == 0) * (step + 1)
+        sums.loss += loss.to(sums.loss.dtype) * len(y)
+        sums.correct += (out.argmax(1) == y).sum()
+        sums.seen += len(y)
+        bar.update(1)
+        now = time.perf_counter()
+        last = step + 1 == steps
+        if run.interactive and now - refreshed > 1.0 or last or stop:  # reading sums waits for the device
+            refreshed = now
+            _check_finite(run, nonfinite, epoch)
+            bar.set_postfix(loss=f"{sums.loss.item() / sums.seen:.4f}", acc=f"{100 * sums.correct.item() / sums.seen:.2f}%",
+                            lr=f"{lr:.4g}", ips=f"{(sums.seen - seen_before) / (now - started):.0f}")
+        # Ranks agree on stopping every few steps, so that all of them stop at the same one.
+        if not ctx.distributed:
+            stopping = bool(stop)
+        elif (step + 1) % 8 == 0 or last:
+            stopping = distributed.any_rank(ctx, bool(stop), device)
+        if stopping:
+            break
+    bar.close()
+    sums.seconds += time.perf_counter() - started
+    seen = torch.tensor(float(sums.seen), dtype=sums.loss.dtype, device=device)
+    sums.loss, sums.correct, seen = distributed.all_reduce_sum(ctx, sums.loss, sums.correct, seen)
+    sums.seen = int(seen.item())
+    state.step = step + 1 if stopping else 0
+    state.partial = ({"loss": sums.loss.cpu(), "correct": sums.correct.cpu(), "seen": sums.seen,
+                      "seconds": sums.seconds} if stopping else None)
+    return sums
+
+
+def _end_epoch(run: Run, state: RunState, sums: EpochSums, test_x: torch.Tensor, test_y: torch.Tensor) -> None:
+    """Step the schedule, evaluate when due, and add the epoch to the history."""
+    config, epoch = run.config, state.epoch
+    lr = state.optimizer.param_groups[0]["lr"]
+    state.scheduler.step()
+    entry = {"epoch": epoch + 1, "lr": lr, "train_loss": sums.loss.item() / sums.seen,
+             "train_acc": sums.correct.item() / sums.seen, "eval_loss": None, "eval_acc": None,
+             "seconds": sums.seconds, "images_per_sec": sums.seen / sums.seconds,
+             "eval_seconds": None, "threads": torch.get_num_threads()}
+    if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+        started = time.perf_counter()
+        entry["eval_loss"], entry["eval_acc"] = evaluate(state.model, test_x, test_y, config.eval_batch_size,
+                                                         run.amp_dtype, run.ctx.rank, run.ctx.world_size)
+        entry["eval_seconds"] = time.perf_counter() - started
+    entry.update(lambda_stats(state.model))
+    state.history.append(entry)
+    state.epoch += 1
+    best = max((h["eval_acc"] for h in state.history if h["eval_acc"] is not None), default=None)
+    run.log(format_epoch(entry, config.epochs, best is not None and entry["eval_acc"] == best))
+
+
+def resume_command(config: TrainConfig, ctx: distributed.Context = distributed.Context()) -> str:
+    """This process's command line, as the user would type it, with --resume unless it already resumes."""
+    program = Path(sys.argv[0]).name
+    module = f"torchrun --nproc_per_node={ctx.world_size} -m sbattn" if ctx.distributed else "python -m sbattn"
+    program = {"__main__.py": module, "example.py": "python example.py"}.get(program, program)
+    return shlex.join([program, *sys.argv[1:]]) + ("" if config.resume else " --resume")
+
+
+def _shared_seed(ctx: distributed.Context) -> int:
+    """A random seed, the same on every rank (rank 0's)."""
+    return distributed.gather_objects(ctx, int.from_bytes(os.urandom(4), "little"))[0]
+
+
+def _check_finite(run: Run, nonfinite: torch.Tensor, epoch: int) -> None:
+    """Stop on a non-finite loss. Under torchrun the failing rank exits and torchrun stops the others."""
+    bad = nonfinite.item()
+    if bad:
+        checkpoint = run.paths.checkpoint
+        kept = (f"the last good checkpoint is kept at {checkpoint}" if checkpoint.exists()
+                else "no checkpoint had been written yet")
+        raise UserError(f"non-finite loss at epoch {epoch + 1}, step {bad}"
+                        f"{f' on rank {run.ctx.rank}' if run.ctx.distributed else ''}: stopped; {kept}")
+
+
+def _finish(run: Run, state: RunState, params: int, data) -> dict:
+    history = state.history
+    best = max((h for h in history if h["eval_acc"] is not None), key=lambda h: h["eval_acc"])
+    summary = {
+        "complete": True, "run": run.paths.name, "version": __version__, "config": run.config.to_dict(),
+        "seed": state.seed, "final_eval_acc": history[-1]["eval_acc"], "final_eval_loss": history[-1]["eval_loss"],
+        "best_eval_acc": best["eval_acc"], "best_epoch": best["epoch"], "params": params,
+        "train_seconds": sum(h["seconds"] for h in history), "data": data.source, "classes": data.classes,
+        "device": str(run.device), "precision": precision_label(run.amp_dtype), "finished": now_iso(),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    write_finished_run(run.config, run.paths, state.model, history, summary, len(data.classes))
+    return summary

@@ -1,0 +1,75 @@
+"""The signals a training run obeys: Ctrl-C and SIGTERM stop it at a step's end, and a suite's ALONE_SIGNAL
+hands it every core when it is the last run still training (experiments/jobs.py sends it)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+
+import torch
+
+from ..system import available_cores
+
+__all__ = ["StopRequest", "ALONE_SIGNAL", "ALONE_THREADS", "alone_signal_handled"]
+
+# Sent to the last CPU run still training: from then on it uses the threads a lone run gets (ALONE_THREADS, set
+# by the suite). Blocked in the run from its start until its handler is installed, so that one sent early waits
+# instead of killing the run. None where the platform has no such signal.
+ALONE_SIGNAL = getattr(signal, "SIGUSR1", None)
+ALONE_THREADS = "SBATTN_ALONE_THREADS"
+
+
+def _in_main_thread() -> bool:  # signal handlers live in the main thread
+    return threading.current_thread() is threading.main_thread()
+
+
+class StopRequest:
+    """Turns SIGINT and SIGTERM into a flag the step loop checks, so a step is never cut in half."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal is not None else "stop on another rank"
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {}
+        if _in_main_thread():
+            def handler(signum, frame):
+                if self.signal is not None:  # a second Ctrl-C: stop now
+                    raise KeyboardInterrupt
+                self.signal = signum
+            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def _train_alone(signum, frame) -> None:
+    torch.set_num_threads(int(os.environ.get(ALONE_THREADS, available_cores())))
+
+
+@contextlib.contextmanager
+def alone_signal_handled():
+    """In a training run: on ALONE_SIGNAL, take the lone run's threads from the next operation on.
+
+    In a suite's run, where the signal comes blocked, it is ignored afterwards: one that comes as the run
+    finishes must not kill it.
+    """
+    if ALONE_SIGNAL is None or not _in_main_thread():
+        yield
+        return
+    previous = signal.signal(ALONE_SIGNAL, _train_alone)
+    from_suite = ALONE_SIGNAL in signal.pthread_sigmask(signal.SIG_UNBLOCK, {ALONE_SIGNAL})
+    try:
+        yield
+    finally:
+        signal.signal(ALONE_SIGNAL, signal.SIG_IGN if from_suite else previous)

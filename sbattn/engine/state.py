@@ -1,0 +1,97 @@
+"""The state of a training run: exactly what its checkpoint holds, with its own save and restore.
+
+A run resumed from a checkpoint continues to the same history and weights as one never stopped, because
+everything that decides the rest of the run is here: the weights, the optimiser's momenta, the learning-rate
+schedule, the loss scaler, every rank's random streams, the history, and where in which epoch it stood, with
+the sums of that epoch so far.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import augment_stream_seed
+from ..version import __version__
+from . import distributed
+from .checkpoint import save_checkpoint
+from .config import TrainConfig
+
+__all__ = ["RunState", "reference_optimizer"]
+
+
+def reference_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                        kernel: str = "foreach") -> torch.optim.SGD:
+    """The reference implementation's optimiser: SGD with Nesterov momentum 0.9. kernel: "foreach" (ours) or
+    "fused" (measured no faster in a whole step, see docs/performance.md)."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay,
+                           **{kernel: True})
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "augment": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["augment"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class RunState:
+    model: nn.Module  # the plain module (DDP and torch.compile wrap it, never replace it)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator  # this rank's augmentation stream
+    seed: int
+    num_classes: int
+    history: list[dict] = field(default_factory=list)
+    epoch: int = 0  # epochs finished
+    step: int = 0  # steps finished in the epoch under way
+    partial: dict | None = None  # the sums of the epoch under way, when stopped inside it (rank 0's: global)
+
+    @classmethod
+    def start(cls, config: TrainConfig, model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None,
+              seed: int, num_classes: int, rank: int) -> "RunState":
+        """A run's state before its first step: the reference's optimiser and schedule on `model`."""
+        optimizer = reference_optimizer(model, config.init_lr, config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, config.milestones, config.gamma)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        # Each rank augments with its own stream; rank 0's is the single-process run's.
+        generator = torch.Generator(device).manual_seed(augment_stream_seed(seed, rank))
+        return cls(model, optimizer, scheduler, scaler, generator, seed, num_classes)
+
+    def save(self, path: Path, config: TrainConfig, ctx: distributed.Context) -> None:
+        """Write the checkpoint (rank 0); a collective, so every rank calls it."""
+        rng = distributed.gather_objects(ctx, _rng_state(self.generator))
+        if ctx.main:
+            save_checkpoint(path, {
+                "version": __version__, "config": config.to_dict(), "num_classes": self.num_classes,
+                "world_size": ctx.world_size, "seed": self.seed, "epoch": self.epoch, "step": self.step,
+                "partial": self.partial, "history": self.history, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rng})
+
+    def restore(self, ckpt: dict, ctx: distributed.Context) -> str | None:
+        """Continue from a checkpoint read by load_checkpoint; returns a note for the log, if any."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.history, self.epoch, self.step = ckpt["history"], ckpt["epoch"], ckpt["step"]
+        self.partial = ckpt["partial"] if ctx.main else None  # rank 0 carries the interrupted epoch's global sums
+        if ckpt["world_size"] == ctx.world_size:
+            _set_rng_state(ckpt["rng"][ctx.rank], self.generator)
+            return None
+        # At an epoch's end with another number of processes: fresh augmentation streams.
+        self.generator.manual_seed(augment_stream_seed(self.seed, ctx.rank, self.epoch))
+        return (f"resuming with {ctx.world_size} process(es) a run checkpointed with {ckpt['world_size']}: "
+                f"the same recipe, other augmentation draws")

@@ -1,0 +1,169 @@
+"""Experiment suites: the reference implementation's two tables (SB & SE, the activation ablation), and any set
+of attention kinds, from one command each, over seeds.
+
+Every run of a suite lives in the suite's output directory under its own run name. A finished run (its JSON
+summary complete) is reused, an unfinished one resumes from its checkpoint, so re-running the same command
+after a crash or Ctrl-C trains only what is missing. The tables and figures are built from the runs' JSON files
+alone, which is also what `sbattn report` does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from ..data import load_cifar10
+from ..engine.config import TrainConfig, recipe_differences
+from ..engine.loop import train
+from ..errors import UserError
+from .jobs import Job, run_jobs
+from .tables import Run, load_finished_runs, read_run, write_lambda_figure, write_suite_outputs
+from .variants import (ABLATION, ACTIVATION_LABELS, COMPARE, PRESET_ALIASES, PRESETS, SHARED_FIELDS, Suite, Variant,
+                       variant_of, variant_order)
+
+__all__ = ["suite_config", "job_count", "run_config", "finished_run", "run_suite", "report"]
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def suite_config(suite: Suite, preset: str | None, explicit: dict[str, Any]) -> TrainConfig:
+    """The shared configuration: TrainConfig defaults, then the suite's, then the preset, then explicit flags."""
+    values: dict[str, Any] = {"activation": "sigmoid"} if suite is COMPARE else {}
+    recipe = PRESETS[PRESET_ALIASES.get(preset, preset)] if preset else {}
+    values.update({k: v for k, v in recipe.items() if k in _FIELDS})
+    values.update(explicit)
+    if "output_dir" not in values:
+        placement = values.get("placement", _FIELDS["placement"].default)
+        values["output_dir"] = suite.default_output_dir(preset, placement)
+    return TrainConfig(**{**values, "resume": True})
+
+
+def job_count(preset: str | None, jobs: int | None) -> int:
+    """--jobs when given, else the preset's, else 1."""
+    if jobs is not None:
+        return jobs
+    return PRESETS.get(PRESET_ALIASES.get(preset, preset) or "", {}).get("jobs", 1)
+
+
+def run_config(base: TrainConfig, variant: Variant, seed: int) -> TrainConfig:
+    return TrainConfig.from_dict(base.to_dict(), attention=variant.attention, activation=variant.activation,
+                                 seed=seed, resume=True)
+
+
+def finished_run(config: TrainConfig) -> Run | None:
+    """The finished run of `config` in its output directory; a finished run of another recipe is an error."""
+    path = Path(config.output_dir) / f"{config.run_name}.json"
+    run = read_run(path)
+    if run is None:
+        return None
+    differences = recipe_differences(run.config, config)
+    if differences:
+        raise UserError(f"{path} is a finished run of another recipe ({'; '.join(differences)}): use another "
+                        f"--output-dir for this one", code=2)
+    return run
+
+
+def _check_one_recipe(runs: Sequence[Run], directory: Path) -> None:
+    differing = [name for name in SHARED_FIELDS if len({json.dumps(r.config.get(name)) for r in runs}) > 1]
+    if differing:
+        values = "; ".join(f"{name}: {', '.join(sorted({str(r.config.get(name)) for r in runs}))}"
+                           for name in differing)
+        raise UserError(f"{directory} holds runs of different recipes ({values}), which one table cannot "
+                        f"compare: give each recipe its own --output-dir")
+
+
+def _group(variants: Iterable[Variant], runs: Iterable[tuple[Variant, Run]]) -> dict[Variant, list[Run]]:
+    groups: dict[Variant, list[Run]] = {v: [] for v in variants}
+    for variant, run in runs:
+        groups.setdefault(variant, []).append(run)
+    return groups
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def run_suite(suite: Suite, base: TrainConfig, variants: Sequence[Variant], seeds: Sequence[int], jobs: int,
+              log: Callable[[str], None] = _log) -> int:
+    """Train (or reuse, or resume) every variant for every seed, then write the tables and figures."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise UserError("a suite starts its trainings itself and does not run under torchrun: start it without "
+                        "torchrun, or each of its runs with torchrun -m sbattn train", code=2)
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: need at least 1", code=2)
+    if not seeds:
+        raise UserError("need at least one run per configuration (--seeds 1 or more)", code=2)
+    plan = [(v, run_config(base, v, seed)) for seed in seeds for v in variants]  # one of each first, then seed 2
+    directory = Path(base.output_dir)
+    missing: list[tuple[str, TrainConfig]] = []
+    for i, (variant, config) in enumerate(plan, 1):
+        tag = f"{suite.name} [{i}/{len(plan)}] {variant.label}, seed {config.seed}"
+        if finished_run(config) is not None:
+            log(f"{tag}: finished earlier, reused {config.run_name}.json")
+        else:
+            missing.append((tag, config))
+    code = _train_missing(missing, jobs, log)
+    if code == 130:
+        log(f"{suite.name}: interrupted; run the same command again to finish the missing runs")
+    if code != 0:
+        return code
+    done: list[tuple[Variant, Run]] = []
+    for variant, config in plan:
+        run = finished_run(config)
+        if run is None:
+            raise UserError(f"{config.run_name} ended without a complete summary in {directory}")
+        done.append((variant, run))
+    groups = _group(variants, done)
+    written = write_suite_outputs(suite, groups, directory) + write_lambda_figure(groups, directory)
+    log(f"\n{(directory / f'{suite.name}.md').read_text()}")
+    log(f"{suite.name}: wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def _train_missing(missing: list[tuple[str, TrainConfig]], jobs: int, log: Callable[[str], None]) -> int:
+    """Train each (tag, config): in this process one after another, or `jobs` processes at a time."""
+    if jobs > 1:
+        if any(config.download for _, config in missing):  # once here, not once per process into one file
+            c = missing[0][1]
+            load_cifar10(c.data_dir, c.dataset, True, c.cache_dir, c.resize)
+            missing = [(tag, dataclasses.replace(config, download=False)) for tag, config in missing]
+        return run_jobs([Job(tag, config) for tag, config in missing], jobs, log)
+    for tag, config in missing:
+        log(f"{tag}: {'resuming' if Job(tag, config).checkpoint.exists() else 'training'} {config.run_name}")
+        code = train(config).exit_code
+        if code != 0:
+            return code
+    return 0
+
+
+def report(directory: Path) -> list[Path]:
+    """Rebuild compare.* (baseline or other attention kinds present) and ablation.* (SB runs of 2+ activations)
+    from a directory's finished runs; returns the files written."""
+    if not directory.is_dir():
+        raise UserError(f"{directory}: no such directory", code=2)
+    runs = load_finished_runs(directory)
+    unfinished = sorted(p.stem for p in directory.glob("*.ckpt"))
+    if unfinished:
+        print(f"report: skipping {len(unfinished)} unfinished run(s) ({', '.join(unfinished)}); re-run their "
+              f"suite to finish them", file=sys.stderr)
+    if not runs:
+        raise UserError(f"{directory} holds no finished runs (<run>.json with a complete summary)")
+    _check_one_recipe(runs, directory)
+    grouped = _group([], ((variant_of(r.config), r) for r in runs))
+    variants = sorted(grouped, key=variant_order)
+    by_variant = {v: grouped[v] for v in variants}
+    sb = [v for v in variants if v.use_sb]
+    written: list[Path] = []
+    if any(not v.use_sb for v in variants):
+        written += write_suite_outputs(COMPARE, by_variant, directory)
+    if len(sb) >= 2:
+        labelled = {dataclasses.replace(v, label=ACTIVATION_LABELS.get(v.activation, v.activation)): by_variant[v]
+                    for v in sb}
+        written += write_suite_outputs(ABLATION, labelled, directory)
+    if not written:
+        raise UserError(f"{directory} holds only {sb[0].label} runs: nothing to compare (a compare suite needs "
+                        f"baseline or other attention runs, an ablation SB runs of two or more activations)")
+    return written + write_lambda_figure(by_variant, directory)

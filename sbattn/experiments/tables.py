@@ -1,0 +1,241 @@
+"""A suite's tables from its finished runs: rows with mean, spread and Welch intervals, as Markdown, CSV and
+JSON, and the suite figure beside them. Everything here reads the runs' JSON files only (as `sbattn report`)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from ..engine.config import canonical_config
+from ..errors import UserError
+from ..files import atomic_write
+from .figures import has_lambda, plot_lambda, plot_suite
+from .stats import Difference, format_ci, mean, sample_std, welch
+from .variants import SHARED_FIELDS, Suite, Variant
+
+__all__ = ["CONFIDENCE", "Run", "Row", "read_run", "load_finished_runs", "build_rows", "sb_vs_se", "render_markdown",
+           "render_json", "render_csv", "write_suite_outputs", "write_lambda_figure"]
+
+CONFIDENCE = 0.95
+
+
+@dataclass
+class Run:
+    """A finished run, as its JSON file holds it."""
+
+    name: str
+    config: dict
+    summary: dict
+    history: list[dict]
+
+    @property
+    def final_acc(self) -> float:
+        """Final test accuracy in percent."""
+        return 100.0 * self.summary["final_eval_acc"]
+
+
+def read_run(path: Path) -> Run | None:
+    """The run in `path`, or None when it is not a finished run's JSON (a table, an unfinished run, ...)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    summary = data.get("summary") if isinstance(data, dict) else None
+    if not (isinstance(summary, dict) and summary.get("complete") is True and isinstance(summary.get("config"), dict)
+            and isinstance(data.get("history"), list) and summary.get("final_eval_acc") is not None):
+        return None
+    return Run(summary.get("run", Path(path).stem), canonical_config(summary["config"]), summary, data["history"])
+
+
+def load_finished_runs(directory: Path) -> list[Run]:
+    runs = (read_run(path) for path in sorted(Path(directory).glob("*.json")))
+    return [run for run in runs if run is not None]
+
+
+@dataclass
+class Row:
+    variant: Variant
+    runs: list[Run]
+    difference: Difference | None = None  # from the suite's reference row; None on that row or without it
+    accs: list[float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.runs = sorted(self.runs, key=lambda r: (r.config.get("seed") is None, r.config.get("seed") or 0, r.name))
+        self.accs = [r.final_acc for r in self.runs]
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def mean(self) -> float:
+        return mean(self.accs)
+
+    @property
+    def std(self) -> float | None:
+        return sample_std(self.accs)
+
+    @property
+    def params(self) -> int:
+        return self.runs[0].summary["params"]
+
+    @property
+    def train_seconds(self) -> float:
+        return mean([r.summary["train_seconds"] for r in self.runs])
+
+    @property
+    def seeds(self) -> list:
+        return [r.config.get("seed") for r in self.runs]
+
+
+def build_rows(suite: Suite, groups: dict[Variant, list[Run]]) -> list[Row]:
+    """One row per configuration that has runs, in `groups`' order, each compared with the reference row."""
+    rows = [Row(variant, runs) for variant, runs in groups.items() if runs]
+    reference = next((row for row in rows if row.variant.key == suite.reference), None)
+    for row in rows:
+        if reference is not None and row is not reference:
+            row.difference = welch(row.accs, reference.accs, CONFIDENCE)
+    return rows
+
+
+def sb_vs_se(rows: Sequence[Row]) -> list[tuple[Row, Difference]]:
+    se = next((row for row in rows if row.variant.key == "se"), None)
+    return [] if se is None else [(row, welch(row.accs, se.accs, CONFIDENCE)) for row in rows if row.variant.use_sb]
+
+
+def _acc_cell(row: Row) -> str:
+    return f"{row.mean:.2f}% ± n/a" if row.std is None else f"{row.mean:.2f} ± {row.std:.2f}%"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def _verdict(a: str, b: str, d: Difference) -> str:
+    if not d.has_ci:
+        return "No interval with one run per configuration: run with --seeds 2 or more"
+    if d.low > 0:
+        return f"The interval excludes 0: {a} is better than {b} at {CONFIDENCE:.0%} confidence"
+    if d.high < 0:
+        return f"The interval excludes 0: {a} is worse than {b} at {CONFIDENCE:.0%} confidence"
+    return f"The interval contains 0: these runs cannot tell {a} from {b}"
+
+
+def recipe_text(config: dict) -> str:
+    milestones = ", ".join(map(str, config.get("milestones", [])))
+    return (f"{config.get('arch')}, attention placement `{config.get('placement')}`, width ×{config.get('width'):g}, "
+            f"{config.get('epochs')} epochs, batch {config.get('batch_size')}, lr {config.get('init_lr'):g} "
+            f"×{config.get('gamma'):g} at epochs {milestones}, weight decay {config.get('weight_decay'):g}, "
+            f"attention ratio {config.get('attn_ratio'):g}, dataset {config.get('dataset')}, "
+            f"augmentation {config.get('augment')}, precision {config.get('precision')}")
+
+
+def render_markdown(suite: Suite, rows: Sequence[Row]) -> str:
+    reference = next((row.variant.label for row in rows if row.variant.key == suite.reference), None)
+    ref_name = reference or suite.reference_label
+    best = max(rows, key=lambda row: row.mean)
+    placement = rows[0].runs[0].config.get("placement")
+    heading = suite.title + (f" (attention placement: {placement})" if placement != "stage" else "")
+    lines = [f"### {heading}", "",
+             f"| {suite.column} | Acc. | n | Δ vs {ref_name} (pp) | {CONFIDENCE:.0%} CI of Δ | Params | Train time |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        acc = _acc_cell(row)
+        acc = f"**{acc}**" if row is best and len(rows) > 1 else acc
+        if row.difference is None:
+            diff, ci = ("—", "—") if row.variant.key == suite.reference else ("n/a", "n/a")
+        else:
+            diff, ci = f"{row.difference.estimate:+.2f}", format_ci(row.difference)
+        lines.append(f"| {row.variant.label} | {acc} | {row.n} | {diff} | {ci} | {row.params:,} | "
+                     f"{_duration(row.train_seconds)} |")
+    lines.append("")
+    for row, d in (sb_vs_se(rows) if suite.name == "compare" else []):
+        ci = format_ci(d)
+        lines.append(f"**{row.variant.label} − SE**: {d.estimate:+.2f} pp, {CONFIDENCE:.0%} CI {ci}"
+                     f"{f' (Welch, {d.dof:.1f} dof)' if d.has_ci else ''}. {_verdict(row.variant.label, 'SE', d)}.")
+        lines.append("")
+    seeds = sorted({s for row in rows for s in row.seeds if s is not None})
+    lines += [f"Recipe: {recipe_text(rows[0].runs[0].config)}; seeds {', '.join(map(str, seeds))}.", "",
+              f"Acc.: final test accuracy (after the last epoch), mean ± sample standard deviation over the n seeds. "
+              f"Δ: difference of the mean from {ref_name} ({suite.reference_why}), in percentage points, with the "
+              f"{CONFIDENCE:.0%} confidence interval of Welch's t (n/a when a configuration has one run). "
+              f"Train time: mean training time per run, evaluation excluded. Bold: the highest mean.", ""]
+    return "\n".join(lines)
+
+
+def _row_record(row: Row) -> dict:
+    return {"key": row.variant.key, "label": row.variant.label, "attention": row.variant.attention,
+            "use_sb": row.variant.use_sb, "use_se": row.variant.use_se,
+            "activation": row.variant.activation if row.variant.use_sb else None,
+            "n": row.n, "seeds": row.seeds, "acc": row.accs, "acc_mean": row.mean, "acc_std": row.std,
+            "difference": row.difference.to_dict() if row.difference else None, "params": row.params,
+            "train_seconds_mean": row.train_seconds, "runs": [r.name for r in row.runs]}
+
+
+def render_json(suite: Suite, rows: Sequence[Row]) -> str:
+    data = {"suite": suite.name, "title": suite.title, "reference": suite.reference, "confidence": CONFIDENCE,
+            "acc_units": "percent", "recipe": {k: rows[0].runs[0].config.get(k) for k in SHARED_FIELDS},
+            "rows": [_row_record(row) for row in rows]}
+    if suite.name == "compare":
+        data["sb_vs_se"] = [{"label": row.variant.label, **d.to_dict()} for row, d in sb_vs_se(rows)]
+    return json.dumps(data, indent=1) + "\n"
+
+
+def render_csv(suite: Suite, rows: Sequence[Row]) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow([suite.column.lower(), "key", "n", "seeds", "acc_mean", "acc_std", f"diff_vs_{suite.reference}",
+                     "ci_low", "ci_high", "dof", "params", "train_seconds_mean"])
+    for row in rows:
+        d = row.difference
+        writer.writerow([row.variant.label, row.variant.key, row.n, " ".join(map(str, row.seeds)), _num(row.mean),
+                         _num(row.std), _num(d and d.estimate), _num(d and d.low), _num(d and d.high),
+                         _num(d and d.dof, 2), row.params, _num(row.train_seconds, 1)])
+    return text.getvalue()
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    """A CSV number, rounded (the accuracies are percent; more digits would be noise); empty for none."""
+    return "" if value is None else repr(round(value, digits))
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_suite_outputs(suite: Suite, groups: dict[Variant, list[Run]], directory: Path) -> list[Path]:
+    """<suite>.md/.csv/.json and <suite>.png in `directory`; returns the paths written."""
+    rows = build_rows(suite, groups)
+    if not rows:
+        raise UserError(f"no finished runs for the {suite.name} table in {directory}")
+    written = []
+    for suffix, render in ((".md", render_markdown), (".csv", render_csv), (".json", render_json)):
+        path = directory / f"{suite.name}{suffix}"
+        _write_text(path, render(suite, rows))
+        written.append(path)
+    config = rows[0].runs[0].config
+    title = (f"{suite.title}: {config.get('arch')}, {config.get('placement')} placement, "
+             f"width ×{config.get('width'):g}, {config.get('epochs')} epochs, {config.get('dataset')}")
+    plot_suite({row.variant.label: [r.history for r in row.runs] for row in rows}, directory / f"{suite.name}.png",
+               title)
+    written.append(directory / f"{suite.name}.png")
+    return written
+
+
+def write_lambda_figure(groups: dict[Variant, list[Run]], directory: Path) -> list[Path]:
+    """lambda.png from the SB configurations among `groups`; nothing when none has lambda statistics."""
+    runs = {v.label: [r.history for r in rs] for v, rs in groups.items() if v.use_sb and rs}
+    runs = {label: histories for label, histories in runs.items() if has_lambda(histories)}
+    if not runs:
+        return []
+    config = next(rs for v, rs in groups.items() if v.use_sb and rs)[0].config
+    plot_lambda(runs, directory / "lambda.png",
+                f"SB control factor |lambda| per block ({config.get('placement')} placement, mean over seeds)")
+    return [directory / "lambda.png"]

@@ -1,0 +1,8 @@
+"""The models: the reference implementation's VGG16, CIFAR ResNets, the registry, and a layer/FLOP summary."""
+from .registry import PLACEMENTS, create_model, default_placement, list_models, register_model
+from .resnet import ResNet, resnet18, resnet20, resnet56
+from .summary import Summary, format_summary, summarize
+from .vgg import VGG, vgg16
+
+__all__ = ["PLACEMENTS", "create_model", "default_placement", "list_models", "register_model", "ResNet", "resnet18",
+           "resnet20", "resnet56", "Summary", "format_summary", "summarize", "VGG", "vgg16"]
