@@ -203,8 +203,8 @@ def test_errors_name_the_module():
         attach(model, "sb", where=["head"])
     with pytest.raises(ValueError, match="selects no module"):
         attach(model, "sb", where=nn.BatchNorm2d)
-    with pytest.raises(ValueError, match="unknown attention 'cbam'"):
-        attach(model, "cbam", where=nn.Conv2d)
+    with pytest.raises(ValueError, match="unknown attention 'bam'"):
+        attach(model, "bam", where=nn.Conv2d)
     with pytest.raises(ValueError, match="needs an attention kind"):
         attach(model, None, where=nn.Conv2d)
 

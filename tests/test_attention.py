@@ -157,7 +157,7 @@ def test_create_attention_registry():
     # SE's gate is fixed: an SB activation handed to every kind is dropped, not an error.
     assert isinstance(create_attention("se", 8, activation="tanh"), SqueezeExcite)
     with pytest.raises(ValueError, match="unknown attention"):
-        create_attention("cbam", 8)
+        create_attention("bam", 8)
 
 
 def test_register_attention_makes_a_new_kind_available_to_models(attention_registry):

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from ..data import AUGMENTS, DATASETS, canonical_augment
-from ..errors import ConfigError
+from ..errors import ConfigError, SbattnError
 from ..models import PLACEMENTS, create_model, default_placement, list_models
 from ..nn import LAMBDA_INITS, list_activations, list_attention
 
@@ -156,6 +156,8 @@ class TrainConfig:
         try:  # building on the meta device costs nothing and catches what only the model can check
             with torch.device("meta"):
                 create_model(self.arch, **self.model_options())
+        except SbattnError:  # one line already, naming its fix (a missing extra, say)
+            raise
         except ValueError as e:
             raise ConfigError(f"{self.arch} with attn_ratio={self.attn_ratio}, width={self.width:g}, "
                               f"placement={self.placement!r}: {e}") from None

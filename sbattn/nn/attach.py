@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Union
 
+import torch
+import torch.fx
 from torch import nn
 
+from ..errors import SbattnError
 from .attention import create_attention, is_attention, list_attention
 
 __all__ = ["WithAttention", "attach", "detach", "attached", "infer_channels"]
@@ -29,24 +32,54 @@ _CHANNEL_PRESERVING = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SEL
 
 
 class WithAttention(nn.Module):
-    """`module` followed by an attention block: forward(x) = attention(module(x))."""
+    """`module` followed by an attention block: forward(x) = attention(module(x)).
 
-    def __init__(self, module: nn.Module, attention: nn.Module):
+    channels: the width the block was built for; given, each output of `module` is checked to be (N, channels,
+    H, W) before the block takes it, with an error naming `place` (the module's name and type) when it is not.
+    """
+
+    channels: int | None = None  # class defaults: a WithAttention pickled before these existed still runs
+    place: str = ""
+
+    def __init__(self, module: nn.Module, attention: nn.Module, channels: int | None = None, place: str = ""):
         super().__init__()
         self.module = module
         self.attention = attention
+        self.channels = channels
+        self.place = place or type(module).__name__
 
     def forward(self, *args, **kwargs):
-        return self.attention(self.module(*args, **kwargs))
+        y = self.module(*args, **kwargs)
+        if self.channels is not None:
+            y = _expect_nchw(y, self.channels, self.place)
+        return self.attention(y)
+
+
+def _expect_nchw(y, channels: int, place: str):
+    """y when it is an (N, channels, H, W) tensor, else a one-line ValueError naming the module before the block.
+    A leaf of torch.fx graphs (torch.fx.wrap below): a symbolic trace cannot see shapes; the traced model checks."""
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"attention after {place} takes an (N, {channels}, H, W) tensor; the module returned "
+                         f"a {type(y).__name__}")
+    if y.dim() != 4 or y.shape[1] != channels:
+        hint = ""
+        if y.dim() == 4 and y.shape[-1] == channels:
+            hint = ("; it looks channels-last (N, H, W, C), as a LayerNorm's input is in many networks: attach "
+                    "after a module whose output is (N, C, H, W), such as a Conv2d, BatchNorm2d or LayerNorm2d")
+        raise ValueError(f"attention after {place} takes (N, {channels}, H, W) tensors, got {tuple(y.shape)}{hint}")
+    return y
+
+
+torch.fx.wrap("_expect_nchw")
 
 
 def infer_channels(module: nn.Module) -> int | None:
     """The channel count of `module`'s (N, C, H, W) output, or None when it cannot tell."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         return module.out_channels
-    if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm, nn.InstanceNorm2d)):
+    if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm, nn.InstanceNorm2d)):  # timm's BatchNormAct2d too
         return module.num_features
-    if isinstance(module, nn.GroupNorm):
+    if isinstance(module, nn.GroupNorm):  # timm's GroupNormAct too
         return module.num_channels
     if isinstance(module, WithAttention):
         return infer_channels(module.module)
@@ -57,7 +90,33 @@ def infer_channels(module: nn.Module) -> int | None:
                 return channels
             if not isinstance(child, _CHANNEL_PRESERVING):
                 return None
+    return _declared_2d_channels(module)
+
+
+def _declared_2d_channels(module: nn.Module) -> int | None:
+    """The width of an NCHW layer that is none of torch's 2-d classes (timm's LayerNorm2d, LayerNormAct2d and
+    RmsNorm2d, torchvision's FrozenBatchNorm2d, ...): known by a class name that says 2d and the attribute that
+    holds its width, without importing those libraries."""
+    if "2d" not in type(module).__name__.lower():
+        return None
+    shape = getattr(module, "normalized_shape", None)
+    if shape is not None:
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        return int(shape[0]) if len(shape) == 1 else None
+    for attribute in ("num_features", "num_channels", "out_channels"):
+        value = getattr(module, attribute, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
     return None
+
+
+def _cannot_infer(name: str, module: nn.Module) -> str:
+    why = (f"cannot infer the channel count after module {name!r} ({type(module).__name__}); select a Conv2d, "
+           f"BatchNorm2d, GroupNorm or LayerNorm2d, or pass channels=")
+    if isinstance(module, nn.LayerNorm):
+        why += ("; a LayerNorm normalises the last dimension, so in most networks it works on a channels-last "
+                "(N, H, W, C) tensor, which channel attention cannot take")
+    return why
 
 
 def _selector(where: Where, model: nn.Module) -> Callable[[str, nn.Module], bool]:
@@ -99,7 +158,9 @@ def attach(model: nn.Module, kind: str = "sb", where: Where = nn.BatchNorm2d, ch
 
     where: a module type or tuple of types, a predicate on (name, module), or module names. The channel count
     comes from each selected module (Conv2d.out_channels, BatchNorm2d.num_features, GroupNorm.num_channels,
-    the last such layer of a Sequential), or from `channels`. block_options go to the block (ratio, activation,
+    a LayerNorm2d's normalized_shape, timm's norm-act layers, the last such layer of a Sequential), so blocks of
+    different stages get their own widths; or from `channels`. Each block checks, as the model runs, that its
+    input is (N, C, H, W) with its C, and names the module before it when not (a channels-last tensor, say). block_options go to the block (ratio, activation,
     lambda_init, use_bn). The new blocks get the selected module's device, dtype and train/eval mode.
     Returns `model`, changed in place.
     """
@@ -117,20 +178,22 @@ def attach(model: nn.Module, kind: str = "sb", where: Where = nn.BatchNorm2d, ch
     for name, module, parent in chosen:
         width = channels if channels is not None else infer_channels(module)
         if width is None:
-            raise ValueError(f"cannot infer the channel count after module {name!r} ({type(module).__name__}); "
-                             f"select a Conv2d or BatchNorm2d, or pass channels=")
+            raise ValueError(_cannot_infer(name, module))
         try:
             block = create_attention(kind, width, **block_options)
+        except SbattnError:  # a missing extra: nothing to do with this module
+            raise
         except ValueError as e:
             raise ValueError(f"module {name!r} ({type(module).__name__}, {width} channels): {e}") from None
         like = next(module.parameters(), None)
         if like is not None:
             block.to(device=like.device, dtype=like.dtype)
-        plans.append((name, module, parent, block.train(module.training)))
+        plans.append((name, module, parent, width, block.train(module.training)))
     # Every block is built before the first replacement, so an error leaves the model as it was.
     # Parents are held by reference, so replacing one selected module never disturbs another.
-    for name, module, parent, block in plans:
-        setattr(parent, name.rsplit(".", 1)[-1], WithAttention(module, block))
+    for name, module, parent, width, block in plans:
+        place = f"module {name!r} ({type(module).__name__})"
+        setattr(parent, name.rsplit(".", 1)[-1], WithAttention(module, block, width, place))
     return model
 
 

@@ -1,0 +1,79 @@
+"""SB's competitors, taken from timm (the field's reference implementations), under the registry's names:
+
+    eca     ECA, Wang et al. 2020: a 1-D convolution across the squeezed channels, then a sigmoid gate
+    cbam    CBAM, Woo et al. 2018: channel attention (mean and max squeezes, one MLP), then spatial attention
+    gc      global context, Cao et al. 2019, scaling form: x * sigmoid(MLP(attention-pooled context))
+    gca     global context, additive form: x + MLP(context), the closest relative of SB's x + lambda * act(...)
+
+The names are timm's own (`timm.layers.get_attn`). Registered when sbattn.nn is imported, timm imported only when
+a block is built: `import sbattn` never needs timm, and without it building one of these is a ConfigError that
+names the extra (pip install "sbattn[timm]").
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+
+from torch import nn
+
+from ..errors import ConfigError
+from .attention import register_attention
+
+__all__ = ["TimmBlock", "ZOO", "timm_layers"]
+
+EXTRA = 'pip install "sbattn[timm]"'
+
+
+def timm_layers(kind: str):
+    """The timm.layers module; a one-line ConfigError naming the extra when timm is missing or broken."""
+    try:
+        return importlib.import_module("timm.layers")
+    except Exception as e:  # a timm that imports a torchvision built for another torch fails with RuntimeError
+        if importlib.util.find_spec("timm") is None:
+            why = "is not installed"
+        else:
+            why = f"cannot be imported ({type(e).__name__}: {e})"
+        raise ConfigError(f"attention {kind!r} is timm's module, and timm {why}: {EXTRA}") from None
+
+
+class TimmBlock:
+    """Builds timm's `class_name` as a registered attention kind: create_attention(kind, channels, ratio=...).
+
+    ratio is timm's rd_ratio (the hidden width over the channels), for the modules that have a hidden layer;
+    fixed: options this kind always passes (GlobalContext's fuse_add and fuse_scale).
+    """
+
+    def __init__(self, kind: str, class_name: str, uses_ratio: bool = True, **fixed):
+        self.kind, self.class_name, self.uses_ratio, self.fixed = kind, class_name, uses_ratio, fixed
+
+    def __call__(self, channels: int, ratio: float | None = None, *, device=None, dtype=None,
+                 **options) -> nn.Module:
+        cls = getattr(timm_layers(self.kind), self.class_name)
+        if ratio is not None and self.uses_ratio:
+            options.setdefault("rd_ratio", ratio)
+        try:
+            return cls(channels, **self.fixed, **options, device=device, dtype=dtype)
+        except TypeError as e:
+            accepted = ", ".join(inspect.signature(cls).parameters)
+            raise ValueError(f"timm's {self.class_name} ({self.kind}): {e}; it takes {accepted}") from None
+
+    def block_type(self) -> type | None:
+        """timm's class, once timm is imported (no module of it can exist before)."""
+        layers = sys.modules.get("timm.layers")
+        return getattr(layers, self.class_name, None) if layers is not None else None
+
+    def __repr__(self) -> str:
+        return f"TimmBlock({self.kind!r}, timm.layers.{self.class_name}{', ' if self.fixed else ''}" + \
+            ", ".join(f"{k}={v}" for k, v in self.fixed.items()) + ")"
+
+
+ZOO = (
+    TimmBlock("eca", "EcaModule", uses_ratio=False),  # no hidden layer: its kernel size follows the channels
+    TimmBlock("cbam", "CbamModule"),
+    TimmBlock("gc", "GlobalContext", fuse_add=False, fuse_scale=True),
+    TimmBlock("gca", "GlobalContext", fuse_add=True, fuse_scale=False),
+)
+for _block in ZOO:
+    register_attention(_block.kind)(_block)
