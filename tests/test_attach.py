@@ -239,3 +239,74 @@ def test_new_blocks_follow_the_module_dtype_and_mode():
     assert all(p.dtype == torch.float64 for b in blocks for p in b.parameters())
     assert not any(b.training for b in blocks)
     assert model(torch.randn(1, 3, 8, 8, dtype=torch.float64)).shape == (1, 16, 8, 8)  # eval: a batch of 1 is fine
+
+
+# The NCHW layers of timm and torchvision that are none of torch's 2-d classes, as those libraries write them
+# (timm's LayerNorm2d: an nn.LayerNorm over the channels of an NCHW tensor; FrozenBatchNorm2d: buffers only).
+class LayerNorm2d(nn.LayerNorm):
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class FrozenBatchNorm2d(nn.Module):
+    def __init__(self, num_features):
+        super().__init__()
+        self.num_features = num_features
+        self.register_buffer("weight", torch.ones(num_features))
+
+    def forward(self, x):
+        return x * self.weight[:, None, None]
+
+
+class ChannelsLastBlock(nn.Module):
+    """A ConvNeXt block's order: depthwise conv, then a LayerNorm on the channels-last tensor."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv_dw = nn.Conv2d(channels, channels, 7, padding=3, groups=channels)
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x):
+        return self.norm(self.conv_dw(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def convnext_like(widths=(8, 16, 32)) -> nn.Sequential:
+    layers, cin = [], 3
+    for w in widths:
+        layers += [nn.Conv2d(cin, w, 2, stride=2), LayerNorm2d(w), ChannelsLastBlock(w)]
+        cin = w
+    return nn.Sequential(*layers, FrozenBatchNorm2d(cin))
+
+
+def test_widths_after_layernorm2d_and_frozen_batchnorm_per_stage():
+    model = convnext_like()
+    attach(model, "sb", where=lambda name, m: isinstance(m, (LayerNorm2d, FrozenBatchNorm2d)))
+    widths = [model.get_submodule(n).branch[0].in_features for n in attached(model)]
+    assert widths == [8, 16, 32, 32]
+    attach(model, "se", where=lambda name, m: name.endswith("conv_dw"))
+    dw = [n for n in attached(model) if "conv_dw" in n]
+    assert [model.get_submodule(n).branch[0].in_features for n in dw] == [8, 16, 32]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 32, 4, 4)
+
+
+def test_a_layernorm_says_why_it_cannot_be_read():
+    with pytest.raises(ValueError, match=r"'2.norm' \(LayerNorm\).*channels-last \(N, H, W, C\)"):
+        attach(convnext_like(), "sb", where=lambda name, m: name == "2.norm")
+
+
+def test_a_channels_last_tensor_is_an_error_naming_the_module():
+    model = convnext_like()
+    attach(model, "sb", where=["2.norm"], channels=8)
+    with pytest.raises(ValueError) as error:
+        model(torch.randn(2, 3, 32, 32))
+    message = str(error.value)
+    assert "after module '2.norm' (LayerNorm) takes (N, 8, H, W) tensors, got (2, 16, 16, 8)" in message
+    assert "channels-last" in message and "\n" not in message
+
+
+def test_a_wrong_width_is_an_error_naming_the_module():
+    model = small_net()
+    attach(model, "sb", where=["4"], channels=12)
+    with pytest.raises(ValueError, match=r"after module '4' \(BatchNorm2d\) takes \(N, 12, H, W\) tensors, "
+                                         r"got \(2, 16, 8, 8\)$"):
+        model(torch.randn(2, 3, 8, 8))
