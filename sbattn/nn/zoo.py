@@ -21,15 +21,16 @@ from torch import nn
 from ..errors import ConfigError
 from .attention import register_attention
 
-__all__ = ["TimmBlock", "ZOO", "timm_layers"]
+__all__ = ["TimmBlock", "ZOO", "timm_module"]
 
 EXTRA = 'pip install "sbattn[timm]"'
 
 
-def timm_layers(kind: str):
-    """The timm.layers module; a one-line ConfigError naming the extra when timm is missing or broken."""
+def timm_module(kind: str, path: str):
+    """timm's module `path` (timm.layers.cbam, ...); a one-line ConfigError naming the extra when timm is missing or
+    cannot be imported."""
     try:
-        return importlib.import_module("timm.layers")
+        return importlib.import_module(path)
     except Exception as e:  # a timm that imports a torchvision built for another torch fails with RuntimeError
         if importlib.util.find_spec("timm") is None:
             why = "is not installed"
@@ -39,18 +40,20 @@ def timm_layers(kind: str):
 
 
 class TimmBlock:
-    """Builds timm's `class_name` as a registered attention kind: create_attention(kind, channels, ratio=...).
+    """Builds timm's `module`.`class_name` as a registered attention kind: create_attention(kind, channels,
+    ratio=...).
 
     ratio is timm's rd_ratio (the hidden width over the channels), for the modules that have a hidden layer;
     fixed: options this kind always passes (GlobalContext's fuse_add and fuse_scale).
     """
 
-    def __init__(self, kind: str, class_name: str, uses_ratio: bool = True, **fixed):
-        self.kind, self.class_name, self.uses_ratio, self.fixed = kind, class_name, uses_ratio, fixed
+    def __init__(self, kind: str, module: str, class_name: str, uses_ratio: bool = True, **fixed):
+        self.kind, self.module, self.class_name = kind, module, class_name
+        self.uses_ratio, self.fixed = uses_ratio, fixed
 
     def __call__(self, channels: int, ratio: float | None = None, *, device=None, dtype=None,
                  **options) -> nn.Module:
-        cls = getattr(timm_layers(self.kind), self.class_name)
+        cls = getattr(timm_module(self.kind, self.module), self.class_name)
         if ratio is not None and self.uses_ratio:
             options.setdefault("rd_ratio", ratio)
         try:
@@ -61,19 +64,20 @@ class TimmBlock:
 
     def block_type(self) -> type | None:
         """timm's class, once timm is imported (no module of it can exist before)."""
-        layers = sys.modules.get("timm.layers")
-        return getattr(layers, self.class_name, None) if layers is not None else None
+        module = sys.modules.get(self.module)
+        return getattr(module, self.class_name, None) if module is not None else None
 
     def __repr__(self) -> str:
-        return f"TimmBlock({self.kind!r}, timm.layers.{self.class_name}{', ' if self.fixed else ''}" + \
-            ", ".join(f"{k}={v}" for k, v in self.fixed.items()) + ")"
+        fixed = "".join(f", {k}={v}" for k, v in self.fixed.items())
+        return f"TimmBlock({self.kind!r}, {self.module}.{self.class_name}{fixed})"
 
 
 ZOO = (
-    TimmBlock("eca", "EcaModule", uses_ratio=False),  # no hidden layer: its kernel size follows the channels
-    TimmBlock("cbam", "CbamModule"),
-    TimmBlock("gc", "GlobalContext", fuse_add=False, fuse_scale=True),
-    TimmBlock("gca", "GlobalContext", fuse_add=True, fuse_scale=False),
+    # ECA has no hidden layer: its 1-D kernel's size follows the channel count.
+    TimmBlock("eca", "timm.layers.eca", "EcaModule", uses_ratio=False),
+    TimmBlock("cbam", "timm.layers.cbam", "CbamModule"),
+    TimmBlock("gc", "timm.layers.global_context", "GlobalContext", fuse_add=False, fuse_scale=True),
+    TimmBlock("gca", "timm.layers.global_context", "GlobalContext", fuse_add=True, fuse_scale=False),
 )
 for _block in ZOO:
     register_attention(_block.kind)(_block)
