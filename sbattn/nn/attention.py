@@ -6,6 +6,10 @@ Both squeeze x (N, C, H, W) to z = mean over H and W, then run the same two-laye
 
 SB shifts the trunk by the branch, balanced by a learned per-channel factor: y = x + lambda * a.
 SE scales the trunk by the branch through a sigmoid gate:                   y = x * a.
+
+Both take timm's layer arguments as well (rd_ratio, rd_channels, rd_divisor, act_layer, gate_layer, device,
+dtype), so that timm builds them wherever it takes an attention or SE layer; and both trace: torch.fx (the
+layout-dependent operations and the batch check are leaves, decided as the graph runs), torch.export and ONNX.
 """
 from __future__ import annotations
 
@@ -123,8 +127,8 @@ class AttentionBranch(nn.Sequential):
             z = _batch_of_two_in_training(z, self[1])
         # In the weights' own precision: on (N, C), autocast's casts would cost more than the arithmetic.
         z = z.to(self[0].weight.dtype)
-        if isinstance(z, torch.fx.Proxy):  # symbolic tracing records the operations; it has no autocast state
-            return super().forward(z)
+        if isinstance(z, torch.fx.Proxy):  # a torch.fx graph holds no autocast region: traced, the branch
+            return super().forward(z)    # follows the autocast the graph runs under
         autocast = torch.is_autocast_enabled(z.device.type)
         with torch.autocast(z.device.type, enabled=False) if autocast else contextlib.nullcontext():
             return super().forward(z)
@@ -197,6 +201,10 @@ class SqueezeExcite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = self.gate(self.branch(spatial_mean(x)))
         return x * gate.to(x.dtype)[:, :, None, None]
+
+    def extra_repr(self) -> str:
+        named = self.gate_name != "sigmoid" and not isinstance(self.gate, nn.Module)  # a module shows itself
+        return f"gate={self.gate_name}" if named else ""
 
 
 LAMBDA_INITS = ("normal", "zeros", "ones")  # or a number every channel starts at
