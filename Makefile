@@ -36,14 +36,14 @@ run: install
 	$(VENV)/bin/sbattn compare --preset quick --data-dir $(DATA) $(FETCH)
 
 # Both environments: the main suite on the tested CPU torch, then tests/interop (timm, FX feature extraction, the
-# zoo) on the newest torch with timm.
+# zoo) and the supported-range test on the newest torch with timm.
 test: test-main test-interop
 
 test-main: install
 	$(PY) -m pytest -q
 
 test-interop: install-interop
-	$(INTEROP_PY) -m pytest -q tests/interop
+	$(INTEROP_PY) -m pytest -q tests/interop tests/test_supported_torch.py
 
 bench: install
 	$(PY) benchmarks/speed.py
