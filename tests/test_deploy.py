@@ -109,6 +109,14 @@ def test_evaluate_reports_the_runs_own_test_accuracy(trained, capsys):
     assert f"{FAKE_SIZES[1]} images" in out
 
 
+def test_evaluate_without_data_names_only_its_own_options(trained, tmp_path, capsys):
+    path, _ = trained
+    assert main(["evaluate", str(path), "--dataset", "cifar10", "--data-dir", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--data-dir" in err
+    assert "--download" not in err.replace("sbattn train --download", "")  # evaluate has no --download
+
+
 def test_predict_on_images_written_by_the_test(trained, test_images, tmp_path, capsys):
     path, _ = trained
     images, _, classes = test_images

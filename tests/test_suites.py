@@ -100,6 +100,24 @@ def test_compare_table_statistics_from_synthetic_runs(tmp_path):
         assert_png(tmp_path / name)
 
 
+def test_the_suite_figure_shows_the_tables_final_accuracies(tmp_path, monkeypatch):
+    # Trained in bf16, a run's last per-epoch evaluation (bf16) and its final accuracy (fp32) differ: the bars
+    # show the final one, as the table does.
+    from sbattn.experiments import figures
+    for seed in (0, 1):
+        for kind in ({}, {"use_se": True}):
+            path = write_run(tmp_path, [0.5, 0.6], seed=seed, **kind)
+            record = json.loads(path.read_text())
+            record["summary"]["final_eval_acc"] = 0.7 + seed / 100 + (0.1 if kind else 0)
+            path.write_text(json.dumps(record))
+    heights = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: heights.setdefault(
+        Path(path).name, [bar.get_height() for bar in fig.axes[1].patches]))
+    assert cli.run_report(parse("report", [str(tmp_path)])) == 0
+    assert heights["compare.png"] == pytest.approx([70.5, 80.5])
+    assert "| baseline | 70.50 ± 0.71% |" in (tmp_path / "compare.md").read_text()
+
+
 def test_ablation_with_one_seed_has_no_interval(tmp_path):
     accs = {"linear": 0.9218, "relu": 0.9224, "tanh": 0.9222, "softmax": 0.9230, "sigmoid": 0.9266}
     for activation, acc in accs.items():  # written out of order: the table keeps the seed's order

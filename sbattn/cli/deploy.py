@@ -8,13 +8,17 @@ import torch
 
 from ..data import DATASETS, load_cifar10, to_device_uint8
 from ..engine.checkpoint import load
-from ..engine.config import resolve_device
+from ..engine.config import PRECISIONS, TrainConfig, resolve_device
 from ..engine.deploy import FORMATS, class_names, export_onnx, export_program, predict, read_images
 from ..engine.evaluation import evaluate
+from ..engine.precision import precision_label, resolve_precision
 from ..errors import UserError
 
 __all__ = ["add_export_options", "run_export", "add_evaluate_options", "run_evaluate", "add_predict_options",
            "run_predict"]
+
+_FIELDS = TrainConfig.__dataclass_fields__
+DEVICE_HELP = _FIELDS["device"].metadata["help"]
 
 
 def add_export_options(parser: argparse.ArgumentParser) -> None:
@@ -45,23 +49,30 @@ def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=DATASETS, default=None, help="none given: the training run's")
     parser.add_argument("--cache-dir", "--cache_dir", dest="cache_dir", default=None,
                         help="cache of decoded arrays; none given: $SBATTN_CACHE, else ~/.cache/sbattn")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps; none given: CUDA when present, else the CPU")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=1000,
-                        help="evaluation batch size (default: 1000)")
+    parser.add_argument("--device", default=None, help=DEVICE_HELP)
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=None,
+                        help="evaluation batch size; none given: the training run's --eval-batch-size")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help=f"fp32 reproduces the final accuracy the training run reported; "
+                             f"{_FIELDS['precision'].metadata['help']} (default: fp32)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}", 2)
     device = torch.device(resolve_device(args.device))
     model = load(args.checkpoint, device)
     trained = model.config
     data = load_cifar10(args.data_dir or trained.data_dir, args.dataset or trained.dataset, False,
-                        args.cache_dir if args.cache_dir is not None else trained.cache_dir, progress=False)
+                        args.cache_dir if args.cache_dir is not None else trained.cache_dir, progress=False,
+                        hint="pass --data-dir with the folder or archive that holds CIFAR-10 "
+                             "(`sbattn train --download` fetches it)")
     images = to_device_uint8(data.test_images, device)
     labels = torch.from_numpy(data.test_labels).to(device)
-    loss, acc = evaluate(model, images, labels, batch_size=args.batch_size)
-    print(f"test loss {loss:.4f}  accuracy {100 * acc:.2f}%  ({len(labels)} images, {data.source})")
+    amp_dtype = resolve_precision(args.precision, device)
+    loss, acc = evaluate(model, images, labels, args.batch_size or trained.eval_batch_size, amp_dtype)
+    print(f"test loss {loss:.4f}  accuracy {100 * acc:.2f}%  ({len(labels)} images, {data.source}, "
+          f"{precision_label(amp_dtype)})")
     return 0
 
 
@@ -70,7 +81,7 @@ def add_predict_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="image files (32x32, or any size with --resize)")
     parser.add_argument("--topk", type=int, default=5, help="classes to show per image (default: 5)")
     parser.add_argument("--resize", action="store_true", help="resize images of other sizes to 32x32 (bilinear)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps; none given: CUDA when present, else the CPU")
+    parser.add_argument("--device", default=None, help=DEVICE_HELP)
 
 
 def run_predict(args: argparse.Namespace) -> int:
