@@ -23,12 +23,11 @@ from ..data import load_cifar10, steps_per_epoch, to_device_uint8, train_batches
 from ..errors import UserError
 from ..models import create_model
 from ..version import __version__
-from . import distributed
+from . import distributed, provenance
 from .checkpoint import load_checkpoint, unwrap
 from .config import TrainConfig
 from .evaluation import evaluate, memory_format, sum_dtype
-from .outputs import (RunPaths, format_epoch, lambda_stats, now_iso, peak_rss_mb, prepare_output_dir,
-                      write_finished_run)
+from .outputs import RunPaths, format_epoch, lambda_stats, peak_rss_mb, prepare_output_dir, write_finished_run
 from .precision import precision_label, resolve_precision
 from .signals import StopRequest, alone_signal_handled
 from .state import RunState
@@ -55,6 +54,7 @@ class Run:
     amp_dtype: torch.dtype | None
     log: Callable[..., None]
     interactive: bool  # a progress bar on a terminal
+    provenance: dict  # this process's (rank 0's; empty on the others), see engine/provenance.py
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -88,7 +88,8 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
         log = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
         device = torch.device(device_name)
         run = Run(config, ctx, device, RunPaths(Path(config.output_dir), config.run_name),
-                  resolve_precision(config.precision, device), log, not quiet and sys.stderr.isatty())
+                  resolve_precision(config.precision, device), log, not quiet and sys.stderr.isatty(),
+                  provenance.collect(device, ctx.world_size) if ctx.main else {})
         return _train(run, quiet)
     finally:
         distributed.teardown(ctx)
@@ -109,7 +110,8 @@ def _train(run: Run, quiet: bool) -> RunResult:
 
     model = create_model(config.arch, num_classes=len(data.classes), **config.model_options()).to(device)
     wrapped = distributed.wrap(ctx, model.to(memory_format=run.memory_format), device, config.sync_bn)
-    state = RunState.start(config, unwrap(wrapped), device, run.amp_dtype, seed, len(data.classes), ctx.rank)
+    state = RunState.start(config, unwrap(wrapped), device, run.amp_dtype, seed, len(data.classes), ctx.rank,
+                           run.provenance)
     if ckpt:  # SyncBatchNorm conversion makes new modules: the state holds the ones that train
         note = state.restore(ckpt, ctx)
         run.log(note) if note else None
@@ -281,8 +283,10 @@ def _finish(run: Run, state: RunState, params: int, data, test_x: torch.Tensor, 
         "last_epoch_eval_loss": history[-1]["eval_loss"], "best_eval_acc": best["eval_acc"],
         "best_epoch": best["epoch"], "params": params,
         "train_seconds": sum(h["seconds"] for h in history), "data": data.source, "classes": data.classes,
-        "device": str(run.device), "precision": precision_label(run.amp_dtype), "finished": now_iso(),
+        "device": str(run.device), "precision": precision_label(run.amp_dtype), "finished": provenance.now_iso(),
         "peak_rss_mb": peak_rss_mb(),
     }
+    summary["provenance"] = {**run.provenance, "finished": summary["finished"]}
+    summary["earlier_sessions"] = state.sessions[:-1]  # the processes that trained the run before a resume
     write_finished_run(run.config, run.paths, state.model, history, summary, len(data.classes))
     return summary

@@ -57,17 +57,19 @@ class RunState:
     epoch: int = 0  # epochs finished
     step: int = 0  # steps finished in the epoch under way
     partial: dict | None = None  # the sums of the epoch under way, when stopped inside it (rank 0's: global)
+    sessions: list[dict] = field(default_factory=list)  # provenance of each process that trained it, this one last
 
     @classmethod
     def start(cls, config: TrainConfig, model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None,
-              seed: int, num_classes: int, rank: int) -> "RunState":
+              seed: int, num_classes: int, rank: int, provenance: dict | None = None) -> "RunState":
         """A run's state before its first step: the reference's optimiser and schedule on `model`."""
         optimizer = reference_optimizer(model, config.init_lr, config.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, config.milestones, config.gamma)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         # Each rank augments with its own stream; rank 0's is the single-process run's.
         generator = torch.Generator(device).manual_seed(augment_stream_seed(seed, rank))
-        return cls(model, optimizer, scheduler, scaler, generator, seed, num_classes)
+        return cls(model, optimizer, scheduler, scaler, generator, seed, num_classes,
+                   sessions=[provenance] if provenance else [])
 
     def save(self, path: Path, config: TrainConfig, ctx: distributed.Context) -> None:
         """Write the checkpoint (rank 0); a collective, so every rank calls it."""
@@ -78,7 +80,7 @@ class RunState:
                 "world_size": ctx.world_size, "seed": self.seed, "epoch": self.epoch, "step": self.step,
                 "partial": self.partial, "history": self.history, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": rng})
+                "scaler": self.scaler.state_dict(), "rng": rng, "provenance": self.sessions})
 
     def restore(self, ckpt: dict, ctx: distributed.Context) -> str | None:
         """Continue from a checkpoint read by load_checkpoint; returns a note for the log, if any."""
@@ -87,6 +89,7 @@ class RunState:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.history, self.epoch, self.step = ckpt["history"], ckpt["epoch"], ckpt["step"]
+        self.sessions = [*ckpt.get("provenance", []), *self.sessions]  # checkpoints before provenance have none
         self.partial = ckpt["partial"] if ctx.main else None  # rank 0 carries the interrupted epoch's global sums
         if ckpt["world_size"] == ctx.world_size:
             _set_rng_state(ckpt["rng"][ctx.rank], self.generator)
