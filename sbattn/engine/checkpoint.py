@@ -95,7 +95,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     else:
         raise CheckpointError(f"{path} holds no model weights")
     try:
-        config = TrainConfig.from_dict(obj["config"], device="cpu", resume=False)
+        config = TrainConfig.from_dict(obj["config"], device="cpu", resume=False, tensorboard=False)
         model = create_model(config.arch, num_classes=obj.get("num_classes", 10), **config.model_options())
         model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, ValueError) as e:  # weights that do not fit the recorded model

@@ -15,6 +15,7 @@ from ..data import AUGMENTS, DATASETS, canonical_augment
 from ..errors import ConfigError
 from ..models import PLACEMENTS, create_model, default_placement, list_models
 from ..nn import LAMBDA_INITS, list_activations, list_attention
+from .tensorboard_log import INSTALL_HINT, tensorboard_available
 
 __all__ = ["TrainConfig", "resolve_device", "PRECISIONS", "RECIPE_FIELDS", "canonical_config", "recipe_differences"]
 
@@ -80,6 +81,9 @@ class TrainConfig:
     compile: bool = _opt(False, "torch.compile the model (on CUDA: CUDA graphs for forward and backward)")
     sync_bn: bool = _opt(True, "under torchrun, synchronise every BatchNorm (the attention's too) across processes")
     resume: bool = _opt(False, "continue from the run's last checkpoint in --output-dir")
+    tensorboard: bool = _opt(False, "write each epoch's scalars (losses, accuracies, learning rate, throughput, SB's "
+                                    "|lambda| per block) for TensorBoard under --output-dir/tensorboard/<run>; needs "
+                                    f"{INSTALL_HINT}")
 
     def __post_init__(self) -> None:
         self.milestones = list(self.milestones)
@@ -160,6 +164,8 @@ class TrainConfig:
             raise ConfigError(f"{self.arch} with attn_ratio={self.attn_ratio}, width={self.width:g}, "
                               f"placement={self.placement!r}: {e}") from None
         self.device = resolve_device(self.device)
+        if self.tensorboard and not tensorboard_available():
+            raise ConfigError(f"tensorboard=True: the tensorboard package is not installed; {INSTALL_HINT}")
 
 
 def canonical_config(saved: dict) -> dict:

@@ -31,6 +31,7 @@ from .outputs import RunPaths, format_epoch, lambda_stats, peak_rss_mb, prepare_
 from .precision import precision_label, resolve_precision
 from .signals import StopRequest, alone_signal_handled
 from .state import RunState
+from .tensorboard_log import epoch_logger
 
 __all__ = ["train", "train_epoch", "RunResult", "Run", "resume_command"]
 
@@ -126,7 +127,8 @@ def _train(run: Run, quiet: bool) -> RunResult:
             f"precision={precision_label(run.amp_dtype)} seed={seed}")
 
     stop = StopRequest()
-    with stop.installed(), alone_signal_handled():
+    events = paths.output_dir / "tensorboard" / paths.name if config.tensorboard and ctx.main else None
+    with stop.installed(), alone_signal_handled(), epoch_logger(events, state.epoch) as log_epoch:
         while state.epoch < config.epochs:
             sums = train_epoch(run, state, step_model, train_x, train_y, stop)
             if state.step:  # stopped inside the epoch
@@ -135,6 +137,7 @@ def _train(run: Run, quiet: bool) -> RunResult:
                         f"{paths.checkpoint}\nresume with: {resume_command(config, ctx)}")
                 return RunResult(130, paths, state.history)
             _end_epoch(run, state, sums, test_x, test_y)
+            log_epoch(state.history[-1])
             state.save(paths.checkpoint, config, ctx)
             if distributed.any_rank(ctx, bool(stop), device):
                 run.log(f"stopped after epoch {state.epoch}; resume with: {resume_command(config, ctx)}")
