@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
@@ -9,7 +10,8 @@ import torch
 from ..data import DATASETS, load_cifar10, to_device_uint8
 from ..engine.checkpoint import load
 from ..engine.config import PRECISIONS, TrainConfig, resolve_device
-from ..engine.deploy import FORMATS, class_names, export_onnx, export_program, predict, read_images
+from ..engine.deploy import (EXPORT_INSTALL, FORMATS, class_names, export_metadata, export_onnx, export_program,
+                             predict, read_images)
 from ..engine.evaluation import evaluate
 from ..engine.precision import precision_label, resolve_precision
 from ..errors import UserError
@@ -23,23 +25,40 @@ DEVICE_HELP = _FIELDS["device"].metadata["help"]
 
 def add_export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a trained model (.pth) or training checkpoint (.ckpt)")
-    parser.add_argument("--format", choices=tuple(FORMATS), default="onnx", help="(default: onnx)")
+    parser.add_argument("--format", choices=tuple(FORMATS), default="onnx",
+                        help=f"onnx (needs {EXPORT_INSTALL}; class names, normalisation and configuration in its "
+                             f"metadata) or torch-export (default: onnx)")
     parser.add_argument("--output", "-o", default=None,
-                        help="file to write; none given: the checkpoint's name with .onnx or .pt2")
+                        help="file to write, never the one being exported; none given: the checkpoint's name with "
+                             ".onnx or .pt2")
     parser.add_argument("--static-batch", action="store_true", help="fix the batch size (without it: any batch size)")
 
 
 def run_export(args: argparse.Namespace) -> int:
-    model = load(args.checkpoint)
-    output = Path(args.output) if args.output else Path(args.checkpoint).with_suffix(FORMATS[args.format])
+    source = Path(args.checkpoint)
+    output = Path(args.output) if args.output else source.with_suffix(FORMATS[args.format])
+    if _same_file(output, source):
+        raise UserError(f"{output} is the file being exported: give another --output", 2)
+    model = load(source)
     if not output.parent.is_dir():
         raise UserError(f"cannot write {output}: the folder {output.parent} does not exist", 2)
-    if args.format == "onnx":
-        export_onnx(model, output, batch_dynamic=not args.static_batch)
-    else:
-        export_program(model, output, batch_dynamic=not args.static_batch)
+    try:
+        if args.format == "onnx":
+            export_onnx(model, output, batch_dynamic=not args.static_batch, metadata=export_metadata(source, model))
+        else:
+            export_program(model, output, batch_dynamic=not args.static_batch)
+    except OSError as e:  # a full disk, a read-only folder: the export is written atomically, so nothing is lost
+        kept = f"the earlier {output.name} is left as it was" if output.exists() else "nothing was written"
+        raise UserError(f"cannot write {output} ({e.strerror or e}); {kept}") from None
     print(f"wrote {output} ({args.format}; input (N, 3, 32, 32) normalised as (x/255 - 0.5)/0.5, output logits)")
     return 0
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
 
 
 def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
