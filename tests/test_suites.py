@@ -186,7 +186,7 @@ class FakeTrain:
         if len(self.configs) == self.interrupt_on:
             return SimpleNamespace(exit_code=130)
         write_run(Path(config.output_dir), [0.5, 0.9 + 0.001 * len(self.configs)], use_sb=config.use_sb,
-                  use_se=config.use_se, activation=config.activation, seed=config.seed)
+                  use_se=config.use_se, activation=config.activation, seed=config.seed, attention=config.attention)
         return SimpleNamespace(exit_code=0)
 
 
@@ -217,6 +217,31 @@ def test_a_finished_run_of_another_recipe_is_not_reused(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="another recipe.*epochs 3 there, 2 now"):
         cli.run_compare(args)
     assert fake.configs == []
+
+
+def test_compare_takes_any_registered_attention_kind(tmp_path, monkeypatch, attention_registry):
+    import sbattn
+    import torch
+    from torch import nn
+
+    @sbattn.register_attention("gate")
+    class Gate(nn.Module):
+        def __init__(self, channels, ratio=0.5):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(channels))
+
+        def forward(self, x):
+            return x * self.weight[:, None, None]
+
+    fake = FakeTrain()
+    monkeypatch.setattr(suites, "train", fake)
+    args = parse("compare", ["--dataset", "fake", "--width", "0.0625", "--epochs", "2", "--device", "cpu",
+                             "--attention", "none,gate,sb", "--output-dir", str(tmp_path)])
+    assert cli.run_compare(args) == 0
+    assert [c.attention for c in fake.configs] == ["none", "gate", "sb"]
+    assert [r[0] for r in table_rows((tmp_path / "compare.md").read_text())] == ["baseline", "GATE", "SB(Sigmoid)"]
+    with pytest.raises(SystemExit):
+        parse("compare", ["--attention", "none,nope"])
 
 
 # ---------------------------------------------------------------- end to end, tiny real training
