@@ -411,7 +411,7 @@ def test_a_run_left_alone_takes_every_core(tmp_path, monkeypatch):
     # before the run has installed its handler, and must wait for it rather than kill the run.
     assert run_jobs([Job("only", config)], 2, lines.append) == 0, lines
     history = json.loads((tmp_path / f"{config.run_name}.json").read_text())["history"]
-    assert history[0]["threads"] == available_cores()
+    assert history[0]["thread_ceiling"] == available_cores()  # how many it uses depends on what else runs
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
@@ -468,3 +468,13 @@ def test_ctrl_c_to_a_jobs_suite_checkpoints_every_run_and_the_rerun_finishes(tmp
     for ckpt in checkpoints:  # the interrupted runs went on from their checkpoints
         assert "resuming " in (tmp_path / f"{ckpt.stem}.log").read_text()
     assert [r[2] for r in table_rows((tmp_path / "compare.md").read_text())] == ["1", "1", "1"]
+
+
+def test_the_users_thread_count_is_the_suites_budget(monkeypatch):
+    from sbattn.experiments.jobs import threads_per_job
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads_per_job(1, "cpu") == 1 and threads_per_job(2, "cpu") == 1  # never more than the user allowed
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    assert threads_per_job(2, "cpu") == 4
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert threads_per_job(1, "cpu") == available_cores()

@@ -32,6 +32,7 @@ from .outputs import (RunPaths, format_epoch, lambda_stats, now_iso, peak_rss_mb
 from .precision import precision_label, resolve_precision
 from .signals import StopRequest, alone_signal_handled
 from .state import RunState
+from .threads import ThreadGovernor
 
 __all__ = ["train", "train_epoch", "RunResult", "Run", "resume_command"]
 
@@ -55,6 +56,7 @@ class Run:
     amp_dtype: torch.dtype | None
     log: Callable[..., None]
     interactive: bool  # a progress bar on a terminal
+    threads: ThreadGovernor
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -88,7 +90,8 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
         log = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
         device = torch.device(device_name)
         run = Run(config, ctx, device, RunPaths(Path(config.output_dir), config.run_name),
-                  resolve_precision(config.precision, device), log, not quiet and sys.stderr.isatty())
+                  resolve_precision(config.precision, device), log, not quiet and sys.stderr.isatty(),
+                  ThreadGovernor(device))
         return _train(run, quiet)
     finally:
         distributed.teardown(ctx)
@@ -197,6 +200,7 @@ def train_epoch(run: Run, state: RunState, step_model: torch.nn.Module, train_x:
         sums.seen += len(y)
         bar.update(1)
         now = time.perf_counter()
+        run.threads.poll(now)
         last = step + 1 == steps
         if run.interactive and now - refreshed > 1.0 or last or stop:  # reading sums waits for the device
             refreshed = now
@@ -229,7 +233,7 @@ def _end_epoch(run: Run, state: RunState, sums: EpochSums, test_x: torch.Tensor,
     entry = {"epoch": epoch + 1, "lr": lr, "train_loss": sums.loss.item() / sums.seen,
              "train_acc": sums.correct.item() / sums.seen, "eval_loss": None, "eval_acc": None,
              "seconds": sums.seconds, "images_per_sec": sums.seen / sums.seconds,
-             "eval_seconds": None, "threads": torch.get_num_threads()}
+             "eval_seconds": None, "threads": torch.get_num_threads(), "thread_ceiling": run.threads.ceiling}
     if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
         started = time.perf_counter()
         entry["eval_loss"], entry["eval_acc"] = evaluate(state.model, test_x, test_y, config.eval_batch_size,
