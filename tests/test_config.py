@@ -6,7 +6,7 @@ from sbattn.cli import build_parser
 from sbattn.engine.options import config_from_args
 
 
-def test_seed_defaults():
+def test_reference_defaults():
     c = TrainConfig()
     assert (c.attn_ratio, c.use_sb, c.use_se, c.activation, c.epochs, c.batch_size, c.init_lr, c.gamma,
             c.milestones, c.weight_decay) == (0.5, True, False, "tanh", 80, 64, 0.1, 0.2, [40, 60, 80], 9e-6)
@@ -63,7 +63,7 @@ def parse(*argv):
     return config_from_args(build_parser().parse_args(["train", *argv]))
 
 
-def test_cli_parses_the_seed_flags():
+def test_cli_parses_the_reference_flags():
     c = parse("--device=cpu", "--attn_ratio=0.25", "--use_sb=False", "--use_se=True", "--activation='relu'",
               "--epochs=3", "--batch_size=32", "--init_lr=0.05", "--gamma=0.5", "--milestones=[1,2]",
               "--weight_decay=1e-4")
@@ -169,3 +169,48 @@ def test_a_suite_takes_the_shared_options_from_the_file(tmp_path):
     assert cli.seed_list(args) == [3, 4]
     args = build_parser().parse_args(["ablate", "--config", path])
     assert cli.base_config(args, variants.ABLATION).activation == "tanh"  # ablate sets the activation per row
+
+
+def test_attention_is_the_reference_flags_by_another_name():
+    for kind, use_sb, use_se in (("none", False, False), ("sb", True, False), ("se", False, True)):
+        by_name = TrainConfig(attention=kind)
+        by_flags = TrainConfig(use_sb=use_sb, use_se=use_se)
+        assert (by_name.use_sb, by_name.use_se, by_flags.attention) == (use_sb, use_se, kind)
+        assert by_name == by_flags and by_name.run_name == by_flags.run_name
+    # --attention wins over the reference's default use_sb=True
+    assert config_from_args(build_parser().parse_args(["train", "--attention", "se"])).run_name == \
+        "vgg16_0.5_False_True_tanh"
+
+
+def test_choices_come_from_the_registries(attention_registry, capsys):
+    import sbattn
+    from torch import nn
+
+    @sbattn.register_attention("identity_block")
+    class IdentityBlock(nn.Module):
+        def __init__(self, channels, ratio=0.5):
+            super().__init__()
+
+        def forward(self, x):
+            return x
+
+    config = TrainConfig(attention="identity_block", device="cpu")
+    assert config.run_name == "vgg16_0.5_False_False_tanh_identity_block"
+    with pytest.raises(ConfigError, match="attention='nope': must be one of none, sb, se, .*identity_block"):
+        TrainConfig(attention="nope")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for listed in ("one of none, sb, se", "identity_block", "one of " + ", ".join(sbattn.list_models()),
+                   "one of tanh, sigmoid, relu, softmax, linear", "one of auto, stage, block, layer"):
+        assert listed in help_text, listed
+
+
+def test_old_spellings_still_work():
+    assert TrainConfig(augment="seed").augment == "reference"
+    from sbattn.engine.config import recipe_differences
+    saved = TrainConfig(device="cpu").to_dict()
+    old = {k: v for k, v in saved.items() if k != "attention"} | {"augment": "seed"}  # as 0.1.0 wrote it
+    assert recipe_differences(old, TrainConfig(device="cpu")) == []
+    assert recipe_differences(old, TrainConfig(device="cpu", attention="se")) == [
+        "attention 'sb' there, 'se' now", "use_sb True there, False now", "use_se False there, True now"]

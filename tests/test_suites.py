@@ -204,7 +204,7 @@ class FakeTrain:
         if len(self.configs) == self.interrupt_on:
             return SimpleNamespace(exit_code=130)
         write_run(Path(config.output_dir), [0.5, 0.9 + 0.001 * len(self.configs)], use_sb=config.use_sb,
-                  use_se=config.use_se, activation=config.activation, seed=config.seed)
+                  use_se=config.use_se, activation=config.activation, seed=config.seed, attention=config.attention)
         return SimpleNamespace(exit_code=0)
 
 
@@ -235,6 +235,31 @@ def test_a_finished_run_of_another_recipe_is_not_reused(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="another recipe.*epochs 3 there, 2 now"):
         cli.run_compare(args)
     assert fake.configs == []
+
+
+def test_compare_takes_any_registered_attention_kind(tmp_path, monkeypatch, attention_registry):
+    import sbattn
+    import torch
+    from torch import nn
+
+    @sbattn.register_attention("gate")
+    class Gate(nn.Module):
+        def __init__(self, channels, ratio=0.5):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(channels))
+
+        def forward(self, x):
+            return x * self.weight[:, None, None]
+
+    fake = FakeTrain()
+    monkeypatch.setattr(suites, "train", fake)
+    args = parse("compare", ["--dataset", "fake", "--width", "0.0625", "--epochs", "2", "--device", "cpu",
+                             "--attention", "none,gate,sb", "--output-dir", str(tmp_path)])
+    assert cli.run_compare(args) == 0
+    assert [c.attention for c in fake.configs] == ["none", "gate", "sb"]
+    assert [r[0] for r in table_rows((tmp_path / "compare.md").read_text())] == ["baseline", "GATE", "SB(Sigmoid)"]
+    with pytest.raises(SystemExit):
+        parse("compare", ["--attention", "none,nope"])
 
 
 # ---------------------------------------------------------------- end to end, tiny real training
@@ -404,7 +429,7 @@ def test_a_run_left_alone_takes_every_core(tmp_path, monkeypatch):
     # before the run has installed its handler, and must wait for it rather than kill the run.
     assert run_jobs([Job("only", config)], 2, lines.append) == 0, lines
     history = json.loads((tmp_path / f"{config.run_name}.json").read_text())["history"]
-    assert history[0]["threads"] == available_cores()
+    assert history[0]["thread_ceiling"] == available_cores()  # how many it uses depends on what else runs
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
@@ -461,3 +486,13 @@ def test_ctrl_c_to_a_jobs_suite_checkpoints_every_run_and_the_rerun_finishes(tmp
     for ckpt in checkpoints:  # the interrupted runs went on from their checkpoints
         assert "resuming " in (tmp_path / f"{ckpt.stem}.log").read_text()
     assert [r[2] for r in table_rows((tmp_path / "compare.md").read_text())] == ["1", "1", "1"]
+
+
+def test_the_users_thread_count_is_the_suites_budget(monkeypatch):
+    from sbattn.experiments.jobs import threads_per_job
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads_per_job(1, "cpu") == 1 and threads_per_job(2, "cpu") == 1  # never more than the user allowed
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    assert threads_per_job(2, "cpu") == 4
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert threads_per_job(1, "cpu") == available_cores()

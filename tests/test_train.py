@@ -258,13 +258,10 @@ def test_bad_checkpoints_are_refused_not_overwritten(tmp_path, damage):
 def _run_until_checkpoint(config):
     """Train, then fail before the run is finished, leaving its last checkpoint behind."""
     import sbattn.engine.loop as train_module
-    original = train_module._finish
-    try:
-        train_module._finish = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_module, "_finish", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             train(config, quiet=True)
-    finally:
-        train_module._finish = original
 
 
 def _history_without_timing(path: Path):
@@ -337,4 +334,25 @@ def test_sigint_checkpoints_mid_epoch_exits_130_and_resumes_identically(tmp_path
     assert "resume with:" in stdout and "--resume" in stdout
     state = torch.load(ckpt, weights_only=True)
     assert state["epoch"] >= 1
+    _resume_and_compare(out, uninterrupted)
+
+
+def test_ctrl_c_stops_after_the_step_it_arrives_in_and_resumes_identically(tmp_path, uninterrupted, monkeypatch):
+    """Ctrl-C inside an epoch stops at the end of the step under way, not at the epoch's end."""
+    import sbattn.engine.loop as train_module
+    real_batches = train_module.train_batches
+
+    def ctrl_c_inside_epoch_2(*args, **kwargs):
+        for i, batch in enumerate(real_batches(*args, **kwargs)):
+            yield batch
+            if kwargs["epoch"] == 1 and i == 9:  # arrives as step 10 of 32 is fetched
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_module, "train_batches", ctrl_c_inside_epoch_2)
+    out = tmp_path / "interrupted"
+    assert main(["train", *_train_cmd(out)[3:]]) == 130
+    state = torch.load(out / f"{uninterrupted.name}.ckpt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 11)  # epoch 2 (0-based 1) stopped after its step 11
+    assert state["partial"]["seen"] == 11 * 32
+    monkeypatch.undo()
     _resume_and_compare(out, uninterrupted)

@@ -25,13 +25,15 @@ from ..models import create_model
 from ..version import __version__
 from . import distributed, provenance
 from .checkpoint import load_checkpoint, unwrap
-from .config import TrainConfig
+from .config import LAYOUTS, TrainConfig
 from .evaluation import evaluate, memory_format, sum_dtype
 from .outputs import RunPaths, format_epoch, lambda_stats, peak_rss_mb, prepare_output_dir, write_finished_run
 from .precision import precision_label, resolve_precision
 from .signals import StopRequest, alone_signal_handled
 from .state import RunState
 from .tensorboard_log import epoch_logger
+from .threads import ThreadGovernor
+from .tuning import LayoutChoice, choose_layout, layout_name
 
 __all__ = ["train", "train_epoch", "RunResult", "Run", "resume_command"]
 
@@ -55,11 +57,8 @@ class Run:
     amp_dtype: torch.dtype | None
     log: Callable[..., None]
     interactive: bool  # a progress bar on a terminal
+    threads: ThreadGovernor
     provenance: dict  # this process's (rank 0's; empty on the others), see engine/provenance.py
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return memory_format(self.device)
 
 
 @dataclass
@@ -90,7 +89,7 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
         device = torch.device(device_name)
         run = Run(config, ctx, device, RunPaths(Path(config.output_dir), config.run_name),
                   resolve_precision(config.precision, device), log, not quiet and sys.stderr.isatty(),
-                  provenance.collect(device, ctx.world_size) if ctx.main else {})
+                  ThreadGovernor(device), provenance.collect(device, ctx.world_size) if ctx.main else {})
         return _train(run, quiet)
     finally:
         distributed.teardown(ctx)
@@ -109,10 +108,11 @@ def _train(run: Run, quiet: bool) -> RunResult:
     train_y = torch.as_tensor(data.train_labels, device=device)
     test_y = torch.as_tensor(data.test_labels, device=device)
 
+    layout = _layout(run, ckpt)
     model = create_model(config.arch, num_classes=len(data.classes), **config.model_options()).to(device)
-    wrapped = distributed.wrap(ctx, model.to(memory_format=run.memory_format), device, config.sync_bn)
+    wrapped = distributed.wrap(ctx, model.to(memory_format=LAYOUTS[layout.layout]), device, config.sync_bn)
     state = RunState.start(config, unwrap(wrapped), device, run.amp_dtype, seed, len(data.classes), ctx.rank,
-                           run.provenance)
+                           layout.layout, run.provenance)
     if ckpt:  # SyncBatchNorm conversion makes new modules: the state holds the ones that train
         note = state.restore(ckpt, ctx)
         run.log(note) if note else None
@@ -124,7 +124,7 @@ def _train(run: Run, quiet: bool) -> RunResult:
     params = sum(p.numel() for p in state.model.parameters())
     run.log(f"{paths.name}: {config.arch} attention={config.attention} params={params:,} data={data.source} "
             f"device={device}{f' x {ctx.world_size} processes' if ctx.distributed else ''} "
-            f"precision={precision_label(run.amp_dtype)} seed={seed}")
+            f"precision={precision_label(run.amp_dtype)} layout={layout.layout} ({layout.how}) seed={seed}")
 
     stop = StopRequest()
     events = paths.output_dir / "tensorboard" / paths.name if config.tensorboard and ctx.main else None
@@ -169,11 +169,20 @@ def _checkpoint_to_resume(run: Run) -> dict | None:
     return ckpt
 
 
+def _layout(run: Run, ckpt: dict | None) -> LayoutChoice:
+    """A resumed run keeps its layout (runs from before layouts were chosen trained in the device's rule)."""
+    if ckpt:
+        return LayoutChoice(ckpt.get("layout") or layout_name(memory_format(run.device)), "resumed")
+    choice = choose_layout(run.config, run.device, run.amp_dtype)
+    # Every rank trains in rank 0's choice: the measurement may differ between processes.
+    return distributed.gather_objects(run.ctx, choice)[0]
+
+
 def train_epoch(run: Run, state: RunState, step_model: torch.nn.Module, train_x: torch.Tensor,
                 train_y: torch.Tensor, stop: StopRequest) -> EpochSums:
     """Train the epoch under way from its next step, to its end or to a stop request; the sums come back
     reduced over ranks. On a stop, state.step is the number of steps done (never 0), else it is 0."""
-    config, ctx, device, fmt = run.config, run.ctx, run.device, run.memory_format
+    config, ctx, device, fmt = run.config, run.ctx, run.device, state.memory_format
     optimizer, scaler, epoch, start_step = state.optimizer, state.scaler, state.epoch, state.step
     sums = EpochSums.resume(state.partial, device)
     seen_before = sums.seen
@@ -203,6 +212,7 @@ def train_epoch(run: Run, state: RunState, step_model: torch.nn.Module, train_x:
         sums.seen += len(y)
         bar.update(1)
         now = time.perf_counter()
+        run.threads.poll(now)
         last = step + 1 == steps
         if run.interactive and now - refreshed > 1.0 or last or stop:  # reading sums waits for the device
             refreshed = now
@@ -235,7 +245,8 @@ def _end_epoch(run: Run, state: RunState, sums: EpochSums, test_x: torch.Tensor,
     entry = {"epoch": epoch + 1, "lr": lr, "train_loss": sums.loss.item() / sums.seen,
              "train_acc": sums.correct.item() / sums.seen, "eval_loss": None, "eval_acc": None,
              "seconds": sums.seconds, "images_per_sec": sums.seen / sums.seconds,
-             "eval_seconds": None, "eval_precision": None, "threads": torch.get_num_threads()}
+             "eval_seconds": None, "eval_precision": None, "threads": torch.get_num_threads(),
+             "thread_ceiling": run.threads.ceiling, "layout": state.layout}
     if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
         started = time.perf_counter()
         entry["eval_loss"], entry["eval_acc"] = evaluate(state.model, test_x, test_y, config.eval_batch_size,
