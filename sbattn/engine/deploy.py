@@ -28,8 +28,8 @@ from ..files import atomic_path, atomic_write
 from ..version import __version__
 from .checkpoint import read_record
 
-__all__ = ["FORMATS", "EXPORT_INSTALL", "NORMALIZATION", "export_onnx", "export_program", "export_metadata", "class_names",
-           "read_images", "predict"]
+__all__ = ["FORMATS", "EXPORT_INSTALL", "NORMALIZATION", "export_onnx", "export_program", "export_metadata",
+           "class_names", "read_images", "predict"]
 
 IMAGE_SHAPE = (3, 32, 32)
 FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
