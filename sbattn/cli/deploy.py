@@ -25,9 +25,9 @@ DEVICE_HELP = _FIELDS["device"].metadata["help"]
 
 def add_export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a trained model (.pth) or training checkpoint (.ckpt)")
-    parser.add_argument("--format", choices=tuple(FORMATS), default="onnx",
-                        help=f"onnx (needs {EXPORT_INSTALL}; class names, normalisation and configuration in its "
-                             f"metadata) or torch-export (default: onnx)")
+    parser.add_argument("--format", choices=tuple(FORMATS), default="onnx", metavar="FORMAT",
+                        help=f"one of onnx (needs {EXPORT_INSTALL}; class names, normalisation and configuration in "
+                             f"its metadata), torch-export (default: onnx)")
     parser.add_argument("--output", "-o", default=None,
                         help="file to write, never the one being exported; none given: the checkpoint's name with "
                              ".onnx or .pt2")
@@ -65,15 +65,17 @@ def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a trained model (.pth) or training checkpoint (.ckpt)")
     parser.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None,
                         help="where CIFAR-10 is; none given: the training run's")
-    parser.add_argument("--dataset", choices=DATASETS, default=None, help="none given: the training run's")
+    parser.add_argument("--dataset", choices=DATASETS, default=None, metavar="DATASET",
+                        help=f"one of {', '.join(DATASETS)}; none given: the training run's")
     parser.add_argument("--cache-dir", "--cache_dir", dest="cache_dir", default=None,
                         help="cache of decoded arrays; none given: $SBATTN_CACHE, else ~/.cache/sbattn")
     parser.add_argument("--device", default=None, help=DEVICE_HELP)
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=None,
                         help="evaluation batch size; none given: the training run's --eval-batch-size")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", metavar="PRECISION",
                         help=f"fp32 reproduces the final accuracy the training run reported; "
-                             f"{_FIELDS['precision'].metadata['help']} (default: fp32)")
+                             f"{_FIELDS['precision'].metadata['help']}; one of {', '.join(PRECISIONS)} "
+                             f"(default: fp32)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

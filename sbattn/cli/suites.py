@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.config import TrainConfig
-from ..engine.options import CONFIG_HELP, add_config_options, file_options, given_options
+from ..engine.options import add_config_options, file_options, given_options
 from ..errors import UserError
 from ..experiments.suites import job_count, report, run_suite, suite_config
 from ..experiments.variants import (ABLATION, COMPARE, PRESET_ALIASES, PRESETS, Suite, ablation_variants,
@@ -20,10 +20,14 @@ COMPARE_DEFAULT = ("none", "se", "sb")  # the reference's table
 
 def _add_suite_options(parser: argparse.ArgumentParser, suite: Suite, skip: tuple[str, ...],
                        help_defaults: dict[str, str]) -> None:
-    add_config_options(parser, skip=skip, config_help=f"{CONFIG_HELP}; the options every run shares, over the "
-                       f"preset's ({', '.join(skip)} ignored: the suite sets them for each run; seed: the first seed)")
+    add_config_options(parser, skip=skip, config_help=(
+        f"a JSON or TOML file of the options every run shares (a finished run's JSON works as is), over the "
+        f"preset's; options given on the command line win over it; {', '.join(skip)}: ignored, the suite sets them "
+        f"for each run; seed: the first seed; TOML for a .toml name"))
     parser.set_defaults(per_run_options=skip)
     for action in parser._actions:
+        if action.dest == "seed":
+            action.help = "the first seed of the suite's runs (see --seeds); also names their files (default: 0)"
         if action.dest in help_defaults:
             action.help = action.help.rsplit(" (default:", 1)[0] + f" (default: {help_defaults[action.dest]})"
     parser.add_argument("--seeds", type=int, default=1, metavar="N",
