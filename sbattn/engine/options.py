@@ -109,7 +109,8 @@ def file_options(path: str) -> dict:
 def _file_value(path: str, name: str, value):
     if value is None:  # an unset option stays unset
         return None
-    if isinstance(value, dict) or (isinstance(value, list) and name != "milestones"):
+    takes_list = typing.get_origin(typing.get_type_hints(TrainConfig)[name]) is list
+    if isinstance(value, dict) or (isinstance(value, list) and not takes_list):
         raise ConfigError(f"--config {path}: {name} = {value!r}: expected a single value")
     try:
         return parse_value(name, value if isinstance(value, str) else json.dumps(value))
