@@ -1,4 +1,4 @@
-"""Training and evaluation throughput of the seed's VGG16 (baseline, SE, SB) on this machine.
+"""Training and evaluation throughput of the reference implementation's VGG16 (baseline, SE, SB) on this machine.
 
     python benchmarks/speed.py                    # CPU or the first GPU, a few minutes on 2 CPU cores
     python benchmarks/speed.py --json speed.json  # the same table, saved as JSON too
@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +39,7 @@ from sbattn.engine.loop import train  # noqa: E402
 from sbattn.engine.precision import precision_label, resolve_precision  # noqa: E402
 from sbattn.engine.state import reference_optimizer  # noqa: E402
 from sbattn.models.summary import summarize  # noqa: E402
+from sbattn.system import cpu_matrix_isa, cpu_model  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -57,6 +60,39 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int, repeats: in
         sync(device)
         times.append(time.perf_counter() - start)
     return 2 * size ** 3 / min(times) / 1e9
+
+
+ONEDNN_PROBE = """if True:
+    import torch
+    x = torch.randn(8, 64, 16, 16).to(memory_format=torch.channels_last).requires_grad_()
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+    y.float().sum().backward()
+"""
+
+
+def onednn_kernels() -> dict[str, str]:
+    """The oneDNN kernels a channels-last bf16 convolution runs here, per pass (forward_training, backward_data,
+    backward_weights), e.g. "brg_conv_fwd:avx512_core_amx": the ISA after the colon says whether AMX was used."""
+    done = subprocess.run([sys.executable, "-c", ONEDNN_PROBE], env={**os.environ, "ONEDNN_VERBOSE": "1"},
+                          capture_output=True, text=True, timeout=120)
+    kernels = {}
+    for line in done.stdout.splitlines():
+        fields = line.split(",")
+        if len(fields) > 7 and fields[2:6] == ["primitive", "exec", "cpu", "convolution"]:
+            kernels[fields[7]] = fields[6]
+    return kernels
+
+
+def environment(device: torch.device) -> dict:
+    """What the figures were measured on."""
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        return {**env, "gpu": torch.cuda.get_device_name(device)}
+    kernels = onednn_kernels()
+    return {**env, "cpu": cpu_model(), "cpu_matrix_isa": cpu_matrix_isa(), "onednn_bf16_conv_kernels": kernels,
+            "amx_used": any("amx" in k for k in kernels.values())}
 
 
 def timed(fn, n: int, device: torch.device) -> float:
@@ -153,9 +189,12 @@ def main() -> None:
     size = 4096 if device.type == "cuda" else 2048
     peaks = {name: matmul_peak(dtype, device, size, args.repeats)
              for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
-          f"{torch.get_num_threads()} threads); matrix-product peak: fp32 {peaks['fp32']:.0f} GFLOP/s, "
-          f"bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
+    env = environment(device)
+    where = env.get("gpu") or (f"{env['cpu']}, bf16 matrix instructions {env['cpu_matrix_isa']}, oneDNN's bf16 "
+                               f"convolutions: {', '.join(sorted(set(env['onednn_bf16_conv_kernels'].values())))}"
+                               f" (AMX {'used' if env['amx_used'] else 'not used'})")
+    print(f"device {device} ({where}; {torch.get_num_threads()} threads, torch {torch.__version__}); "
+          f"matrix-product peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
 
     rows = []
     print(f"{'model':<9}{'precision':<10}{'step img/s':>11}{'train img/s':>12}{'eval img/s':>11}"
@@ -185,7 +224,8 @@ def main() -> None:
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory of this process: {peak_rss_mb:.0f} MB (the training images, as uint8, included)")
     if args.json:
-        args.json.write_text(json.dumps({"device": str(device), "peaks_gflops": peaks, "batch_size": args.batch_size,
+        args.json.write_text(json.dumps({"device": str(device), "environment": env, "peaks_gflops": peaks,
+                                         "batch_size": args.batch_size,
                                          "rows": rows, "peak_rss_mb": peak_rss_mb}, indent=1))
 
 

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
-__all__ = ["available_cores", "cpu_has_bf16"]
+__all__ = ["available_cores", "thread_budget", "cpu_has_bf16", "cpu_model", "cpu_matrix_isa"]
 
 
 def available_cores() -> int:
@@ -12,10 +13,36 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def thread_budget() -> int:
+    """The threads this process's CPU work may use in all: the user's OMP_NUM_THREADS when set, else every core
+    it may run on."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return available_cores()
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name ("AMD EPYC 9B14", ...), else what the platform says."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_matrix_isa() -> str:
+    """The fastest bf16 matrix instructions this CPU has: "amx_bf16", "avx512_bf16", or "none"."""
+    flags = _cpuinfo()
+    return next((isa for isa in ("amx_bf16", "avx512_bf16") if isa in flags), "none")
+
+
 def cpu_has_bf16() -> bool:
     """Native bf16 arithmetic on this CPU (AVX-512 BF16 or AMX); without it bf16 autocast is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return cpu_matrix_isa() != "none"

@@ -16,3 +16,11 @@ def attention_registry(monkeypatch):
     """Blocks a test registers are gone after it."""
     import sbattn.nn.attention as attention
     monkeypatch.setattr(attention, "_ATTENTION", dict(attention._ATTENTION))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """The tests' runs cache what they measure and decode in a folder of their own, not the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SBATTN_CACHE", str(tmp_path_factory.mktemp("sbattn-cache")))
+        yield

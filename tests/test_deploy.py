@@ -1,4 +1,5 @@
 """A trained model outside training: ONNX and torch.export round trips, sbattn evaluate / predict / export, hub."""
+import os
 import re
 from pathlib import Path
 
@@ -109,6 +110,14 @@ def test_evaluate_reports_the_runs_own_test_accuracy(trained, capsys):
     assert f"{FAKE_SIZES[1]} images" in out
 
 
+def test_evaluate_without_data_names_only_its_own_options(trained, tmp_path, capsys):
+    path, _ = trained
+    assert main(["evaluate", str(path), "--dataset", "cifar10", "--data-dir", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--data-dir" in err
+    assert "--download" not in err.replace("sbattn train --download", "")  # evaluate has no --download
+
+
 def test_predict_on_images_written_by_the_test(trained, test_images, tmp_path, capsys):
     path, _ = trained
     images, _, classes = test_images
@@ -163,3 +172,111 @@ def test_torch_hub_builds_the_models():
         assert type(built) is sbattn.ResNet and len(built.stages) == len(sbattn.create_model(name).stages)
     with pytest.raises(ValueError, match="no pretrained weights"):
         torch.hub.load(str(ROOT), "resnet56", source="local", pretrained=True)
+
+
+# ---------------------------------------------------------------- exports a consumer can use, written safely
+
+def test_an_onnx_file_says_how_to_feed_it_and_what_its_outputs_are(trained, test_images, tmp_path):
+    import json
+
+    import onnx
+    path, _ = trained
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", str(path), "-o", str(onnx_path)]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    images, labels, classes = test_images
+    assert json.loads(meta["class_names"]) == classes  # the fake set's names, from the run
+    config = json.loads(meta["config"])
+    assert (config["arch"], config["attention"], config["width"]) == ("resnet20", "sb", 0.25)
+    # A consumer that knows only the metadata: the pixels normalised as it says give the model's logits.
+    norm = json.loads(meta["normalization"])
+    mean, std = (torch.tensor(norm[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    x = (torch.from_numpy(images[:4]).permute(0, 3, 1, 2).float() / norm["divide_by"] - mean) / std
+    torch.testing.assert_close(run_onnx(onnx_path, x), logits(sbattn.load(path), images[:4]), rtol=1e-4, atol=1e-4)
+
+
+def test_weights_beside_the_onnx_file_move_in_with_it(tmp_path):
+    torch.manual_seed(0)
+    model = sbattn.vgg16(attention="sb", width=0.0625).eval()
+    path = export_onnx(model, tmp_path / "vgg.onnx", dynamo=True, external_data=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vgg.onnx", "vgg.onnx.data"]
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(run_onnx(path, x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_export_without_onnx_names_the_install_command(trained, tmp_path, monkeypatch, capsys):
+    import importlib.util
+    path, _ = trained
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    assert main(["export", str(path), "-o", str(tmp_path / "m.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'pip install "sbattn[export]"' in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_never_writes_over_its_input(trained, tmp_path, capsys):
+    path, _ = trained
+    copy = tmp_path / "run.pth"
+    copy.write_bytes(path.read_bytes())
+    for output in (copy, tmp_path / "." / "run.pth"):
+        assert main(["export", str(copy), "-o", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is the file being exported" in err
+    assert copy.read_bytes() == path.read_bytes()
+
+
+def _full_disk(monkeypatch, fmt):
+    """ENOSPC halfway through the export's write."""
+    import errno
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if fmt == "onnx":
+        def export(model, args, f, **kwargs):
+            Path(f).write_bytes(b"half an ONNX file")
+            raise full
+        monkeypatch.setattr(torch.onnx, "export", export)
+    else:
+        import sbattn.files
+        real_open = open
+
+        class HalfWritten:
+            def __init__(self, *args):
+                self.f = real_open(*args)
+
+            def write(self, data):
+                self.f.write(bytes(data)[:10])
+                raise full
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.f.close()
+        monkeypatch.setattr(sbattn.files, "open", HalfWritten, raising=False)
+
+
+def _read_only(monkeypatch, fmt):
+    import errno
+    import sbattn.files
+
+    def mkdtemp(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    monkeypatch.setattr(sbattn.files.tempfile, "mkdtemp", mkdtemp)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torch-export"])
+@pytest.mark.parametrize("failure, words", [(_full_disk, "No space left on device"),
+                                            (_read_only, "Read-only file system")])
+def test_a_failed_export_is_one_line_and_keeps_the_earlier_export(trained, tmp_path, monkeypatch, capsys, fmt,
+                                                                  failure, words):
+    path, _ = trained
+    output = tmp_path / f"model{'.onnx' if fmt == 'onnx' else '.pt2'}"
+    assert main(["export", str(path), "--format", fmt, "-o", str(output)]) == 0
+    earlier = output.read_bytes()
+    failure(monkeypatch, fmt)
+    capsys.readouterr()
+    assert main(["export", str(path), "--format", fmt, "-o", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and f"the earlier {output.name} is left as it was" in err
+    assert output.read_bytes() == earlier and [p.name for p in tmp_path.iterdir()] == [output.name]

@@ -100,6 +100,24 @@ def test_compare_table_statistics_from_synthetic_runs(tmp_path):
         assert_png(tmp_path / name)
 
 
+def test_the_suite_figure_shows_the_tables_final_accuracies(tmp_path, monkeypatch):
+    # Trained in bf16, a run's last per-epoch evaluation (bf16) and its final accuracy (fp32) differ: the bars
+    # show the final one, as the table does.
+    from sbattn.experiments import figures
+    for seed in (0, 1):
+        for kind in ({}, {"use_se": True}):
+            path = write_run(tmp_path, [0.5, 0.6], seed=seed, **kind)
+            record = json.loads(path.read_text())
+            record["summary"]["final_eval_acc"] = 0.7 + seed / 100 + (0.1 if kind else 0)
+            path.write_text(json.dumps(record))
+    heights = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: heights.setdefault(
+        Path(path).name, [bar.get_height() for bar in fig.axes[1].patches]))
+    assert cli.run_report(parse("report", [str(tmp_path)])) == 0
+    assert heights["compare.png"] == pytest.approx([70.5, 80.5])
+    assert "| baseline | 70.50 ± 0.71% |" in (tmp_path / "compare.md").read_text()
+
+
 def test_ablation_with_one_seed_has_no_interval(tmp_path):
     accs = {"linear": 0.9218, "relu": 0.9224, "tanh": 0.9222, "softmax": 0.9230, "sigmoid": 0.9266}
     for activation, acc in accs.items():  # written out of order: the table keeps the seed's order
@@ -186,7 +204,7 @@ class FakeTrain:
         if len(self.configs) == self.interrupt_on:
             return SimpleNamespace(exit_code=130)
         write_run(Path(config.output_dir), [0.5, 0.9 + 0.001 * len(self.configs)], use_sb=config.use_sb,
-                  use_se=config.use_se, activation=config.activation, seed=config.seed)
+                  use_se=config.use_se, activation=config.activation, seed=config.seed, attention=config.attention)
         return SimpleNamespace(exit_code=0)
 
 
@@ -217,6 +235,31 @@ def test_a_finished_run_of_another_recipe_is_not_reused(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="another recipe.*epochs 3 there, 2 now"):
         cli.run_compare(args)
     assert fake.configs == []
+
+
+def test_compare_takes_any_registered_attention_kind(tmp_path, monkeypatch, attention_registry):
+    import sbattn
+    import torch
+    from torch import nn
+
+    @sbattn.register_attention("gate")
+    class Gate(nn.Module):
+        def __init__(self, channels, ratio=0.5):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(channels))
+
+        def forward(self, x):
+            return x * self.weight[:, None, None]
+
+    fake = FakeTrain()
+    monkeypatch.setattr(suites, "train", fake)
+    args = parse("compare", ["--dataset", "fake", "--width", "0.0625", "--epochs", "2", "--device", "cpu",
+                             "--attention", "none,gate,sb", "--output-dir", str(tmp_path)])
+    assert cli.run_compare(args) == 0
+    assert [c.attention for c in fake.configs] == ["none", "gate", "sb"]
+    assert [r[0] for r in table_rows((tmp_path / "compare.md").read_text())] == ["baseline", "GATE", "SB(Sigmoid)"]
+    with pytest.raises(SystemExit):
+        parse("compare", ["--attention", "none,nope"])
 
 
 # ---------------------------------------------------------------- end to end, tiny real training
@@ -386,7 +429,7 @@ def test_a_run_left_alone_takes_every_core(tmp_path, monkeypatch):
     # before the run has installed its handler, and must wait for it rather than kill the run.
     assert run_jobs([Job("only", config)], 2, lines.append) == 0, lines
     history = json.loads((tmp_path / f"{config.run_name}.json").read_text())["history"]
-    assert history[0]["threads"] == available_cores()
+    assert history[0]["thread_ceiling"] == available_cores()  # how many it uses depends on what else runs
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
@@ -443,3 +486,13 @@ def test_ctrl_c_to_a_jobs_suite_checkpoints_every_run_and_the_rerun_finishes(tmp
     for ckpt in checkpoints:  # the interrupted runs went on from their checkpoints
         assert "resuming " in (tmp_path / f"{ckpt.stem}.log").read_text()
     assert [r[2] for r in table_rows((tmp_path / "compare.md").read_text())] == ["1", "1", "1"]
+
+
+def test_the_users_thread_count_is_the_suites_budget(monkeypatch):
+    from sbattn.experiments.jobs import threads_per_job
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads_per_job(1, "cpu") == 1 and threads_per_job(2, "cpu") == 1  # never more than the user allowed
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    assert threads_per_job(2, "cpu") == 4
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert threads_per_job(1, "cpu") == available_cores()

@@ -94,6 +94,29 @@ def test_metrics_are_exact_and_loss_falls(tmp_path, monkeypatch):
     assert result.summary["best_eval_acc"] == max(h["eval_acc"] for h in history)
 
 
+def test_one_final_accuracy_in_results_txt_the_summary_and_evaluate(tmp_path, capsys):
+    # Trained in bf16: the per-epoch evaluation is bf16's, labelled so; the final accuracy is the final weights' in
+    # fp32, which `sbattn evaluate` reproduces digit for digit.
+    out = tmp_path / "results"
+    assert main(["train", *TINY, "--precision=bf16", "--epochs=1", "--milestones=[1]", "--seed=0",
+                 f"--output-dir={out}"]) == 0
+    stem = out / "vgg16_0.5_True_False_tanh_w0.0625_seed0"
+    record = json.loads(Path(f"{stem}.json").read_text())
+    summary, history = record["summary"], record["history"]
+    assert history[-1]["eval_precision"] == "bfloat16" and summary["final_eval_precision"] == "fp32"
+    assert "eval_precision" in Path(f"{stem}.csv").read_text().splitlines()[0].split(",")
+    line = (out / "results.txt").read_text().splitlines()[-1]
+    assert line.endswith(f"--> acc : {100 * summary['final_eval_acc']:.2f}%.")
+    capsys.readouterr()
+    assert main(["evaluate", f"{stem}.pth", "--device=cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert f"test loss {summary['final_eval_loss']:.4f}  accuracy {100 * summary['final_eval_acc']:.2f}%" in printed
+    assert printed.rstrip().endswith("fp32)")
+    assert main(["evaluate", f"{stem}.pth", "--device=cpu", "--precision=bf16"]) == 0
+    assert f"test loss {history[-1]['eval_loss']:.4f}  accuracy {100 * history[-1]['eval_acc']:.2f}%" in (
+        capsys.readouterr().out)
+
+
 # bf16 rounds every product to 8 bits of mantissa: it must change the path a run takes, not where it ends. On this
 # unsaturated setting (fake set, no augmentation, lr 0.01, 6 epochs), measured for seeds 0-2: fp32 51.6 / 60.2 /
 # 62.9%, bf16 54.7 / 60.2 / 64.5%; seeds spread 11 points, the precisions at most 3.1 apart. One test image is
@@ -144,6 +167,16 @@ def test_figure_has_losses_and_accs_panels(tmp_path, monkeypatch):
         ax.get_title() for ax in fig.axes]))
     train(tiny_config(tmp_path, epochs=1, milestones=[1]), quiet=True)
     assert captured["titles"] == ["Losses", "Accs"]
+
+
+def test_figure_epoch_ticks_are_whole_numbers(tmp_path, monkeypatch):
+    import sbattn.engine.figures as figures
+    ticks = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: ticks.extend(ax.get_xticks() for ax in fig.axes))
+    history = [{"epoch": e, "train_loss": 1 / e, "train_acc": e / 4, "eval_loss": 1 / e, "eval_acc": e / 4}
+               for e in (1, 2)]
+    figures.plot_history(history, tmp_path / "run.png")
+    assert len(ticks) == 2 and all(t == int(t) for axis in ticks for t in axis), ticks
 
 
 def test_seeds_name_runs_apart(tmp_path):
@@ -225,13 +258,10 @@ def test_bad_checkpoints_are_refused_not_overwritten(tmp_path, damage):
 def _run_until_checkpoint(config):
     """Train, then fail before the run is finished, leaving its last checkpoint behind."""
     import sbattn.engine.loop as train_module
-    original = train_module._finish
-    try:
-        train_module._finish = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_module, "_finish", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             train(config, quiet=True)
-    finally:
-        train_module._finish = original
 
 
 def _history_without_timing(path: Path):
@@ -304,4 +334,25 @@ def test_sigint_checkpoints_mid_epoch_exits_130_and_resumes_identically(tmp_path
     assert "resume with:" in stdout and "--resume" in stdout
     state = torch.load(ckpt, weights_only=True)
     assert state["epoch"] >= 1
+    _resume_and_compare(out, uninterrupted)
+
+
+def test_ctrl_c_stops_after_the_step_it_arrives_in_and_resumes_identically(tmp_path, uninterrupted, monkeypatch):
+    """Ctrl-C inside an epoch stops at the end of the step under way, not at the epoch's end."""
+    import sbattn.engine.loop as train_module
+    real_batches = train_module.train_batches
+
+    def ctrl_c_inside_epoch_2(*args, **kwargs):
+        for i, batch in enumerate(real_batches(*args, **kwargs)):
+            yield batch
+            if kwargs["epoch"] == 1 and i == 9:  # arrives as step 10 of 32 is fetched
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_module, "train_batches", ctrl_c_inside_epoch_2)
+    out = tmp_path / "interrupted"
+    assert main(["train", *_train_cmd(out)[3:]]) == 130
+    state = torch.load(out / f"{uninterrupted.name}.ckpt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 11)  # epoch 2 (0-based 1) stopped after its step 11
+    assert state["partial"]["seen"] == 11 * 32
+    monkeypatch.undo()
     _resume_and_compare(out, uninterrupted)

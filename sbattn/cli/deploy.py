@@ -2,66 +2,98 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
 
 from ..data import DATASETS, load_cifar10, to_device_uint8
 from ..engine.checkpoint import load
-from ..engine.config import resolve_device
-from ..engine.deploy import FORMATS, class_names, export_onnx, export_program, predict, read_images
+from ..engine.config import PRECISIONS, TrainConfig, resolve_device
+from ..engine.deploy import (EXPORT_INSTALL, FORMATS, class_names, export_metadata, export_onnx, export_program,
+                             predict, read_images)
 from ..engine.evaluation import evaluate
+from ..engine.precision import precision_label, resolve_precision
 from ..errors import UserError
 
 __all__ = ["add_export_options", "run_export", "add_evaluate_options", "run_evaluate", "add_predict_options",
            "run_predict"]
 
+_FIELDS = TrainConfig.__dataclass_fields__
+DEVICE_HELP = _FIELDS["device"].metadata["help"]
+
 
 def add_export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a trained model (.pth) or training checkpoint (.ckpt)")
-    parser.add_argument("--format", choices=tuple(FORMATS), default="onnx", help="(default: onnx)")
+    parser.add_argument("--format", choices=tuple(FORMATS), default="onnx", metavar="FORMAT",
+                        help=f"one of onnx (needs {EXPORT_INSTALL}; class names, normalisation and configuration in "
+                             f"its metadata), torch-export (default: onnx)")
     parser.add_argument("--output", "-o", default=None,
-                        help="file to write; none given: the checkpoint's name with .onnx or .pt2")
+                        help="file to write, never the one being exported; none given: the checkpoint's name with "
+                             ".onnx or .pt2")
     parser.add_argument("--static-batch", action="store_true", help="fix the batch size (without it: any batch size)")
 
 
 def run_export(args: argparse.Namespace) -> int:
-    model = load(args.checkpoint)
-    output = Path(args.output) if args.output else Path(args.checkpoint).with_suffix(FORMATS[args.format])
+    source = Path(args.checkpoint)
+    output = Path(args.output) if args.output else source.with_suffix(FORMATS[args.format])
+    if _same_file(output, source):
+        raise UserError(f"{output} is the file being exported: give another --output", 2)
+    model = load(source)
     if not output.parent.is_dir():
         raise UserError(f"cannot write {output}: the folder {output.parent} does not exist", 2)
-    if args.format == "onnx":
-        export_onnx(model, output, batch_dynamic=not args.static_batch)
-    else:
-        export_program(model, output, batch_dynamic=not args.static_batch)
+    try:
+        if args.format == "onnx":
+            export_onnx(model, output, batch_dynamic=not args.static_batch, metadata=export_metadata(source, model))
+        else:
+            export_program(model, output, batch_dynamic=not args.static_batch)
+    except OSError as e:  # a full disk, a read-only folder: the export is written atomically, so nothing is lost
+        kept = f"the earlier {output.name} is left as it was" if output.exists() else "nothing was written"
+        raise UserError(f"cannot write {output} ({e.strerror or e}); {kept}") from None
     print(f"wrote {output} ({args.format}; input (N, 3, 32, 32) normalised as (x/255 - 0.5)/0.5, output logits)")
     return 0
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
 
 
 def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a trained model (.pth) or training checkpoint (.ckpt)")
     parser.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None,
                         help="where CIFAR-10 is; none given: the training run's")
-    parser.add_argument("--dataset", choices=DATASETS, default=None, help="none given: the training run's")
+    parser.add_argument("--dataset", choices=DATASETS, default=None, metavar="DATASET",
+                        help=f"one of {', '.join(DATASETS)}; none given: the training run's")
     parser.add_argument("--cache-dir", "--cache_dir", dest="cache_dir", default=None,
                         help="cache of decoded arrays; none given: $SBATTN_CACHE, else ~/.cache/sbattn")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps; none given: CUDA when present, else the CPU")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=1000,
-                        help="evaluation batch size (default: 1000)")
+    parser.add_argument("--device", default=None, help=DEVICE_HELP)
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=None,
+                        help="evaluation batch size; none given: the training run's --eval-batch-size")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", metavar="PRECISION",
+                        help=f"fp32 reproduces the final accuracy the training run reported; "
+                             f"{_FIELDS['precision'].metadata['help']}; one of {', '.join(PRECISIONS)} "
+                             f"(default: fp32)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}", 2)
     device = torch.device(resolve_device(args.device))
     model = load(args.checkpoint, device)
     trained = model.config
     data = load_cifar10(args.data_dir or trained.data_dir, args.dataset or trained.dataset, False,
-                        args.cache_dir if args.cache_dir is not None else trained.cache_dir, progress=False)
+                        args.cache_dir if args.cache_dir is not None else trained.cache_dir, progress=False,
+                        hint="pass --data-dir with the folder or archive that holds CIFAR-10 "
+                             "(`sbattn train --download` fetches it)")
     images = to_device_uint8(data.test_images, device)
     labels = torch.from_numpy(data.test_labels).to(device)
-    loss, acc = evaluate(model, images, labels, batch_size=args.batch_size)
-    print(f"test loss {loss:.4f}  accuracy {100 * acc:.2f}%  ({len(labels)} images, {data.source})")
+    amp_dtype = resolve_precision(args.precision, device)
+    loss, acc = evaluate(model, images, labels, args.batch_size or trained.eval_batch_size, amp_dtype)
+    print(f"test loss {loss:.4f}  accuracy {100 * acc:.2f}%  ({len(labels)} images, {data.source}, "
+          f"{precision_label(amp_dtype)})")
     return 0
 
 
@@ -70,7 +102,7 @@ def add_predict_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="image files (32x32, or any size with --resize)")
     parser.add_argument("--topk", type=int, default=5, help="classes to show per image (default: 5)")
     parser.add_argument("--resize", action="store_true", help="resize images of other sizes to 32x32 (bilinear)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps; none given: CUDA when present, else the CPU")
+    parser.add_argument("--device", default=None, help=DEVICE_HELP)
 
 
 def run_predict(args: argparse.Namespace) -> int:

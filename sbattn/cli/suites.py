@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 from ..engine.config import TrainConfig
-from ..engine.options import add_config_options
+from ..engine.options import add_config_options, file_options, given_options
 from ..errors import UserError
 from ..experiments.suites import job_count, report, run_suite, suite_config
 from ..experiments.variants import (ABLATION, COMPARE, PRESET_ALIASES, PRESETS, Suite, ablation_variants,
@@ -16,20 +15,21 @@ from ..nn import list_attention
 
 __all__ = ["add_compare_options", "run_compare", "add_ablate_options", "run_ablate", "add_report_options",
            "run_report", "base_config", "seed_list"]
-
-_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 COMPARE_DEFAULT = ("none", "se", "sb")  # the reference's table
 
 
 def _add_suite_options(parser: argparse.ArgumentParser, suite: Suite, skip: tuple[str, ...],
                        help_defaults: dict[str, str]) -> None:
-    add_config_options(parser, skip=skip)
+    add_config_options(parser, skip=skip, config_help=(
+        f"a JSON or TOML file of the options every run shares (a finished run's JSON works as is), over the "
+        f"preset's; options given on the command line win over it; {', '.join(skip)}: ignored, the suite sets them "
+        f"for each run; seed: the first seed; TOML for a .toml name"))
+    parser.set_defaults(per_run_options=skip)
     for action in parser._actions:
-        if action.dest in _FIELDS:
-            # Absent from the namespace unless given, so a preset can tell which settings the user chose.
-            action.default = argparse.SUPPRESS
-            if action.dest in help_defaults:
-                action.help = action.help.rsplit(" (default:", 1)[0] + f" (default: {help_defaults[action.dest]})"
+        if action.dest == "seed":
+            action.help = "the first seed of the suite's runs (see --seeds); also names their files (default: 0)"
+        if action.dest in help_defaults:
+            action.help = action.help.rsplit(" (default:", 1)[0] + f" (default: {help_defaults[action.dest]})"
     parser.add_argument("--seeds", type=int, default=1, metavar="N",
                         help="runs per configuration, seeds 0..N-1 (or SEED..SEED+N-1 with --seed) (default: 1)")
     preset_help = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items())
@@ -71,7 +71,10 @@ def add_report_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _explicit(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if k in _FIELDS and k != "attention"}
+    """The shared options the user chose: --config's file, then the flags given."""
+    from_file = file_options(args.config) if args.config else {}
+    # The options the suite sets for each run: refused as flags by the parser, ignored in the file.
+    return {k: v for k, v in {**from_file, **given_options(args)}.items() if k not in args.per_run_options}
 
 
 def base_config(args: argparse.Namespace, suite: Suite) -> TrainConfig:

@@ -21,10 +21,12 @@ def add_summary_options(p: argparse.ArgumentParser) -> None:
     fields = TrainConfig.__dataclass_fields__
     for name in ("arch", "activation", "attn_ratio", "width"):
         f = fields[name]
-        p.add_argument(f"--{name}", f"--{name.replace('_', '-')}", default=f.default, help=field_help(f),
-                       type=type(f.default), metavar=name.upper())
+        p.add_argument(*dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"]), default=f.default,
+                       help=field_help(f), type=type(f.default), metavar=name.upper())
+    kinds = fields["attention"].metadata["choices"]()
     p.add_argument("--attention", default=None, metavar="ATTENTION",
-                   help=field_help(fields["attention"]).split(";")[0] + "; none given: baseline, SE and SB")
+                   help=f"attention block by registered name, or none; one of {', '.join(kinds)}; none given: "
+                        f"baseline, SE and SB")
     p.add_argument("--placement", default=None, metavar="PLACEMENT",
                    help=field_help(fields["placement"], default=None))
 

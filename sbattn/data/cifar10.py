@@ -27,6 +27,7 @@ def load_cifar10(
     cache_dir: str | Path | None = None,
     resize: bool = False,
     progress: bool = True,
+    hint: str | None = None,
 ) -> CIFAR10:
     """Find CIFAR-10 at ``data_dir`` (a directory or a file), decode it or take it from the cache.
 
@@ -48,13 +49,15 @@ def load_cifar10(
     what to do.
 
     ``dataset="fake"`` returns ``load_fake()`` instead and reads nothing. ``resize=True`` lets image
-    folders hold images of other sizes and colour modes, converted to 32x32 RGB (bilinear).
+    folders hold images of other sizes and colour modes, converted to 32x32 RGB (bilinear). ``hint``: what
+    the "no CIFAR-10 found" errors tell the user to do, in the terms of the caller's options (default: pass
+    --data-dir, or --download).
     """
     if dataset == "fake":
         return load_fake()
     if dataset != "cifar10":
         raise DataError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
-    src = _locate(Path(data_dir).expanduser(), download, progress)
+    src = _locate(Path(data_dir).expanduser(), download, progress, hint)
     stamp, settled = _stamp(src)
     cache = _Cache(Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
     key = {"version": CACHE_VERSION, "kind": src.kind, "path": str(src.path.resolve()), "resize": resize}
@@ -93,9 +96,9 @@ def _is_batches_dir(path: Path) -> bool:
     return path.name == BATCHES_DIR or (path / TRAIN_BATCHES[0]).exists() or (path / TEST_BATCH).exists()
 
 
-def _locate(root: Path, download: bool, progress: bool) -> _Source:
-    hint = ("pass --data-dir with the folder or archive that holds CIFAR-10, "
-            f"or --download to fetch the official archive into {root}")
+def _locate(root: Path, download: bool, progress: bool, hint: str | None = None) -> _Source:
+    hint = hint or ("pass --data-dir with the folder or archive that holds CIFAR-10, "
+                    f"or --download to fetch the official archive into {root}")
     if root.is_file():
         if root.name == ARCHIVE_NAME:
             return _Source("official-archive", root)

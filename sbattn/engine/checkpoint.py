@@ -13,10 +13,15 @@ from ..models import create_model
 from ..version import __version__
 from .config import TrainConfig, recipe_differences
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "save_weights", "load", "read_record",
-           "unwrap"]
+__all__ = ["CHECKPOINT_FORMAT", "WEIGHTS_FORMAT", "save_checkpoint", "load_checkpoint", "save_weights", "load",
+           "read_record", "unwrap"]
 
 CHECKPOINT_FORMAT = 2  # 2: every rank's random state, and the number of processes
+# Weights files (.pth, with a "state_dict") are numbered apart from checkpoints, so that a checkpoint's change
+# leaves every weights file loadable. 1 and 2: written by sbattn 0.1 under the checkpoint's number of the day (the
+# earliest without num_classes: 10 classes); 3: numbered apart, the run's provenance in its summary.
+WEIGHTS_FORMAT = 3
+WEIGHTS_FORMATS_READ = (1, 2, 3)
 
 
 # What a training checkpoint holds besides its format, version and configuration.
@@ -38,10 +43,12 @@ def read_record(path: str | Path) -> dict:
                               f"move it away to start over") from None
     if not isinstance(obj, dict) or "format" not in obj:
         raise CheckpointError(f"{path} is not an sbattn file; move it away to start over")
-    if obj["format"] != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} has format {obj['format']}, this sbattn reads format {CHECKPOINT_FORMAT} "
-                              f"(written by sbattn {obj.get('version', '?')}); resume it with that version or move "
-                              f"it away")
+    readable = WEIGHTS_FORMATS_READ if "state_dict" in obj else (CHECKPOINT_FORMAT,)
+    if obj["format"] not in readable:
+        kind = "weights" if "state_dict" in obj else "checkpoint"
+        raise CheckpointError(f"{path} has format {obj['format']}, this sbattn reads {kind} format "
+                              f"{', '.join(map(str, readable))} (written by sbattn {obj.get('version', '?')}); use "
+                              f"it with that version or move it away")
     return obj
 
 
@@ -64,7 +71,7 @@ def save_weights(path: str | Path, model: nn.Module, config: TrainConfig, histor
                  summary: dict, num_classes: int = 10) -> None:
     """The trained model as a state dict, with what rebuilds and explains it beside it."""
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, "version": __version__,
+    atomic_write(path, lambda f: torch.save({"format": WEIGHTS_FORMAT, "version": __version__,
                                              "config": config.to_dict(), "num_classes": num_classes,
                                              "state_dict": state,
                                              "history": history, "summary": summary}, f))
@@ -95,7 +102,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     else:
         raise CheckpointError(f"{path} holds no model weights")
     try:
-        config = TrainConfig.from_dict(obj["config"], device="cpu", resume=False)
+        config = TrainConfig.from_dict(obj["config"], device="cpu", resume=False, tensorboard=False)
         model = create_model(config.arch, num_classes=obj.get("num_classes", 10), **config.model_options())
         model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, ValueError) as e:  # weights that do not fit the recorded model

@@ -15,10 +15,12 @@ from ..data import AUGMENTS, DATASETS, canonical_augment
 from ..errors import ConfigError, SbattnError
 from ..models import PLACEMENTS, create_model, default_placement, list_models
 from ..nn import LAMBDA_INITS, list_activations, list_attention
+from .tensorboard_log import INSTALL_HINT, tensorboard_available
 
-__all__ = ["TrainConfig", "resolve_device", "PRECISIONS", "RECIPE_FIELDS", "canonical_config", "recipe_differences"]
+__all__ = ["TrainConfig", "resolve_device", "PRECISIONS", "LAYOUTS", "RECIPE_FIELDS", "canonical_config", "recipe_differences"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}  # memory formats by name
 
 # The fields that make two runs the same run; the rest (device, paths, compile, ...) may change on resume.
 RECIPE_FIELDS = ("arch", "attention", "attn_ratio", "use_sb", "use_se", "activation", "epochs", "batch_size",
@@ -77,9 +79,14 @@ class TrainConfig:
     eval_batch_size: int = _opt(1000, "evaluation batch size")
     precision: str = _opt("auto", "auto: bf16 where the device has it, else fp16 on CUDA, else fp32",
                           choices=lambda: list(PRECISIONS))
+    layout: str = _opt("auto", "memory layout of training; auto: measured once per machine and model on a CPU "
+                               "(cached), channels-last on CUDA", choices=lambda: ["auto", *LAYOUTS])
     compile: bool = _opt(False, "torch.compile the model (on CUDA: CUDA graphs for forward and backward)")
     sync_bn: bool = _opt(True, "under torchrun, synchronise every BatchNorm (the attention's too) across processes")
     resume: bool = _opt(False, "continue from the run's last checkpoint in --output-dir")
+    tensorboard: bool = _opt(False, "write each epoch's scalars (losses, accuracies, learning rate, throughput, SB's "
+                                    "|lambda| per block) for TensorBoard under --output-dir/tensorboard/<run>; needs "
+                                    f"{INSTALL_HINT}")
 
     def __post_init__(self) -> None:
         self.milestones = list(self.milestones)
@@ -162,6 +169,8 @@ class TrainConfig:
             raise ConfigError(f"{self.arch} with attn_ratio={self.attn_ratio}, width={self.width:g}, "
                               f"placement={self.placement!r}: {e}") from None
         self.device = resolve_device(self.device)
+        if self.tensorboard and not tensorboard_available():
+            raise ConfigError(f"tensorboard=True: the tensorboard package is not installed; {INSTALL_HINT}")
 
 
 def canonical_config(saved: dict) -> dict:

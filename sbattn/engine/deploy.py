@@ -2,17 +2,21 @@
 
 The command line's `sbattn export`, `sbattn evaluate` and `sbattn predict` are built on these. Exported models take
 normalised float images (N, 3, 32, 32), (x / 255 - 0.5) / 0.5 as in training, and return logits (N, classes),
-for any batch size N.
+for any batch size N. An ONNX file says so itself: its metadata holds the normalisation, and, exported from a
+run's file, the class names and the run's configuration. Exports are written atomically: a failure leaves the
+earlier file in place.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import importlib.util
+import io
+import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -20,12 +24,20 @@ from torch import nn
 
 from ..data import CLASSES, load_fake, normalize, to_device_uint8
 from ..errors import UserError
+from ..files import atomic_path, atomic_write
+from ..version import __version__
 from .checkpoint import read_record
 
-__all__ = ["FORMATS", "export_onnx", "export_program", "class_names", "read_images", "predict"]
+__all__ = ["FORMATS", "EXPORT_INSTALL", "NORMALIZATION", "export_onnx", "export_program", "export_metadata",
+           "class_names", "read_images", "predict"]
 
 IMAGE_SHAPE = (3, 32, 32)
 FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
+EXPORT_INSTALL = 'pip install "sbattn[export]"'
+# What an exported model's input is, for a consumer that has not read this project's code (data.normalize).
+NORMALIZATION = {"input": "images", "dtype": "float32", "layout": "NCHW", "channels": "RGB", "size": [32, 32],
+                 "divide_by": 255, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+                 "formula": "(pixel / 255 - mean) / std, per channel"}
 
 
 @contextlib.contextmanager
@@ -52,29 +64,53 @@ def _example(model: nn.Module, batch: int = 2) -> torch.Tensor:
 
 
 def export_onnx(model: nn.Module, path: str | Path, batch_dynamic: bool = True, dynamo: bool | None = None,
-                opset_version: int | None = None) -> Path:
+                opset_version: int | None = None, metadata: dict[str, Any] | None = None,
+                external_data: bool | None = None) -> Path:
     """Write `model` (in eval mode) to an ONNX file, input "images" (N, 3, 32, 32), output "logits".
 
     dynamo: the torch.export-based exporter (None: when onnxscript is installed, else the TorchScript one).
     batch_dynamic: N is a symbolic dimension "batch"; otherwise it is fixed to 2.
+    metadata: more entries for the file's metadata (values other than text as JSON), beside "normalization".
+    external_data: the weights in <path>.data beside the file (dynamo only; None: when ONNX's 2 GB limit needs it).
     """
+    if importlib.util.find_spec("onnx") is None:
+        raise UserError(f"ONNX export needs the onnx package, which is not installed: {EXPORT_INSTALL}")
     path = Path(path)
     if dynamo is None:
         dynamo = importlib.util.find_spec("onnxscript") is not None
     model = copy.deepcopy(model).eval()
     x = _example(model)
-    big = sum(p.numel() * p.element_size() for p in model.parameters()) >= 2**31 - 2**26
-    with _quiet_exporter(), torch.no_grad():
+    if external_data is None:
+        external_data = sum(p.numel() * p.element_size() for p in model.parameters()) >= 2**31 - 2**26
+    with atomic_path(path) as staged, _quiet_exporter(), torch.no_grad():
         if dynamo:
             shapes = ({0: torch.export.Dim("batch", min=1)},) if batch_dynamic else None
-            torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
-                              dynamic_shapes=shapes, external_data=big, opset_version=opset_version,
+            torch.onnx.export(model, (x,), str(staged), dynamo=True, input_names=["images"], output_names=["logits"],
+                              dynamic_shapes=shapes, external_data=external_data, opset_version=opset_version,
                               verbose=False)
         else:
             axes = {"images": {0: "batch"}, "logits": {0: "batch"}} if batch_dynamic else None
-            torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["images"],
+            torch.onnx.export(model, (x,), str(staged), dynamo=False, input_names=["images"],
                               output_names=["logits"], dynamic_axes=axes, opset_version=opset_version or 17)
+        _add_onnx_metadata(staged, {"normalization": NORMALIZATION, **(metadata or {})})
     return path
+
+
+def _add_onnx_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    """Add metadata_props to an ONNX file; its external data, if any, stays where it is."""
+    import onnx
+    proto = onnx.load(str(path), load_external_data=False)
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    onnx.save(proto, str(path))
+
+
+def export_metadata(path: str | Path, model: nn.Module) -> dict[str, Any]:
+    """What an ONNX export of the model in run file `path` says about itself besides its normalisation."""
+    obj = read_record(Path(path))
+    names = _class_names(obj, obj.get("num_classes", 10))
+    return {"class_names": names, "config": obj.get("config") or {}, "sbattn_version": __version__}
 
 
 def export_program(model: nn.Module, path: str | Path, batch_dynamic: bool = True) -> Path:
@@ -84,13 +120,19 @@ def export_program(model: nn.Module, path: str | Path, batch_dynamic: bool = Tru
     shapes = ({0: torch.export.Dim("batch", min=1)},) if batch_dynamic else None
     with _quiet_exporter(), torch.no_grad():
         program = torch.export.export(model, (_example(model),), dynamic_shapes=shapes)
-    torch.export.save(program, str(path))
+    # Into memory first: torch.export.save aborts the whole process when a write to a file fails (a full disk).
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
     return path
 
 
 def class_names(path: str | Path, num_classes: int) -> list[str]:
     """The class names a checkpoint records, else those of its dataset, else the CIFAR-10 names."""
-    obj = read_record(Path(path))
+    return _class_names(read_record(Path(path)), num_classes)
+
+
+def _class_names(obj: dict, num_classes: int) -> list[str]:
     summary = obj.get("summary") or {}
     names = summary.get("classes") or obj.get("classes")
     if not names:

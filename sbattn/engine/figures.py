@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..files import atomic_write  # noqa: E402
 
@@ -33,6 +34,7 @@ def plot_history(history: list[dict], path: str | Path, title: str = "") -> None
             ax.plot(x, y, style, markersize=3, label=f"{split} {metric}")
         ax.set_title(label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5 on short runs
         ax.set_ylabel("cross-entropy loss" if metric == "loss" else "accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend()

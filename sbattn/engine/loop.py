@@ -23,15 +23,17 @@ from ..data import load_cifar10, steps_per_epoch, to_device_uint8, train_batches
 from ..errors import UserError
 from ..models import create_model
 from ..version import __version__
-from . import distributed
+from . import distributed, provenance
 from .checkpoint import load_checkpoint, unwrap
-from .config import TrainConfig
+from .config import LAYOUTS, TrainConfig
 from .evaluation import evaluate, memory_format, sum_dtype
-from .outputs import (RunPaths, format_epoch, lambda_stats, now_iso, peak_rss_mb, prepare_output_dir,
-                      write_finished_run)
+from .outputs import RunPaths, format_epoch, lambda_stats, peak_rss_mb, prepare_output_dir, write_finished_run
 from .precision import precision_label, resolve_precision
 from .signals import StopRequest, alone_signal_handled
 from .state import RunState
+from .tensorboard_log import epoch_logger
+from .threads import ThreadGovernor
+from .tuning import LayoutChoice, choose_layout, layout_name
 
 __all__ = ["train", "train_epoch", "RunResult", "Run", "resume_command"]
 
@@ -55,10 +57,8 @@ class Run:
     amp_dtype: torch.dtype | None
     log: Callable[..., None]
     interactive: bool  # a progress bar on a terminal
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return memory_format(self.device)
+    threads: ThreadGovernor
+    provenance: dict  # this process's (rank 0's; empty on the others), see engine/provenance.py
 
 
 @dataclass
@@ -88,7 +88,8 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
         log = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
         device = torch.device(device_name)
         run = Run(config, ctx, device, RunPaths(Path(config.output_dir), config.run_name),
-                  resolve_precision(config.precision, device), log, not quiet and sys.stderr.isatty())
+                  resolve_precision(config.precision, device), log, not quiet and sys.stderr.isatty(),
+                  ThreadGovernor(device), provenance.collect(device, ctx.world_size) if ctx.main else {})
         return _train(run, quiet)
     finally:
         distributed.teardown(ctx)
@@ -107,9 +108,11 @@ def _train(run: Run, quiet: bool) -> RunResult:
     train_y = torch.as_tensor(data.train_labels, device=device)
     test_y = torch.as_tensor(data.test_labels, device=device)
 
+    layout = _layout(run, ckpt)
     model = create_model(config.arch, num_classes=len(data.classes), **config.model_options()).to(device)
-    wrapped = distributed.wrap(ctx, model.to(memory_format=run.memory_format), device, config.sync_bn)
-    state = RunState.start(config, unwrap(wrapped), device, run.amp_dtype, seed, len(data.classes), ctx.rank)
+    wrapped = distributed.wrap(ctx, model.to(memory_format=LAYOUTS[layout.layout]), device, config.sync_bn)
+    state = RunState.start(config, unwrap(wrapped), device, run.amp_dtype, seed, len(data.classes), ctx.rank,
+                           layout.layout, run.provenance)
     if ckpt:  # SyncBatchNorm conversion makes new modules: the state holds the ones that train
         note = state.restore(ckpt, ctx)
         run.log(note) if note else None
@@ -121,10 +124,11 @@ def _train(run: Run, quiet: bool) -> RunResult:
     params = sum(p.numel() for p in state.model.parameters())
     run.log(f"{paths.name}: {config.arch} attention={config.attention} params={params:,} data={data.source} "
             f"device={device}{f' x {ctx.world_size} processes' if ctx.distributed else ''} "
-            f"precision={precision_label(run.amp_dtype)} seed={seed}")
+            f"precision={precision_label(run.amp_dtype)} layout={layout.layout} ({layout.how}) seed={seed}")
 
     stop = StopRequest()
-    with stop.installed(), alone_signal_handled():
+    events = paths.output_dir / "tensorboard" / paths.name if config.tensorboard and ctx.main else None
+    with stop.installed(), alone_signal_handled(), epoch_logger(events, state.epoch) as log_epoch:
         while state.epoch < config.epochs:
             sums = train_epoch(run, state, step_model, train_x, train_y, stop)
             if state.step:  # stopped inside the epoch
@@ -133,6 +137,7 @@ def _train(run: Run, quiet: bool) -> RunResult:
                         f"{paths.checkpoint}\nresume with: {resume_command(config, ctx)}")
                 return RunResult(130, paths, state.history)
             _end_epoch(run, state, sums, test_x, test_y)
+            log_epoch(state.history[-1])
             state.save(paths.checkpoint, config, ctx)
             if distributed.any_rank(ctx, bool(stop), device):
                 run.log(f"stopped after epoch {state.epoch}; resume with: {resume_command(config, ctx)}")
@@ -140,9 +145,10 @@ def _train(run: Run, quiet: bool) -> RunResult:
 
     if not ctx.main:
         return RunResult(0, paths, state.history)
-    summary = _finish(run, state, params, data)
-    run.log(f"final test accuracy {100 * summary['final_eval_acc']:.2f}% (best {100 * summary['best_eval_acc']:.2f}%"
-            f" at epoch {summary['best_epoch']}); results in {paths.output_dir}")
+    summary = _finish(run, state, params, data, test_x, test_y)
+    run.log(f"final test accuracy {100 * summary['final_eval_acc']:.2f}% in fp32 (best per-epoch "
+            f"{100 * summary['best_eval_acc']:.2f}% at epoch {summary['best_epoch']}, in "
+            f"{precision_label(run.amp_dtype)}); results in {paths.output_dir}")
     return RunResult(0, paths, state.history, summary)
 
 
@@ -163,11 +169,20 @@ def _checkpoint_to_resume(run: Run) -> dict | None:
     return ckpt
 
 
+def _layout(run: Run, ckpt: dict | None) -> LayoutChoice:
+    """A resumed run keeps its layout (runs from before layouts were chosen trained in the device's rule)."""
+    if ckpt:
+        return LayoutChoice(ckpt.get("layout") or layout_name(memory_format(run.device)), "resumed")
+    choice = choose_layout(run.config, run.device, run.amp_dtype)
+    # Every rank trains in rank 0's choice: the measurement may differ between processes.
+    return distributed.gather_objects(run.ctx, choice)[0]
+
+
 def train_epoch(run: Run, state: RunState, step_model: torch.nn.Module, train_x: torch.Tensor,
                 train_y: torch.Tensor, stop: StopRequest) -> EpochSums:
     """Train the epoch under way from its next step, to its end or to a stop request; the sums come back
     reduced over ranks. On a stop, state.step is the number of steps done (never 0), else it is 0."""
-    config, ctx, device, fmt = run.config, run.ctx, run.device, run.memory_format
+    config, ctx, device, fmt = run.config, run.ctx, run.device, state.memory_format
     optimizer, scaler, epoch, start_step = state.optimizer, state.scaler, state.epoch, state.step
     sums = EpochSums.resume(state.partial, device)
     seen_before = sums.seen
@@ -197,6 +212,7 @@ def train_epoch(run: Run, state: RunState, step_model: torch.nn.Module, train_x:
         sums.seen += len(y)
         bar.update(1)
         now = time.perf_counter()
+        run.threads.poll(now)
         last = step + 1 == steps
         if run.interactive and now - refreshed > 1.0 or last or stop:  # reading sums waits for the device
             refreshed = now
@@ -229,12 +245,14 @@ def _end_epoch(run: Run, state: RunState, sums: EpochSums, test_x: torch.Tensor,
     entry = {"epoch": epoch + 1, "lr": lr, "train_loss": sums.loss.item() / sums.seen,
              "train_acc": sums.correct.item() / sums.seen, "eval_loss": None, "eval_acc": None,
              "seconds": sums.seconds, "images_per_sec": sums.seen / sums.seconds,
-             "eval_seconds": None, "threads": torch.get_num_threads()}
+             "eval_seconds": None, "eval_precision": None, "threads": torch.get_num_threads(),
+             "thread_ceiling": run.threads.ceiling, "layout": state.layout}
     if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
         started = time.perf_counter()
         entry["eval_loss"], entry["eval_acc"] = evaluate(state.model, test_x, test_y, config.eval_batch_size,
                                                          run.amp_dtype, run.ctx.rank, run.ctx.world_size)
         entry["eval_seconds"] = time.perf_counter() - started
+        entry["eval_precision"] = precision_label(run.amp_dtype)  # the training's; the final accuracy is fp32's
     entry.update(lambda_stats(state.model))
     state.history.append(entry)
     state.epoch += 1
@@ -266,16 +284,23 @@ def _check_finite(run: Run, nonfinite: torch.Tensor, epoch: int) -> None:
                         f"{f' on rank {run.ctx.rank}' if run.ctx.distributed else ''}: stopped; {kept}")
 
 
-def _finish(run: Run, state: RunState, params: int, data) -> dict:
+def _finish(run: Run, state: RunState, params: int, data, test_x: torch.Tensor, test_y: torch.Tensor) -> dict:
+    """The run's summary and files. The final accuracy is the final weights' in fp32, as the reference
+    implementation evaluates, on the whole test set in this process alone: what `sbattn evaluate` computes."""
     history = state.history
     best = max((h for h in history if h["eval_acc"] is not None), key=lambda h: h["eval_acc"])
+    final_loss, final_acc = evaluate(state.model, test_x, test_y, run.config.eval_batch_size)
     summary = {
         "complete": True, "run": run.paths.name, "version": __version__, "config": run.config.to_dict(),
-        "seed": state.seed, "final_eval_acc": history[-1]["eval_acc"], "final_eval_loss": history[-1]["eval_loss"],
-        "best_eval_acc": best["eval_acc"], "best_epoch": best["epoch"], "params": params,
+        "seed": state.seed, "final_eval_acc": final_acc, "final_eval_loss": final_loss,
+        "final_eval_precision": "fp32", "last_epoch_eval_acc": history[-1]["eval_acc"],
+        "last_epoch_eval_loss": history[-1]["eval_loss"], "best_eval_acc": best["eval_acc"],
+        "best_epoch": best["epoch"], "params": params,
         "train_seconds": sum(h["seconds"] for h in history), "data": data.source, "classes": data.classes,
-        "device": str(run.device), "precision": precision_label(run.amp_dtype), "finished": now_iso(),
+        "device": str(run.device), "precision": precision_label(run.amp_dtype), "finished": provenance.now_iso(),
         "peak_rss_mb": peak_rss_mb(),
     }
+    summary["provenance"] = {**run.provenance, "finished": summary["finished"]}
+    summary["earlier_sessions"] = state.sessions[:-1]  # the processes that trained the run before a resume
     write_finished_run(run.config, run.paths, state.model, history, summary, len(data.classes))
     return summary

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import typing
 from typing import Sequence
 
+from ..errors import ConfigError
 from .config import TrainConfig
+from .config_file import read_config_file
 
-__all__ = ["add_config_options", "config_from_args", "config_from_argv", "parse_bool", "parse_int_list"]
+__all__ = ["add_config_options", "config_from_args", "config_from_argv", "file_options", "given_options",
+           "parse_bool", "parse_int_list", "parse_value"]
 
 
 def parse_bool(text: str) -> bool:
@@ -60,27 +64,64 @@ def field_help(f: dataclasses.Field, default=dataclasses.MISSING) -> str:
     return text if default is None else f"{text} (default: {default})"
 
 
-def add_config_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
-    """One option per TrainConfig field, its choices and default shown in --help."""
+def parse_value(name: str, text: str):
+    """A TrainConfig field's value from its text, as its command-line option parses it."""
+    return _parser_for(typing.get_type_hints(TrainConfig)[name])["type"](text)
+
+
+CONFIG_HELP = ("a JSON or TOML file of these options (a finished run's JSON reruns that run, its seed included); "
+               "options given on the command line win over it; TOML for a .toml name")
+
+
+def add_config_options(parser: argparse.ArgumentParser, skip: Sequence[str] = (),
+                       config_help: str = CONFIG_HELP) -> None:
+    """One option per TrainConfig field, its choices and default shown in --help, and --config FILE.
+
+    An option not given is absent from the parsed namespace (its default is the field's), so that a file or a
+    preset can tell which options the user chose.
+    """
     hints = typing.get_type_hints(TrainConfig)
     reference_group = parser.add_argument_group("the reference implementation's hyper-parameters")
     own_group = parser.add_argument_group("sbattn's options")
+    own_group.add_argument("--config", default=None, metavar="FILE", help=config_help)
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
             continue
         underscored, hyphenated = f"--{f.name}", f"--{f.name.replace('_', '-')}"
         reference = f.metadata["reference"]
         flags = list(dict.fromkeys([underscored, hyphenated] if reference else [hyphenated, underscored]))
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         group = reference_group if reference else own_group
-        group.add_argument(*flags, dest=f.name, default=default, metavar=f.name.upper(), help=field_help(f),
-                           **_parser_for(hints[f.name]))
+        group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(),
+                           help=field_help(f), **_parser_for(hints[f.name]))
+
+
+def given_options(args: argparse.Namespace) -> dict:
+    """The TrainConfig options given on the command line."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def file_options(path: str) -> dict:
+    """The options --config's file sets, each parsed as its command-line option would be."""
+    return {name: _file_value(path, name, value) for name, value in read_config_file(path).items()}
+
+
+def _file_value(path: str, name: str, value):
+    if value is None:  # an unset option stays unset
+        return None
+    takes_list = typing.get_origin(typing.get_type_hints(TrainConfig)[name]) is list
+    if isinstance(value, dict) or (isinstance(value, list) and not takes_list):
+        raise ConfigError(f"--config {path}: {name} = {value!r}: expected a single value")
+    try:
+        return parse_value(name, value if isinstance(value, str) else json.dumps(value))
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        raise ConfigError(f"--config {path}: {name} = {value!r}: {e}") from None
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    return TrainConfig(**{**values, **overrides})
+    """The configuration: the fields' defaults, then --config's file, then the options given."""
+    from_file = file_options(args.config) if getattr(args, "config", None) else {}
+    return TrainConfig(**{**from_file, **given_options(args), **overrides})
 
 
 def config_from_argv(argv: Sequence[str]) -> TrainConfig:

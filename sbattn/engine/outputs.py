@@ -103,7 +103,3 @@ def write_finished_run(config: TrainConfig, paths: RunPaths, model: nn.Module, h
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def now_iso() -> str:
-    return datetime.now().isoformat(timespec="seconds")

@@ -7,9 +7,8 @@ import os
 import signal
 import threading
 
-import torch
-
 from ..system import available_cores
+from .threads import set_ceiling
 
 __all__ = ["StopRequest", "ALONE_SIGNAL", "ALONE_THREADS", "alone_signal_handled"]
 
@@ -54,7 +53,7 @@ class StopRequest:
 
 
 def _train_alone(signum, frame) -> None:
-    torch.set_num_threads(int(os.environ.get(ALONE_THREADS, available_cores())))
+    set_ceiling(int(os.environ.get(ALONE_THREADS, available_cores())))
 
 
 @contextlib.contextmanager

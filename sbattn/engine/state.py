@@ -17,7 +17,7 @@ from ..data import augment_stream_seed
 from ..version import __version__
 from . import distributed
 from .checkpoint import save_checkpoint
-from .config import TrainConfig
+from .config import LAYOUTS, TrainConfig
 
 __all__ = ["RunState", "reference_optimizer"]
 
@@ -53,21 +53,28 @@ class RunState:
     generator: torch.Generator  # this rank's augmentation stream
     seed: int
     num_classes: int
+    layout: str  # the memory layout it trains in (a key of config.LAYOUTS), kept through resumes
     history: list[dict] = field(default_factory=list)
     epoch: int = 0  # epochs finished
     step: int = 0  # steps finished in the epoch under way
     partial: dict | None = None  # the sums of the epoch under way, when stopped inside it (rank 0's: global)
+    sessions: list[dict] = field(default_factory=list)  # provenance of each process that trained it, this one last
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return LAYOUTS[self.layout]
 
     @classmethod
     def start(cls, config: TrainConfig, model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None,
-              seed: int, num_classes: int, rank: int) -> "RunState":
+              seed: int, num_classes: int, rank: int, layout: str, provenance: dict | None = None) -> "RunState":
         """A run's state before its first step: the reference's optimiser and schedule on `model`."""
         optimizer = reference_optimizer(model, config.init_lr, config.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, config.milestones, config.gamma)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         # Each rank augments with its own stream; rank 0's is the single-process run's.
         generator = torch.Generator(device).manual_seed(augment_stream_seed(seed, rank))
-        return cls(model, optimizer, scheduler, scaler, generator, seed, num_classes)
+        return cls(model, optimizer, scheduler, scaler, generator, seed, num_classes, layout,
+                   sessions=[provenance] if provenance else [])
 
     def save(self, path: Path, config: TrainConfig, ctx: distributed.Context) -> None:
         """Write the checkpoint (rank 0); a collective, so every rank calls it."""
@@ -75,10 +82,11 @@ class RunState:
         if ctx.main:
             save_checkpoint(path, {
                 "version": __version__, "config": config.to_dict(), "num_classes": self.num_classes,
-                "world_size": ctx.world_size, "seed": self.seed, "epoch": self.epoch, "step": self.step,
+                "world_size": ctx.world_size, "seed": self.seed, "layout": self.layout, "epoch": self.epoch,
+                "step": self.step,
                 "partial": self.partial, "history": self.history, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": rng})
+                "scaler": self.scaler.state_dict(), "rng": rng, "provenance": self.sessions})
 
     def restore(self, ckpt: dict, ctx: distributed.Context) -> str | None:
         """Continue from a checkpoint read by load_checkpoint; returns a note for the log, if any."""
@@ -87,6 +95,7 @@ class RunState:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.history, self.epoch, self.step = ckpt["history"], ckpt["epoch"], ckpt["step"]
+        self.sessions = [*ckpt.get("provenance", []), *self.sessions]  # checkpoints before provenance have none
         self.partial = ckpt["partial"] if ctx.main else None  # rank 0 carries the interrupted epoch's global sums
         if ckpt["world_size"] == ctx.world_size:
             _set_rng_state(ckpt["rng"][ctx.rank], self.generator)

@@ -44,11 +44,16 @@ def _colors(n: int) -> list:
     return [cmap(i % 10) for i in range(n)]
 
 
-def plot_suite(runs: Mapping[str, Sequence[History]], path: str | Path, title: str) -> None:
-    """Left: eval accuracy vs epoch, mean with a +-std band over seeds; right: final accuracy, bars +- std."""
+def plot_suite(runs: Mapping[str, Sequence[History]], path: str | Path, title: str,
+               finals: Mapping[str, Sequence[float]] | None = None) -> None:
+    """Left: eval accuracy vs epoch, mean with a +-std band over seeds; right: final accuracy, bars +- std.
+
+    finals: per label, the runs' final accuracies in percent (the tables' numbers: the final weights in fp32);
+    none given: each history's last evaluation.
+    """
     fig, (curves, bars) = plt.subplots(1, 2, figsize=FIGSIZE, gridspec_kw={"width_ratios": [3, 2]})
     labels, colors = list(runs), _colors(len(runs))
-    finals: list[list[float]] = []
+    final_accs: list[list[float]] = []
     for label, color in zip(labels, colors):
         histories = runs[label]
         epochs, means, stds = mean_band(histories, lambda h: None if h.get("eval_acc") is None
@@ -57,7 +62,8 @@ def plot_suite(runs: Mapping[str, Sequence[History]], path: str | Path, title: s
                     label=f"{label} (n={len(histories)})")
         curves.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                             color=color, alpha=0.2, linewidth=0)
-        finals.append([a for a in map(_final_acc, histories) if a is not None])
+        final = finals[label] if finals is not None else map(_final_acc, histories)
+        final_accs.append([a for a in final if a is not None])
     curves.set_xlabel("epoch")
     curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_ylabel("test accuracy (%)")
@@ -65,8 +71,8 @@ def plot_suite(runs: Mapping[str, Sequence[History]], path: str | Path, title: s
     curves.grid(alpha=0.3)
     curves.legend(loc="lower right")
 
-    means = [sum(f) / len(f) if f else math.nan for f in finals]
-    stds = [sample_std(f) or 0.0 for f in finals]
+    means = [sum(f) / len(f) if f else math.nan for f in final_accs]
+    stds = [sample_std(f) or 0.0 for f in final_accs]
     xs = range(len(labels))
     bars.bar(xs, means, yerr=stds, capsize=6, color=colors, alpha=0.85, edgecolor="black", linewidth=0.6)
     for x, m, s in zip(xs, means, stds):

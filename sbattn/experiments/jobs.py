@@ -26,7 +26,7 @@ from ..engine.config import TrainConfig
 from ..engine.options import config_from_argv
 from ..engine.signals import ALONE_SIGNAL, ALONE_THREADS
 from ..errors import UserError
-from ..system import available_cores
+from ..system import thread_budget
 
 __all__ = ["Job", "run_jobs", "threads_per_job"]
 
@@ -46,9 +46,10 @@ class Job:
 
 
 def threads_per_job(jobs: int, device: str) -> int:
-    """Intra-op threads for each of `jobs` processes: the cores shared out on the CPU (at least one each); on a
-    GPU, where the host only launches kernels and augments nothing, at most four each."""
-    cores = available_cores()
+    """Intra-op threads for each of `jobs` processes: the suite's threads (OMP_NUM_THREADS, else every core) shared
+    out on the CPU (at least one each); on a GPU, where the host only launches kernels and augments nothing, at
+    most four each."""
+    cores = thread_budget()
     return max(1, cores // jobs) if device.startswith("cpu") else max(1, min(4, cores // jobs))
 
 

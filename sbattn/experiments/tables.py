@@ -163,7 +163,8 @@ def render_markdown(suite: Suite, rows: Sequence[Row]) -> str:
         lines.append("")
     seeds = sorted({s for row in rows for s in row.seeds if s is not None})
     lines += [f"Recipe: {recipe_text(rows[0].runs[0].config)}; seeds {', '.join(map(str, seeds))}.", "",
-              f"Acc.: final test accuracy (after the last epoch), mean ± sample standard deviation over the n seeds. "
+              f"Acc.: final test accuracy (the final weights, evaluated in fp32), mean ± sample standard deviation "
+              f"over the n seeds. "
               f"Δ: difference of the mean from {ref_name} ({suite.reference_why}), in percentage points, with the "
               f"{CONFIDENCE:.0%} confidence interval of Welch's t (n/a when a configuration has one run). "
               f"Train time: mean training time per run, evaluation excluded. Bold: the highest mean.", ""]
@@ -224,7 +225,7 @@ def write_suite_outputs(suite: Suite, groups: dict[Variant, list[Run]], director
     title = (f"{suite.title}: {config.get('arch')}, {config.get('placement')} placement, "
              f"width ×{config.get('width'):g}, {config.get('epochs')} epochs, {config.get('dataset')}")
     plot_suite({row.variant.label: [r.history for r in row.runs] for row in rows}, directory / f"{suite.name}.png",
-               title)
+               title, finals={row.variant.label: row.accs for row in rows})
     written.append(directory / f"{suite.name}.png")
     return written
 

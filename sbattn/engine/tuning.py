@@ -1,0 +1,104 @@
+"""The memory layout a run trains in, chosen by the machine: measured once per machine and model, then cached.
+
+Which layout oneDNN's kernels run fastest depends on the CPU (AVX-512 or AMX), the model and the precision.
+On a CPU, `--layout auto` times a few training steps of the run's own model in each layout, interleaved, and
+keeps the faster; the result is cached (tuning.json in the cache directory) under the CPU's model, the PyTorch
+version, the model, the batch size, the precision and the threads, so the measurement is paid once. On CUDA
+channels-last is the measured rule. The choice, and how it was made, goes into the run's history.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..data import default_cache_dir
+from ..files import atomic_write
+from ..models import create_model
+from ..system import cpu_model
+from .config import LAYOUTS, TrainConfig
+from .evaluation import memory_format
+
+__all__ = ["LayoutChoice", "choose_layout", "layout_name"]
+WARMUP, TIMED, ROUNDS = 2, 3, 2  # steps per layout and round; rounds alternate the layouts
+
+
+@dataclass(frozen=True)
+class LayoutChoice:
+    layout: str  # a key of LAYOUTS
+    how: str  # "given", "rule", "measured" or "cached"
+    step_seconds: dict | None = None  # per layout, when measured
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return LAYOUTS[self.layout]
+
+
+def layout_name(fmt: torch.memory_format) -> str:
+    return next(name for name, f in LAYOUTS.items() if f == fmt)
+
+
+def choose_layout(config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
+                  num_classes: int = 10) -> LayoutChoice:
+    """The layout `config.layout` names, else the one measured fastest on this CPU, else the device's rule."""
+    if config.layout != "auto":
+        return LayoutChoice(config.layout, "given")
+    if device.type != "cpu":
+        return LayoutChoice(layout_name(memory_format(device)), "rule")
+    cache = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+    key = json.dumps([cpu_model(), platform.machine(), torch.__version__, config.arch, config.attention,
+                      config.width, config.placement, config.batch_size, str(amp_dtype), torch.get_num_threads()])
+    known = _read(cache / "tuning.json")
+    if key in known:
+        return LayoutChoice(known[key]["layout"], "cached", known[key]["step_seconds"])
+    times = _measure(config, device, amp_dtype, num_classes)
+    choice = LayoutChoice(min(times, key=times.get), "measured", times)
+    _write(cache / "tuning.json", {**known, key: {"layout": choice.layout, "step_seconds": times}})
+    return choice
+
+
+def _measure(config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
+             num_classes: int) -> dict[str, float]:
+    """Median seconds per training step of the run's model in each layout, on random data; the run's random
+    streams are left as they were."""
+    with torch.random.fork_rng(devices=[]):
+        model = create_model(config.arch, num_classes=num_classes, **config.model_options()).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
+        x = torch.randn(config.batch_size, 3, 32, 32, device=device)
+        y = torch.randint(0, num_classes, (config.batch_size,), device=device)
+        times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+        for _ in range(ROUNDS):
+            for name, fmt in LAYOUTS.items():
+                model = model.to(memory_format=fmt)
+                xf = x.contiguous(memory_format=fmt)
+                for i in range(WARMUP + TIMED):
+                    started = time.perf_counter()
+                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                        loss = F.cross_entropy(model(xf), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    if i >= WARMUP:
+                        times[name].append(time.perf_counter() - started)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def _read(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write(path: Path, data: dict) -> None:
+    try:  # a cache: failing to write it costs a measurement next time, nothing more
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+    except OSError:
+        pass
