@@ -9,7 +9,7 @@ import torch
 from ..data import DATASETS, load_cifar10, to_device_uint8
 from ..engine.checkpoint import load
 from ..engine.config import resolve_device
-from ..engine.deploy import FORMATS, class_names, export_onnx, export_program, predict, read_images
+from ..engine.deploy import FORMATS, PREDICT_BATCH, class_names, export_onnx, export_program, predict, read_images
 from ..engine.evaluation import evaluate
 from ..errors import UserError
 
@@ -58,6 +58,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     trained = model.config
     data = load_cifar10(args.data_dir or trained.data_dir, args.dataset or trained.dataset, False,
                         args.cache_dir if args.cache_dir is not None else trained.cache_dir, progress=False)
+    if len(data.classes) != model.num_classes:
+        raise UserError(f"{args.checkpoint} classifies {model.num_classes} classes, {data.source} has "
+                        f"{len(data.classes)}: evaluate it on data of the classes it was trained on", 2)
     images = to_device_uint8(data.test_images, device)
     labels = torch.from_numpy(data.test_labels).to(device)
     loss, acc = evaluate(model, images, labels, batch_size=args.batch_size)
@@ -77,12 +80,14 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise UserError(f"--topk must be >= 1, got {args.topk}", 2)
     model = load(args.checkpoint, resolve_device(args.device))
-    probs = predict(model, read_images(args.images, args.resize))
-    names = class_names(args.checkpoint, probs.shape[1])
-    probs, indices = probs.cpu().topk(min(args.topk, probs.shape[1]), dim=1)
+    names = class_names(args.checkpoint, model.num_classes)
     width = max(len(n) for n in names)
-    for path, p_row, i_row in zip(args.images, probs.tolist(), indices.tolist()):
-        print(path)
-        for p, i in zip(p_row, i_row):
-            print(f"  {names[i]:<{width}}  {100 * p:6.2f}%")
+    for start in range(0, len(args.images), PREDICT_BATCH):  # read, classify and print a batch at a time
+        paths = args.images[start:start + PREDICT_BATCH]
+        probs, indices = predict(model, read_images(paths, args.resize)).cpu().topk(
+            min(args.topk, model.num_classes), dim=1)
+        for path, p_row, i_row in zip(paths, probs.tolist(), indices.tolist()):
+            print(path)
+            for p, i in zip(p_row, i_row):
+                print(f"  {names[i]:<{width}}  {100 * p:6.2f}%")
     return 0

@@ -27,6 +27,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the optimiser takes its rates in float32
 MAX_SEED = 2**63 - 1  # a seed plus a rank's and an epoch's offset must fit the generators' 64 bits
 MAX_PARAMETERS = 10**9  # 12 GB of weights, gradients and momenta before any activation
+MAX_MULTIPLIER = 64  # width and attn_ratio: beyond it every registered model is past MAX_PARAMETERS
 
 # The fields that make two runs the same run; the rest (device, paths, compile, ...) may change on resume.
 RECIPE_FIELDS = ("arch", "attention", "attn_ratio", "use_sb", "use_se", "activation", "epochs", "batch_size",
@@ -174,10 +175,9 @@ class TrainConfig:
             fail("milestones", "must be positive, strictly increasing integers, e.g. [40,60,80]")
         if not 0 <= self.weight_decay <= FLOAT32_MAX:
             fail("weight_decay", f"must be >= 0 and at most {FLOAT32_MAX:.4g} (the optimiser computes in float32)")
-        if not self.attn_ratio > 0:
-            fail("attn_ratio", "must be > 0")
-        if not self.width > 0:
-            fail("width", "must be > 0")
+        for name in ("attn_ratio", "width"):
+            if not 0 < getattr(self, name) <= MAX_MULTIPLIER:
+                fail(name, f"must be > 0 and at most {MAX_MULTIPLIER}")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
             fail("seed", f"must be an integer from 0 to {MAX_SEED} (2**63 - 1)")
 
@@ -187,7 +187,7 @@ class TrainConfig:
         try:
             with torch.device("meta"):
                 model = create_model(self.arch, **self.model_options())
-        except (ValueError, OverflowError) as e:
+        except ValueError as e:
             raise ConfigError(f"{self.arch} with attn_ratio={self.attn_ratio}, width={self.width:g}, "
                               f"placement={self.placement!r}: {e}") from None
         params = sum(p.numel() for p in model.parameters())

@@ -16,15 +16,17 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
-from ..data import CLASSES, load_fake, normalize, to_device_uint8
-from ..errors import UserError
+from ..data import CLASSES, MAX_IMAGE_BYTES, load_fake, normalize, open_image, read_regular, to_device_uint8
+from ..errors import DataError, UserError
 from .checkpoint import read_record
 
-__all__ = ["FORMATS", "export_onnx", "export_program", "class_names", "read_images", "predict"]
+__all__ = ["FORMATS", "PREDICT_BATCH", "export_onnx", "export_program", "class_names", "read_images", "predict"]
 
 IMAGE_SHAPE = (3, 32, 32)
+PREDICT_BATCH = 256  # images read, decoded and classified at a time by `sbattn predict`
 FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
 
 
@@ -100,15 +102,17 @@ def class_names(path: str | Path, num_classes: int) -> list[str]:
 
 
 def read_images(paths: Sequence[str | Path], resize: bool = False) -> np.ndarray:
-    """Image files -> uint8 (N, 32, 32, 3) RGB; other sizes need resize=True (bilinear)."""
-    from PIL import Image
+    """Image files -> uint8 (N, 32, 32, 3) RGB; other sizes need resize=True (bilinear). A file that is no regular
+    file, larger than MAX_IMAGE_BYTES or than MAX_IMAGE_PIXELS is refused before it is decoded."""
     out = np.empty((len(paths), IMAGE_SHAPE[1], IMAGE_SHAPE[2], 3), np.uint8)
     for i, path in enumerate(paths):
         try:
-            with Image.open(path) as im:
+            with open_image(read_regular(path, MAX_IMAGE_BYTES, "image"), str(path)) as im:
                 rgb = im.convert("RGB")
         except OSError as e:  # missing, unreadable, not an image
             raise UserError(f"cannot read image {path} ({type(e).__name__}: {e})", 2) from None
+        except DataError as e:  # not a regular file, too large
+            raise UserError(str(e), 2) from None
         if rgb.size != (IMAGE_SHAPE[2], IMAGE_SHAPE[1]):
             if not resize:
                 raise UserError(f"image {path} is {rgb.size[0]}x{rgb.size[1]}; the model takes 32x32 images "
@@ -119,7 +123,11 @@ def read_images(paths: Sequence[str | Path], resize: bool = False) -> np.ndarray
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images_u8: np.ndarray) -> torch.Tensor:
-    """Class probabilities (N, classes) for uint8 (N, 32, 32, 3) images, normalised as in training."""
+def predict(model: nn.Module, images_u8: np.ndarray, batch_size: int = PREDICT_BATCH) -> torch.Tensor:
+    """Class probabilities (N, classes) for uint8 (N, 32, 32, 3) images, normalised as in training; the model sees
+    `batch_size` images at a time, so that any number of them fits in memory."""
     device = next(model.parameters()).device
-    return torch.softmax(model.eval()(normalize(to_device_uint8(images_u8, device))).float(), dim=1)
+    model.eval()
+    parts = [torch.softmax(model(normalize(to_device_uint8(images_u8[i:i + batch_size], device))).float(), dim=1)
+             for i in range(0, len(images_u8), batch_size)]
+    return torch.cat(parts) if parts else torch.empty(0, 0)
