@@ -69,9 +69,9 @@ def open_image(blob: bytes, name: str) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(blob))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(f"image {name}: {e}; refusing it (more than {MAX_IMAGE_PIXELS:,} pixels): resize it "
-                        f"first") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # Pillow's check, in Image.open
+        raise DataError(f"image {name} has more than the {MAX_IMAGE_PIXELS:,} pixels sbattn decodes ({e}); "
+                        f"refusing it: resize it first") from None
     if im.width * im.height > MAX_IMAGE_PIXELS:
         raise DataError(f"image {name} is {im.width}x{im.height} pixels, more than the {MAX_IMAGE_PIXELS:,} sbattn "
                         f"decodes; refusing it: resize it first")
