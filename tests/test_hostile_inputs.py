@@ -22,13 +22,13 @@ from sbattn.data import MAX_ENTRY_BYTES, MAX_IMAGE_BYTES, DataError, load_cifar1
 from sbattn.engine.checkpoint import save_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _datagen import tree_files, write_tree  # noqa: E402
+from _datagen import tree_files, write_official_dir, write_tree  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_IMAGE = "train/airplane/0000.png"  # of tree_files()
 
 
-def run_cli(*args: str, memory_gb: int = 8) -> subprocess.CompletedProcess:
+def run_cli(*args: str, memory_gb: int = 3) -> subprocess.CompletedProcess:
     """`python -m sbattn ARGS` with its address space limited, so that a reader gone wrong cannot take the
     machine with it; a hang is a TimeoutExpired."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -87,6 +87,16 @@ def test_a_link_to_a_device_in_an_image_folder_is_refused_before_reading(tree, t
                    "--width=0.0625", "--epochs=1", f"--output-dir={tmp_path / 'out'}")
     assert proc.returncode == 1
     assert "9999.png is a link leading out of" in one_line(proc.stderr) and "(to /dev/zero)" in proc.stderr
+
+
+def test_a_fifo_among_the_official_batches_is_refused_not_waited_on(tmp_path):
+    batches, _ = write_official_dir(tmp_path / "data")
+    (batches / "data_batch_1").unlink()
+    os.mkfifo(batches / "data_batch_1")
+    proc = run_cli("train", "--device=cpu", f"--data-dir={batches}", f"--cache-dir={tmp_path / 'cache'}",
+                   "--width=0.0625", "--epochs=1", f"--output-dir={tmp_path / 'out'}")
+    assert proc.returncode == 1
+    assert "data_batch_1 is a FIFO, not a regular file" in one_line(proc.stderr)
 
 
 def test_links_may_not_lead_out_of_the_tree_but_may_stay_inside(tree, tmp_path):
