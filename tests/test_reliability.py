@@ -257,6 +257,20 @@ def test_run_json_is_strict_even_when_a_loss_is_not_finite(tmp_path, monkeypatch
     assert record["history"][0]["eval_loss"] is None and record["summary"]["final_eval_loss"] is None
 
 
+def test_a_suite_table_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    for attention, acc in (("none", 0.5), ("sb", 0.6)):  # two finished runs, as train() records them
+        config = TrainConfig(attention=attention, seed=0, device="cpu", dataset="fake", epochs=1, output_dir=str(tmp_path))
+        history = [{"epoch": 1, "lr": 0.1, "train_loss": 1.0, "train_acc": acc, "eval_loss": 1.0, "eval_acc": acc,
+                    "seconds": 1.0, "images_per_sec": 1.0}]
+        summary = {"complete": True, "run": config.run_name, "config": config.to_dict(), "final_eval_acc": acc,
+                   "params": 1, "train_seconds": 1.0}
+        (tmp_path / f"{config.run_name}.json").write_text(json.dumps({"summary": summary, "history": history}))
+    (tmp_path / "compare.md").mkdir()  # a directory where the table goes
+    assert main(["report", str(tmp_path)]) == 1
+    err = one_line(capsys.readouterr().err)
+    assert f"cannot write {tmp_path}/compare.md (Is a directory)" in err and "sbattn report" in err
+
+
 # -------------------------------------------------------------------------- damaged or crafted files
 
 

@@ -87,7 +87,10 @@ def file_failure(path: Path, after: str) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        raise UserError(f"cannot write {path} ({e.strerror or e}); {after}") from None
+        where = e.filename2 or e.filename or path  # a rename's target, else the file that failed
+        if str(where).endswith(".tmp") and Path(where).name.startswith("."):  # atomic_write's temporary file
+            where = path
+        raise UserError(f"cannot write {where} ({e.strerror or e}); {after}") from None
 
 
 def strict_json(obj, **kwargs) -> str:
