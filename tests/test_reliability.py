@@ -3,6 +3,7 @@ line with the last good state kept, damaged or crafted checkpoints refused, a re
 import errno
 import json
 import os
+import shlex
 import shutil
 import struct
 import subprocess
@@ -184,9 +185,13 @@ def test_full_disk_simulated_keeps_the_last_good_checkpoint(tmp_path, monkeypatc
 
     monkeypatch.setattr(state_module, "save_checkpoint", disk_fills_after_the_first)
     out = tmp_path / "out"
-    assert main(["train", *TINY, "--epochs=3", "--milestones=[2]", "--seed=0", f"--output-dir={out}"]) == 1
+    argv = ["train", *TINY, "--epochs=3", "--milestones=[2]", "--seed=0", f"--output-dir={out}", "--overwrite"]
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/sbattn", *argv])  # what the resume command repeats
+    assert main(argv) == 1
     err = one_line(capsys.readouterr().err)
     assert "No space left on device" in err and "last good checkpoint" in err
+    resume = shlex.join(["sbattn", *argv[:-1], "--resume"])  # not --overwrite: that would start afresh once more
+    assert err.endswith(f"resume with: {resume}")
     assert read_record(out / f"{NAME}_seed0.ckpt")["epoch"] == 1
 
 

@@ -29,6 +29,7 @@ from .checkpoint import load_checkpoint, unwrap
 from .config import TrainConfig, recipe_differences
 from .integrity import check_same_data, data_identity
 from .evaluation import evaluate, memory_format, sum_dtype
+from .options import BOOLEAN_WORDS
 from .outputs import (RunPaths, file_failure, format_epoch, lambda_stats, now_iso, peak_rss_mb, prepare_output_dir,
                       write_finished_run)
 from .precision import precision_label, resolve_precision
@@ -293,11 +294,25 @@ def _end_epoch(run: Run, state: RunState, sums: EpochSums, test_x: torch.Tensor,
 
 
 def resume_command(config: TrainConfig, ctx: distributed.Context = distributed.Context()) -> str:
-    """This process's command line, as the user would type it, with --resume unless it already resumes."""
+    """This process's command line, as the user would type it, with --resume unless it already resumes (and
+    without --overwrite, which would start the run afresh once more)."""
     program = Path(sys.argv[0]).name
     module = f"torchrun --nproc_per_node={ctx.world_size} -m sbattn" if ctx.distributed else "python -m sbattn"
     program = {"__main__.py": module, "example.py": "python example.py"}.get(program, program)
-    return shlex.join([program, *sys.argv[1:]]) + ("" if config.resume else " --resume")
+    return shlex.join([program, *_without_overwrite(sys.argv[1:])]) + ("" if config.resume else " --resume")
+
+
+def _without_overwrite(argv: list[str]) -> list[str]:
+    """argv less --overwrite in any of its spellings (--overwrite, --overwrite=X, --overwrite X)."""
+    kept, skip_value = [], False
+    for arg in argv:
+        if skip_value and arg.lower().strip("'\"") in BOOLEAN_WORDS:
+            skip_value = False
+            continue
+        skip_value = arg == "--overwrite"
+        if not (skip_value or arg.startswith("--overwrite=")):
+            kept.append(arg)
+    return kept
 
 
 def _shared_seed(ctx: distributed.Context) -> int:
