@@ -47,6 +47,8 @@ def test_seed_defaults():
     ("epochs", "3", "epochs='3': must be an integer"),
     ("init_lr", "0.1", "init_lr='0.1': must be a number"),
     ("data_dir", 7, "data_dir=7: must be a str"),
+    ("milestones", 40, "milestones=40: must be a list of integers"),
+    ("init_lr", 10**400, "must be a finite number"),
     ("overwrite", True, "--overwrite starts the run afresh, --resume continues it"),
 ])
 def test_each_bad_value_is_one_line_naming_it(field, value, words):

@@ -185,3 +185,14 @@ def test_predict_classifies_a_batch_at_a_time(weights, tmp_path, monkeypatch, ca
     assert main(["predict", str(weights), *paths, "--device", "cpu", "--topk", "1"]) == 0
     assert batches == [4, 4, 2]
     assert capsys.readouterr().out.splitlines()[::2] == paths  # every image, in order, each with its top class
+
+
+def test_predict_takes_no_field_of_a_file_on_trust(weights, tmp_path, capsys):
+    crafted = tmp_path / "crafted.pth"
+    record = torch.load(weights, weights_only=True)
+    record.pop("checksum")  # as a file of an earlier version, or one made by hand
+    record.update(summary=["not", "a", "summary"], classes=7)
+    torch.save(record, crafted)
+    image = write_tree(tmp_path, {FIRST_IMAGE: tree_files()[0][FIRST_IMAGE]}) / FIRST_IMAGE
+    assert main(["predict", str(crafted), str(image), "--device", "cpu", "--topk", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[0].startswith("fake")  # the run's dataset's names

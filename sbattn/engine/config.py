@@ -93,7 +93,8 @@ class TrainConfig:
                                   "moved aside first into --output-dir/replaced/")
 
     def __post_init__(self) -> None:
-        self.milestones = list(self.milestones)
+        if isinstance(self.milestones, tuple):
+            self.milestones = list(self.milestones)
         self.validate()
 
     @property
@@ -164,7 +165,7 @@ class TrainConfig:
         if self.batch_size < 2:
             fail("batch_size", "must be an integer >= 2 (BatchNorm needs 2 samples per batch)")
         for name in ("init_lr", "gamma", "weight_decay", "attn_ratio", "width"):
-            if not math.isfinite(getattr(self, name)):
+            if not _is_finite(getattr(self, name)):
                 fail(name, "must be a finite number")
         if not 0 < self.init_lr <= FLOAT32_MAX:
             fail("init_lr", f"must be > 0 and at most {FLOAT32_MAX:.4g} (the optimiser computes in float32)")
@@ -217,6 +218,13 @@ def recipe_differences(saved: dict, config: TrainConfig) -> list[str]:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer past any float
+        return False
 
 
 @functools.cache

@@ -93,10 +93,12 @@ def export_program(model: nn.Module, path: str | Path, batch_dynamic: bool = Tru
 def class_names(path: str | Path, num_classes: int) -> list[str]:
     """The class names a checkpoint records, else those of its dataset, else the CIFAR-10 names."""
     obj = read_record(Path(path))
-    summary = obj.get("summary") or {}
-    names = summary.get("classes") or obj.get("classes")
-    if not names:
-        names = load_fake(1, 1).classes if (obj.get("config") or {}).get("dataset") == "fake" else CLASSES
+    def entry(name: str) -> dict:  # a file of unknown origin may hold anything under any name
+        return obj[name] if isinstance(obj.get(name), dict) else {}
+    recorded = (entry("summary").get("classes"), entry("data").get("classes"), obj.get("classes"))
+    names = next((n for n in recorded if isinstance(n, list) and n), None)
+    if names is None:
+        names = load_fake(1, 1).classes if entry("config").get("dataset") == "fake" else CLASSES
     names = [str(n) for n in names]
     return names if len(names) == num_classes else [f"class {i}" for i in range(num_classes)]
 
