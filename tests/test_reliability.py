@@ -212,7 +212,10 @@ def test_results_txt_read_only_is_refused_before_training(tmp_path):
     results.write_text("an earlier run's line\n")
     train_cmd = f"{sys.executable} -m sbattn train {' '.join(TINY)} --output-dir={out}"
     if PRIVATE is not None:  # a read-only bind mount: read-only for root too
-        proc = run_private(f"mount --bind {results} {results} && mount -o remount,ro,bind {results} && {train_cmd}")
+        proc = run_private(f"mount --bind {results} {results} && mount -o remount,ro,bind {results} || exit 77\n"
+                           f"{train_cmd}")
+        if proc.returncode == 77:
+            pytest.skip(f"cannot mount a file read-only here: {proc.stderr.strip()}")
     else:
         results.chmod(0o444)
         proc = run_cli("-m", "sbattn", "train", *TINY, f"--output-dir={out}")
