@@ -32,10 +32,28 @@ def test_reference_defaults():
     ("device", "tpu", "device='tpu'"),
     ("precision", "int8", "precision='int8'"),
     ("width", 0.0, "width=0.0"),
+    # values that once passed and then crashed after the data had loaded
+    ("init_lr", 1e300, "init_lr=1e+300: must be > 0 and at most 3.403e+38"),
+    ("init_lr", 3.5e38, "init_lr=3.5e+38"),
+    ("weight_decay", 1e300, "weight_decay=1e+300"),
+    ("weight_decay", float("inf"), "weight_decay=inf: must be a finite number"),
+    ("attn_ratio", float("inf"), "attn_ratio=inf: must be a finite number"),
+    ("attn_ratio", float("nan"), "attn_ratio=nan"),
+    ("attn_ratio", 1e9, "attn_ratio=1000000000.0: must be > 0 and at most 64"),
+    ("width", float("inf"), "width=inf"),
+    ("width", 1e6, "width=1000000.0: must be > 0 and at most 64"),
+    ("width", 12.0, "1.17e+09 parameters, more than the 1e+09"),
+    ("seed", 2**64, "seed=18446744073709551616: must be an integer from 0 to 9223372036854775807"),
+    ("epochs", "3", "epochs='3': must be an integer"),
+    ("init_lr", "0.1", "init_lr='0.1': must be a number"),
+    ("data_dir", 7, "data_dir=7: must be a str"),
+    ("milestones", 40, "milestones=40: must be a list of integers"),
+    ("init_lr", 10**400, "must be a finite number"),
+    ("overwrite", True, "--overwrite starts the run afresh, --resume continues it"),
 ])
 def test_each_bad_value_is_one_line_naming_it(field, value, words):
     with pytest.raises(ConfigError) as err:
-        TrainConfig(**{field: value})
+        TrainConfig(**{field: value, **({"resume": True} if field == "overwrite" else {})})
     message = str(err.value)
     assert words in message and "\n" not in message
 
@@ -49,6 +67,24 @@ def test_cuda_without_cuda_suggests_cpu():
 def test_baseline_ignores_ratio():
     # with no attention there is no hidden layer to empty
     assert TrainConfig(use_sb=False, attn_ratio=0.001).attention == "none"
+    with pytest.raises(ConfigError, match="attn_ratio=nan"):  # but a ratio is a number: it names the run's files
+        TrainConfig(use_sb=False, attn_ratio=float("nan"))
+
+
+ISSUE_VALUES = ["--init_lr=1e300", "--init_lr=3.5e38", "--weight_decay=1e300", "--attn_ratio=inf", "--width=inf",
+                "--width=1e6", "--attn_ratio=1e9", "--seed=18446744073709551616", "--attn_ratio=nan"]
+
+
+@pytest.mark.parametrize("command, bad", [("train", bad) for bad in ISSUE_VALUES]
+                         + [("summary", bad) for bad in ISSUE_VALUES if bad.startswith(("--width", "--attn_ratio"))])
+def test_the_cli_refuses_what_the_run_cannot_take_in_one_line(command, bad, tmp_path, capsys):
+    from sbattn.cli import main
+    argv = [command, bad] + (["--device=cpu", "--dataset=fake", f"--output-dir={tmp_path}"] if command == "train"
+                             else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and bad.split("=")[0].lstrip("-") in err
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_run_name_tells_seeds_and_variants_apart():

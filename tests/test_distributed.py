@@ -136,10 +136,15 @@ def test_mid_epoch_checkpoint_needs_the_same_number_of_processes(two, tmp_path):
     config = sbattn.TrainConfig.from_dict(state["config"], output_dir=str(tmp_path))
     model = sbattn.load(next(two[0].glob("*.pth")))
     from sbattn.engine.checkpoint import save_checkpoint
-    unused = dict.fromkeys(("optimizer", "scheduler", "scaler", "rng"))  # refused before they are read
+    unused = dict.fromkeys(("optimizer", "scheduler", "scaler"))  # refused before they are read
+    # a well-formed checkpoint of one process, 5 steps into its second epoch
+    partial = {"loss": torch.zeros(()), "correct": torch.zeros(()), "seen": 160, "seconds": 1.0}
+    entry = {"epoch": 1, "lr": 0.02, "train_loss": 2.0, "train_acc": 0.1, "eval_loss": 2.0, "eval_acc": 0.1,
+             "seconds": 1.0}
+    rng = [{"torch": torch.get_rng_state(), "augment": torch.Generator().get_state()}]
     save_checkpoint(ckpt, {"version": sbattn.__version__, "config": config.to_dict(), "world_size": 1, "seed": 0,
-                           "epoch": 1, "step": 5, "partial": None, "history": [], "model": model.state_dict(),
-                           **unused})
+                           "num_classes": 10, "epoch": 1, "step": 5, "partial": partial, "history": [entry],
+                           "rng": rng, "model": model.state_dict(), **unused})
     proc = subprocess.run(command(tmp_path, 2, "--resume"), cwd=ROOT, env=ENV, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode != 0

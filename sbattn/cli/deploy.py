@@ -10,8 +10,8 @@ import torch
 from ..data import DATASETS, load_cifar10, to_device_uint8
 from ..engine.checkpoint import load
 from ..engine.config import PRECISIONS, TrainConfig, resolve_device
-from ..engine.deploy import (EXPORT_INSTALL, FORMATS, class_names, export_metadata, export_onnx, export_program,
-                             predict, read_images)
+from ..engine.deploy import (EXPORT_INSTALL, FORMATS, PREDICT_BATCH, class_names, export_metadata, export_onnx,
+                             export_program, predict, read_images)
 from ..engine.evaluation import evaluate
 from ..engine.precision import precision_label, resolve_precision
 from ..errors import UserError
@@ -88,6 +88,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
                         args.cache_dir if args.cache_dir is not None else trained.cache_dir, progress=False,
                         hint="pass --data-dir with the folder or archive that holds CIFAR-10 "
                              "(`sbattn train --download` fetches it)")
+    if len(data.classes) != model.num_classes:
+        raise UserError(f"{args.checkpoint} classifies {model.num_classes} classes, {data.source} has "
+                        f"{len(data.classes)}: evaluate it on data of the classes it was trained on", 2)
     images = to_device_uint8(data.test_images, device)
     labels = torch.from_numpy(data.test_labels).to(device)
     amp_dtype = resolve_precision(args.precision, device)
@@ -109,12 +112,14 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise UserError(f"--topk must be >= 1, got {args.topk}", 2)
     model = load(args.checkpoint, resolve_device(args.device))
-    probs = predict(model, read_images(args.images, args.resize))
-    names = class_names(args.checkpoint, probs.shape[1])
-    probs, indices = probs.cpu().topk(min(args.topk, probs.shape[1]), dim=1)
+    names = class_names(args.checkpoint, model.num_classes)
     width = max(len(n) for n in names)
-    for path, p_row, i_row in zip(args.images, probs.tolist(), indices.tolist()):
-        print(path)
-        for p, i in zip(p_row, i_row):
-            print(f"  {names[i]:<{width}}  {100 * p:6.2f}%")
+    for start in range(0, len(args.images), PREDICT_BATCH):  # read, classify and print a batch at a time
+        paths = args.images[start:start + PREDICT_BATCH]
+        probs, indices = predict(model, read_images(paths, args.resize)).cpu().topk(
+            min(args.topk, model.num_classes), dim=1)
+        for path, p_row, i_row in zip(paths, probs.tolist(), indices.tolist()):
+            print(path)
+            for p, i in zip(p_row, i_row):
+                print(f"  {names[i]:<{width}}  {100 * p:6.2f}%")
     return 0

@@ -53,7 +53,7 @@ def _attention_list(text: str) -> tuple[str, ...]:
 
 
 def add_compare_options(parser: argparse.ArgumentParser) -> None:
-    _add_suite_options(parser, COMPARE, skip=("use_sb", "use_se", "resume", "attention"),
+    _add_suite_options(parser, COMPARE, skip=("use_sb", "use_se", "resume", "overwrite", "attention"),
                        help_defaults={"activation": "sigmoid (the reference's table)",
                                       "output_dir": "./results/compare[-PRESET][-layer]"})
     parser.add_argument("--attention", type=_attention_list, default=COMPARE_DEFAULT, metavar="KINDS",
@@ -62,7 +62,7 @@ def add_compare_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_ablate_options(parser: argparse.ArgumentParser) -> None:
-    _add_suite_options(parser, ABLATION, skip=("use_sb", "use_se", "activation", "resume", "attention"),
+    _add_suite_options(parser, ABLATION, skip=("use_sb", "use_se", "activation", "resume", "overwrite", "attention"),
                        help_defaults={"output_dir": "./results/ablation[-PRESET][-layer]"})
 
 

@@ -12,6 +12,7 @@ from .cifar10 import DATASETS, default_cache_dir, load_cifar10
 from .dataset import ARCHIVE_NAME, BATCHES_DIR, CIFAR10, CLASSES, IMAGE_SIZE, META, TEST_BATCH, TRAIN_BATCHES
 from .download import CIFAR10_MD5, CIFAR10_URL, download_cifar10
 from .fake import FAKE_SIZES, load_fake
+from .limits import MAX_ARCHIVE_BYTES, MAX_ENTRY_BYTES, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, open_image, read_regular
 
 __all__ = [
     "DataError", "CIFAR10", "DATASETS", "load_cifar10", "load_fake", "download_cifar10", "default_cache_dir",
@@ -20,4 +21,5 @@ __all__ = [
     "AUGMENTS", "AUGMENT_ALIASES", "canonical_augment", "PAD", "MAX_ANGLE", "AugmentParams", "sample_params",
     "apply_params", "augment", "normalize", "to_device_uint8", "epoch_order", "train_batches", "eval_batches",
     "steps_per_epoch", "STREAM_STRIDE", "augment_stream_seed",
+    "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "MAX_ENTRY_BYTES", "MAX_ARCHIVE_BYTES", "open_image", "read_regular",
 ]

@@ -1,5 +1,6 @@
 """Archives (.tar, .tar.gz, .tgz, .zip) read into memory after every entry is checked: no absolute paths,
-no '..', no links leading out, no devices."""
+no '..', no links leading out, no devices, no entry larger than MAX_ENTRY_BYTES unpacked (nor all of them
+together larger than MAX_ARCHIVE_BYTES), checked before it is unpacked."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Callable
+from typing import IO
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from .limits import MAX_ARCHIVE_BYTES, MAX_ENTRY_BYTES, too_large
+
+_MAX_LINK_BYTES = 4096  # a link's target
 
 
 def _member_path(name: str, archive: Path) -> str:
@@ -39,6 +44,28 @@ def _link_target(member: str, target: str, archive: Path, hard: bool) -> str:
     return resolved
 
 
+class _Budget:
+    """What an archive may unpack: each entry at most MAX_ENTRY_BYTES, all of them at most MAX_ARCHIVE_BYTES."""
+
+    def __init__(self, archive: Path) -> None:
+        self.archive, self.left = archive, MAX_ARCHIVE_BYTES
+
+    def read(self, name: str, size: int, open_entry: Callable[[], IO[bytes]], limit: int = MAX_ENTRY_BYTES) -> bytes:
+        """An entry's bytes; `size` is what the archive says it unpacks to, checked first, and the reading stops
+        past the limit whatever the archive says."""
+        if size > limit:
+            raise too_large(f"{self.archive}: entry {name!r}", size, limit)
+        with open_entry() as f:
+            blob = f.read(limit + 1)
+        if len(blob) > limit:
+            raise too_large(f"{self.archive}: entry {name!r}", len(blob), limit)
+        self.left -= len(blob)
+        if self.left < 0:
+            raise DataError(f"{self.archive} unpacks to more than {MAX_ARCHIVE_BYTES:,} bytes, more than sbattn reads "
+                            f"from one archive; refusing it")
+        return blob
+
+
 @dataclass
 class _Archive:
     files: dict[str, bytes]   # regular files (links resolved) by path
@@ -50,6 +77,7 @@ def _read_archive(path: Path, want: Callable[[str], bool] = lambda _: True) -> _
     files: dict[str, bytes] = {}
     links: dict[str, str] = {}
     dirs: set[str] = set()
+    budget = _Budget(path)
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
@@ -59,12 +87,13 @@ def _read_archive(path: Path, want: Callable[[str], bool] = lambda _: True) -> _
                     if info.is_dir():
                         dirs.add(name)
                     elif kind == stat.S_IFLNK:
-                        links[name] = _link_target(name, zf.read(info).decode("utf-8", "replace"), path, hard=False)
+                        target = budget.read(name, info.file_size, lambda: zf.open(info), _MAX_LINK_BYTES)
+                        links[name] = _link_target(name, target.decode("utf-8", "replace"), path, hard=False)
                     elif kind not in (0, stat.S_IFREG):
                         raise DataError(f"{path}: entry {info.filename!r} is a device or other special file; "
                                         "refusing to use the archive")
                     elif want(name):
-                        files[name] = zf.read(info)
+                        files[name] = budget.read(name, info.file_size, lambda: zf.open(info))
         else:
             with tarfile.open(path, "r:*") as tf:
                 for m in tf:
@@ -77,9 +106,7 @@ def _read_archive(path: Path, want: Callable[[str], bool] = lambda _: True) -> _
                         raise DataError(f"{path}: entry {m.name!r} is a device or other special file; "
                                         "refusing to use the archive")
                     elif want(name):
-                        f = tf.extractfile(m)
-                        assert f is not None
-                        files[name] = f.read()
+                        files[name] = budget.read(name, m.size, lambda: tf.extractfile(m))
     except DataError:
         raise
     except FileNotFoundError:

@@ -3,6 +3,7 @@ last check of what any source produced."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,16 @@ class CIFAR10:
     test_labels: np.ndarray
     classes: list[str]
     source: str
+
+    def fingerprint(self) -> str:
+        """A digest of the images, labels and class names: the same for the same data wherever it is read from
+        (a folder, an archive, the cache), different for other data."""
+        h = hashlib.blake2b(digest_size=16)
+        for array in (self.train_images, self.train_labels, self.test_images, self.test_labels):
+            h.update(f"{array.dtype}{array.shape}".encode())
+            h.update(np.ascontiguousarray(array).data)
+        h.update("\0".join(self.classes).encode())
+        return h.hexdigest()
 
 
 def _validate(data: CIFAR10) -> None:

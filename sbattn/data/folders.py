@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import io
 import multiprocessing
 import os
 import warnings
@@ -20,6 +19,7 @@ from ..errors import DataError
 from ..system import available_cores
 from .archives import _read_archive
 from .dataset import ARCHIVE_NAME, BATCHES_DIR, CIFAR10, IMAGE_SIZE
+from .limits import MAX_IMAGE_BYTES, check_inside, check_regular, open_image, read_regular, too_large
 
 TEST_SPLITS = ("test", "val", "valid")          # first one present is the test split
 _POOL_MIN_IMAGES = 4096                         # fewer images than this: decode in-process
@@ -79,20 +79,38 @@ def _scan_dir(root: Path) -> _Tree | None:
         for cls_dir in sorted(split_dir.iterdir()):
             if not cls_dir.is_dir() or _hidden(cls_dir.name):
                 continue
+            check_inside(cls_dir, root)
             all_paths.append(cls_dir)
-            files: list[tuple[str, str | bytes]] = []
-            for dirpath, dirnames, filenames in os.walk(cls_dir):
-                dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-                for fn in sorted(filenames):
-                    if not _hidden(fn):
-                        p = Path(dirpath) / fn
-                        all_paths.append(p)
-                        files.append((str(p), str(p)))
+            files = _class_files(cls_dir, root)
+            all_paths += [Path(p) for _, p in files]
             by_class[cls_dir.name] = files
         split_classes[split] = by_class
     tree = _build_tree(str(root), split_classes, test_split)
     tree.all_paths = all_paths
     return tree
+
+
+def _class_files(cls_dir: Path, root: Path) -> list[tuple[str, str | bytes]]:
+    """A class folder's files, checked before any is read: regular files, inside the tree (links may not lead
+    out), none larger than an image may be."""
+    files: list[tuple[str, str | bytes]] = []
+    for dirpath, dirnames, filenames in os.walk(cls_dir):
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        for fn in sorted(filenames):
+            if _hidden(fn):
+                continue
+            p = Path(dirpath) / fn
+            if p.is_symlink():
+                check_inside(p, root)
+            try:
+                st = p.stat()
+            except OSError as e:
+                raise DataError(f"cannot read image {p} ({e.strerror or e}); replace or remove the file") from None
+            check_regular(p, st.st_mode)
+            if st.st_size > MAX_IMAGE_BYTES:
+                raise too_large(f"image {p}", st.st_size, MAX_IMAGE_BYTES)
+            files.append((str(p), str(p)))
+    return files
 
 
 def _scan_archive(path: Path) -> _Tree:
@@ -138,8 +156,8 @@ def _decode_chunk(items: list[tuple[str, str | bytes]], resize: bool) -> tuple[n
     out = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     for k, (name, payload) in enumerate(items):
         try:
-            blob = Path(payload).read_bytes() if isinstance(payload, str) else payload
-            with Image.open(io.BytesIO(blob)) as im:
+            blob = read_regular(payload, MAX_IMAGE_BYTES, "image") if isinstance(payload, str) else payload
+            with open_image(blob, name) as im:
                 im.load()
                 if im.size == (IMAGE_SIZE, IMAGE_SIZE) and im.mode in ("RGB", "L", "P"):
                     rgb = im.convert("RGB") if im.mode != "RGB" else im  # greyscale and palettes convert exactly
@@ -149,6 +167,8 @@ def _decode_chunk(items: list[tuple[str, str | bytes]], resize: bool) -> tuple[n
                     return None, (f"image {name} is {im.size[0]}x{im.size[1]} {im.mode}, expected 32x32 RGB; "
                                   "convert it, or pass --resize (resize=True) to resize and convert such images")
                 out[k] = np.asarray(rgb)
+        except DataError as e:
+            return None, str(e)
         except Exception as e:
             return None, f"cannot read image {name} ({type(e).__name__}: {e}); replace or remove the file"
     return out, None

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import DataError
 from .archives import _read_archive
 from .dataset import BATCHES_DIR, CIFAR10, CLASSES, META, TEST_BATCH, TRAIN_BATCHES
+from .limits import MAX_ENTRY_BYTES, read_regular
 from .safe_pickle import _unpickle
 
 
@@ -67,7 +68,7 @@ def _load_batches(path: Path) -> CIFAR10:
     files = {}
     for name in (*TRAIN_BATCHES, TEST_BATCH, META):
         try:
-            files[name] = (path / name).read_bytes()
+            files[name] = read_regular(path / name, MAX_ENTRY_BYTES, "batch file")
         except FileNotFoundError:
             pass
         except OSError as e:

@@ -12,6 +12,7 @@ from ..files import atomic_write
 from ..models import create_model
 from ..version import __version__
 from .config import TrainConfig, recipe_differences
+from .integrity import check_container, check_training_fields, check_weights_fit, seal, verify_checksum
 
 __all__ = ["CHECKPOINT_FORMAT", "WEIGHTS_FORMAT", "save_checkpoint", "load_checkpoint", "save_weights", "load",
            "read_record", "unwrap"]
@@ -30,12 +31,14 @@ TRAINING_STATE = frozenset({"config", "seed", "epoch", "step", "partial", "histo
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **state}, f))
+    record = seal({"format": CHECKPOINT_FORMAT, **state})
+    atomic_write(path, lambda f: torch.save(record, f))
 
 
 def read_record(path: str | Path) -> dict:
     """The dict of a file sbattn wrote (.pth or .ckpt), checked for its format; CheckpointError if unusable."""
     path = Path(path)
+    check_container(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, foreign file: all the same to the user
@@ -49,6 +52,7 @@ def read_record(path: str | Path) -> dict:
         raise CheckpointError(f"{path} has format {obj['format']}, this sbattn reads {kind} format "
                               f"{', '.join(map(str, readable))} (written by sbattn {obj.get('version', '?')}); use "
                               f"it with that version or move it away")
+    verify_checksum(obj, path)
     return obj
 
 
@@ -64,6 +68,7 @@ def load_checkpoint(path: str | Path, config: TrainConfig) -> dict:
     if differences:
         raise CheckpointError(f"{path} is from another configuration ({'; '.join(differences)}); "
                               f"run with its settings or move it away to start over")
+    check_training_fields(ckpt, config.epochs, config.seed, path)
     return ckpt
 
 
@@ -71,10 +76,9 @@ def save_weights(path: str | Path, model: nn.Module, config: TrainConfig, histor
                  summary: dict, num_classes: int = 10) -> None:
     """The trained model as a state dict, with what rebuilds and explains it beside it."""
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    atomic_write(path, lambda f: torch.save({"format": WEIGHTS_FORMAT, "version": __version__,
-                                             "config": config.to_dict(), "num_classes": num_classes,
-                                             "state_dict": state,
-                                             "history": history, "summary": summary}, f))
+    record = seal({"format": WEIGHTS_FORMAT, "version": __version__, "config": config.to_dict(),
+                   "num_classes": num_classes, "state_dict": state, "history": history, "summary": summary})
+    atomic_write(path, lambda f: torch.save(record, f))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -102,11 +106,18 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     else:
         raise CheckpointError(f"{path} holds no model weights")
     try:
-        config = TrainConfig.from_dict(obj["config"], device="cpu", resume=False, tensorboard=False)
-        model = create_model(config.arch, num_classes=obj.get("num_classes", 10), **config.model_options())
+        config = TrainConfig.from_dict(obj["config"], device="cpu", resume=False, overwrite=False, tensorboard=False)
+        num_classes = obj.get("num_classes", 10)
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise CheckpointError(f"{path}: its number of classes {num_classes!r} is not a positive integer")
+        with torch.device("meta"):  # the weights must fit the model before it takes any memory
+            skeleton = create_model(config.arch, num_classes=num_classes, **config.model_options())
+        check_weights_fit(skeleton, state, path, f"its {config.arch} model")
+        model = create_model(config.arch, num_classes=num_classes, **config.model_options())
         model.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError, ValueError) as e:  # weights that do not fit the recorded model
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:  # a configuration that builds no model
         first_line = (str(e).splitlines() or [""])[0]
         raise CheckpointError(f"{path}: cannot rebuild its model ({type(e).__name__}: {first_line})") from None
+    model.num_classes = num_classes
     model.config, model.history = config, obj.get("history", [])
     return model.to(device).eval()

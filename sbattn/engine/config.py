@@ -6,6 +6,9 @@ The command line is generated from these fields (engine/options.py), so a field 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import typing
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,6 +24,12 @@ __all__ = ["TrainConfig", "resolve_device", "PRECISIONS", "LAYOUTS", "RECIPE_FIE
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}  # memory formats by name
+
+# Limits of what a run can take, checked when the configuration is built rather than after the data has loaded.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the optimiser takes its rates in float32
+MAX_SEED = 2**63 - 1  # a seed plus a rank's and an epoch's offset must fit the generators' 64 bits
+MAX_PARAMETERS = 10**9  # 12 GB of weights, gradients and momenta before any activation
+MAX_MULTIPLIER = 64  # width and attn_ratio: beyond it every registered model is past MAX_PARAMETERS
 
 # The fields that make two runs the same run; the rest (device, paths, compile, ...) may change on resume.
 RECIPE_FIELDS = ("arch", "attention", "attn_ratio", "use_sb", "use_se", "activation", "epochs", "batch_size",
@@ -87,9 +96,12 @@ class TrainConfig:
     tensorboard: bool = _opt(False, "write each epoch's scalars (losses, accuracies, learning rate, throughput, SB's "
                                     "|lambda| per block) for TensorBoard under --output-dir/tensorboard/<run>; needs "
                                     f"{INSTALL_HINT}")
+    overwrite: bool = _opt(False, "train a finished (or unfinished) run again from the beginning, its earlier files "
+                                  "moved aside first into --output-dir/replaced/")
 
     def __post_init__(self) -> None:
-        self.milestones = list(self.milestones)
+        if isinstance(self.milestones, tuple):
+            self.milestones = list(self.milestones)
         self.validate()
 
     @property
@@ -129,6 +141,10 @@ class TrainConfig:
         def fail(name: str, why: str) -> None:
             raise ConfigError(f"{name}={getattr(self, name)!r}: {why}")
 
+        for f in dataclasses.fields(self):
+            expected = _type_problem(getattr(self, f.name), _field_types()[f.name])
+            if expected:
+                fail(f.name, f"must be {expected}")
         if self.attention is None:
             if self.use_sb and self.use_se:
                 raise ConfigError("use_sb=True and use_se=True: choose one of SB and SE (or neither, for the "
@@ -140,37 +156,57 @@ class TrainConfig:
             if choices is not None and getattr(self, f.name) not in choices():
                 fail(f.name, f"must be one of {', '.join(choices())}")
         self.use_sb, self.use_se = self.attention == "sb", self.attention == "se"
+        self._validate_numbers(fail)
+        if self.overwrite and self.resume:
+            raise ConfigError("overwrite=True and resume=True: --overwrite starts the run afresh, --resume continues "
+                              "it; choose one")
+        if self.placement == "auto":
+            self.placement = default_placement(self.arch)
+        self._validate_model_size()
+        self.device = resolve_device(self.device)
+        if self.tensorboard and not tensorboard_available():
+            raise ConfigError(f"tensorboard=True: the tensorboard package is not installed; {INSTALL_HINT}")
+
+    def _validate_numbers(self, fail: Callable[[str, str], None]) -> None:
         for name in ("epochs", "eval_every", "eval_batch_size"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+            if getattr(self, name) < 1:
                 fail(name, "must be an integer >= 1")
-        if not _is_int(self.batch_size) or self.batch_size < 2:
+        if self.batch_size < 2:
             fail("batch_size", "must be an integer >= 2 (BatchNorm needs 2 samples per batch)")
-        if not self.init_lr > 0:
-            fail("init_lr", "must be > 0")
+        for name in ("init_lr", "gamma", "weight_decay", "attn_ratio", "width"):
+            if not _is_finite(getattr(self, name)):
+                fail(name, "must be a finite number")
+        if not 0 < self.init_lr <= FLOAT32_MAX:
+            fail("init_lr", f"must be > 0 and at most {FLOAT32_MAX:.4g} (the optimiser computes in float32)")
         if not 0 < self.gamma <= 1:
             fail("gamma", "must be in (0, 1]")
         if not (all(_is_int(m) and m > 0 for m in self.milestones)
                 and all(a < b for a, b in zip(self.milestones, self.milestones[1:]))):
             fail("milestones", "must be positive, strictly increasing integers, e.g. [40,60,80]")
-        if not self.weight_decay >= 0:
-            fail("weight_decay", "must be >= 0")
-        if not self.width > 0:
-            fail("width", "must be > 0")
-        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
-            fail("seed", "must be a non-negative integer")
-        if self.placement == "auto":
-            self.placement = default_placement(self.arch)
-        try:  # building on the meta device costs nothing and catches what only the model can check
+        if not 0 <= self.weight_decay <= FLOAT32_MAX:
+            fail("weight_decay", f"must be >= 0 and at most {FLOAT32_MAX:.4g} (the optimiser computes in float32)")
+        for name in ("attn_ratio", "width"):
+            if not 0 < getattr(self, name) <= MAX_MULTIPLIER:
+                fail(name, f"must be > 0 and at most {MAX_MULTIPLIER}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            fail("seed", f"must be an integer from 0 to {MAX_SEED} (2**63 - 1)")
+
+    def _validate_model_size(self) -> None:
+        """Build the model on the meta device: it costs nothing and catches what only the model can check, and a
+        model too large to train."""
+        try:
             with torch.device("meta"):
-                create_model(self.arch, **self.model_options())
+                model = create_model(self.arch, **self.model_options())
         except SbattnError:  # one line already, naming its fix (a missing extra, say)
             raise
         except ValueError as e:
             raise ConfigError(f"{self.arch} with attn_ratio={self.attn_ratio}, width={self.width:g}, "
                               f"placement={self.placement!r}: {e}") from None
-        self.device = resolve_device(self.device)
-        if self.tensorboard and not tensorboard_available():
-            raise ConfigError(f"tensorboard=True: the tensorboard package is not installed; {INSTALL_HINT}")
+        params = sum(p.numel() for p in model.parameters())
+        if params > MAX_PARAMETERS:
+            raise ConfigError(f"{self.arch} with attn_ratio={self.attn_ratio}, width={self.width:g}: {params:.3g} "
+                              f"parameters, more than the {MAX_PARAMETERS:.0e} sbattn trains (about 12 GB of "
+                              f"weights, gradients and momenta); use a smaller --width or --attn_ratio")
 
 
 def canonical_config(saved: dict) -> dict:
@@ -193,6 +229,37 @@ def recipe_differences(saved: dict, config: TrainConfig) -> list[str]:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer past any float
+        return False
+
+
+@functools.cache
+def _field_types() -> dict:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _type_problem(value, hint) -> str | None:
+    """What a field of type `hint` must be, when `value` is not that (a configuration read from a file may hold
+    anything); None when it is."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is list:
+        return None if isinstance(value, list) else "a list of integers"
+    if hint is bool:
+        return None if isinstance(value, bool) else "True or False"
+    if hint is int:
+        return None if _is_int(value) else "an integer"
+    if hint is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    return None if isinstance(value, hint) else f"a {hint.__name__}"
 
 
 def resolve_device(device: str | None) -> str:

@@ -20,18 +20,20 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
-from ..data import CLASSES, load_fake, normalize, to_device_uint8
-from ..errors import UserError
+from ..data import CLASSES, MAX_IMAGE_BYTES, load_fake, normalize, open_image, read_regular, to_device_uint8
+from ..errors import DataError, UserError
 from ..files import atomic_path, atomic_write
 from ..version import __version__
 from .checkpoint import read_record
 
-__all__ = ["FORMATS", "EXPORT_INSTALL", "NORMALIZATION", "export_onnx", "export_program", "export_metadata",
-           "class_names", "read_images", "predict"]
+__all__ = ["FORMATS", "PREDICT_BATCH", "EXPORT_INSTALL", "NORMALIZATION", "export_onnx", "export_program",
+           "export_metadata", "class_names", "read_images", "predict"]
 
 IMAGE_SHAPE = (3, 32, 32)
+PREDICT_BATCH = 256  # images read, decoded and classified at a time by `sbattn predict`
 FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
 EXPORT_INSTALL = 'pip install "sbattn[export]"'
 # What an exported model's input is, for a consumer that has not read this project's code (data.normalize).
@@ -133,24 +135,28 @@ def class_names(path: str | Path, num_classes: int) -> list[str]:
 
 
 def _class_names(obj: dict, num_classes: int) -> list[str]:
-    summary = obj.get("summary") or {}
-    names = summary.get("classes") or obj.get("classes")
-    if not names:
-        names = load_fake(1, 1).classes if (obj.get("config") or {}).get("dataset") == "fake" else CLASSES
+    def entry(name: str) -> dict:  # a file of unknown origin may hold anything under any name
+        return obj[name] if isinstance(obj.get(name), dict) else {}
+    recorded = (entry("summary").get("classes"), entry("data").get("classes"), obj.get("classes"))
+    names = next((n for n in recorded if isinstance(n, list) and n), None)
+    if names is None:
+        names = load_fake(1, 1).classes if entry("config").get("dataset") == "fake" else CLASSES
     names = [str(n) for n in names]
     return names if len(names) == num_classes else [f"class {i}" for i in range(num_classes)]
 
 
 def read_images(paths: Sequence[str | Path], resize: bool = False) -> np.ndarray:
-    """Image files -> uint8 (N, 32, 32, 3) RGB; other sizes need resize=True (bilinear)."""
-    from PIL import Image
+    """Image files -> uint8 (N, 32, 32, 3) RGB; other sizes need resize=True (bilinear). A file that is no regular
+    file, larger than MAX_IMAGE_BYTES or than MAX_IMAGE_PIXELS is refused before it is decoded."""
     out = np.empty((len(paths), IMAGE_SHAPE[1], IMAGE_SHAPE[2], 3), np.uint8)
     for i, path in enumerate(paths):
         try:
-            with Image.open(path) as im:
+            with open_image(read_regular(path, MAX_IMAGE_BYTES, "image"), str(path)) as im:
                 rgb = im.convert("RGB")
         except OSError as e:  # missing, unreadable, not an image
             raise UserError(f"cannot read image {path} ({type(e).__name__}: {e})", 2) from None
+        except DataError as e:  # not a regular file, too large
+            raise UserError(str(e), 2) from None
         if rgb.size != (IMAGE_SHAPE[2], IMAGE_SHAPE[1]):
             if not resize:
                 raise UserError(f"image {path} is {rgb.size[0]}x{rgb.size[1]}; the model takes 32x32 images "
@@ -161,7 +167,11 @@ def read_images(paths: Sequence[str | Path], resize: bool = False) -> np.ndarray
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images_u8: np.ndarray) -> torch.Tensor:
-    """Class probabilities (N, classes) for uint8 (N, 32, 32, 3) images, normalised as in training."""
+def predict(model: nn.Module, images_u8: np.ndarray, batch_size: int = PREDICT_BATCH) -> torch.Tensor:
+    """Class probabilities (N, classes) for uint8 (N, 32, 32, 3) images, normalised as in training; the model sees
+    `batch_size` images at a time, so that any number of them fits in memory."""
     device = next(model.parameters()).device
-    return torch.softmax(model.eval()(normalize(to_device_uint8(images_u8, device))).float(), dim=1)
+    model.eval()
+    parts = [torch.softmax(model(normalize(to_device_uint8(images_u8[i:i + batch_size], device))).float(), dim=1)
+             for i in range(0, len(images_u8), batch_size)]
+    return torch.cat(parts) if parts else torch.empty(0, 0)

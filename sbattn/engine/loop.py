@@ -7,6 +7,7 @@ holds the whole RunState, so a resumed run continues exactly where the last chec
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -25,10 +26,14 @@ from ..models import create_model
 from ..version import __version__
 from . import distributed, provenance
 from .checkpoint import load_checkpoint, unwrap
-from .config import LAYOUTS, TrainConfig
+from .config import LAYOUTS, TrainConfig, recipe_differences
 from .evaluation import evaluate, memory_format, sum_dtype
-from .outputs import RunPaths, format_epoch, lambda_stats, peak_rss_mb, prepare_output_dir, write_finished_run
+from .integrity import check_same_data, data_identity
+from .options import BOOLEAN_WORDS
+from .outputs import (RunPaths, file_failure, format_epoch, lambda_stats, peak_rss_mb, prepare_output_dir,
+                      write_finished_run)
 from .precision import precision_label, resolve_precision
+from .rundir import move_aside, read_finished, remove_stale_temporaries, run_lock
 from .signals import StopRequest, alone_signal_handled
 from .state import RunState
 from .tensorboard_log import epoch_logger
@@ -96,14 +101,50 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
 
 
 def _train(run: Run, quiet: bool) -> RunResult:
-    config, ctx, device, paths = run.config, run.ctx, run.device, run.paths
+    """The run under its lock (rank 0 holds it): a finished run is reported and left alone."""
+    ctx, paths = run.ctx, run.paths
     if ctx.main:
         prepare_output_dir(paths.output_dir)
+    with run_lock(paths) if ctx.main else contextlib.nullcontext():
+        finished = distributed.gather_objects(ctx, _finished_or_cleared(run) if ctx.main else None)[0]
+        if finished is not None:
+            summary = finished["summary"]
+            run.log(f"{paths.name} finished earlier: final test accuracy {100 * summary['final_eval_acc']:.2f}%; "
+                    f"its files are {paths.with_suffix('.{pth,json,csv,png}')}; nothing was trained (--overwrite "
+                    f"trains it again, moving these aside)")
+            return RunResult(0, paths, finished["history"], summary)
+        return _train_run(run, quiet)
+
+
+def _finished_or_cleared(run: Run) -> dict | None:
+    """The record of the run when it finished earlier; else None, the ground cleared for training: the temporary
+    files of a killed save removed and, with --overwrite, the earlier run's files moved aside."""
+    config, paths = run.config, run.paths
+    for stale in remove_stale_temporaries(paths):
+        run.log(f"removed {stale}, left behind by a save that was killed")
+    record = read_finished(paths.summary)
+    if config.overwrite:
+        folder = move_aside(paths)
+        run.log(f"--overwrite: moved the earlier files of {paths.name} to {folder}") if folder else None
+        return None
+    if record is not None:
+        differences = recipe_differences(record["summary"]["config"], config)
+        if differences:
+            raise UserError(f"{paths.summary} is a finished run of another recipe ({'; '.join(differences)}): "
+                            f"use another --output-dir, or --overwrite to replace it", code=2)
+    return record
+
+
+def _train_run(run: Run, quiet: bool) -> RunResult:
+    config, ctx, device, paths = run.config, run.ctx, run.device, run.paths
     ckpt = _checkpoint_to_resume(run)
     seed = config.seed if config.seed is not None else ckpt["seed"] if ckpt else _shared_seed(ctx)
     torch.manual_seed(seed)
     data = load_cifar10(config.data_dir, config.dataset, config.download, config.cache_dir, config.resize,
                         progress=not quiet)
+    identity = data_identity(data)
+    if ckpt:
+        check_same_data(ckpt, identity, paths.checkpoint)
     train_x, test_x = to_device_uint8(data.train_images, device), to_device_uint8(data.test_images, device)
     train_y = torch.as_tensor(data.train_labels, device=device)
     test_y = torch.as_tensor(data.test_labels, device=device)
@@ -113,8 +154,10 @@ def _train(run: Run, quiet: bool) -> RunResult:
     wrapped = distributed.wrap(ctx, model.to(memory_format=LAYOUTS[layout.layout]), device, config.sync_bn)
     state = RunState.start(config, unwrap(wrapped), device, run.amp_dtype, seed, len(data.classes), ctx.rank,
                            layout.layout, run.provenance)
+    state.data = identity
     if ckpt:  # SyncBatchNorm conversion makes new modules: the state holds the ones that train
-        note = state.restore(ckpt, ctx)
+        steps = steps_per_epoch(len(train_y), config.batch_size, ctx.world_size)
+        note = state.restore(ckpt, ctx, paths.checkpoint, steps)
         run.log(note) if note else None
         run.log(f"resuming {paths.name} at epoch {state.epoch + 1}, step {state.step}")
     # On CUDA, "reduce-overhead" replays the forward and backward as CUDA graphs: at batch 64 the GPU would
@@ -132,13 +175,13 @@ def _train(run: Run, quiet: bool) -> RunResult:
         while state.epoch < config.epochs:
             sums = train_epoch(run, state, step_model, train_x, train_y, stop)
             if state.step:  # stopped inside the epoch
-                state.save(paths.checkpoint, config, ctx)
+                _save(run, state)
                 run.log(f"{stop.name}: stopped at epoch {state.epoch + 1}, step {state.step}; checkpoint saved to "
                         f"{paths.checkpoint}\nresume with: {resume_command(config, ctx)}")
                 return RunResult(130, paths, state.history)
             _end_epoch(run, state, sums, test_x, test_y)
             log_epoch(state.history[-1])
-            state.save(paths.checkpoint, config, ctx)
+            _save(run, state)
             if distributed.any_rank(ctx, bool(stop), device):
                 run.log(f"stopped after epoch {state.epoch}; resume with: {resume_command(config, ctx)}")
                 return RunResult(130, paths, state.history)
@@ -152,16 +195,25 @@ def _train(run: Run, quiet: bool) -> RunResult:
     return RunResult(0, paths, state.history, summary)
 
 
+def _save(run: Run, state: RunState) -> None:
+    """Checkpoint the run; a file-system failure (a full disk, ...) is one line, the last good checkpoint kept."""
+    checkpoint = run.paths.checkpoint
+    kept = (f"the last good checkpoint {checkpoint} is kept" if checkpoint.exists()
+            else "no checkpoint had been written yet")
+    with file_failure(checkpoint, f"{kept}; make room, then resume with: {resume_command(run.config, run.ctx)}"):
+        state.save(checkpoint, run.config, run.ctx)
+
+
 def _checkpoint_to_resume(run: Run) -> dict | None:
     """The run's checkpoint when it is to be resumed; refuses to start over one unasked."""
     config, ctx, checkpoint = run.config, run.ctx, run.paths.checkpoint
-    if not checkpoint.exists():
+    if not os.path.lexists(checkpoint):
         if config.resume:
             run.log(f"no checkpoint at {checkpoint}: starting from the beginning")
         return None
     if not config.resume:
-        raise UserError(f"{checkpoint} holds an unfinished run: add --resume to continue it, "
-                        f"or move it away to start over", code=2)
+        raise UserError(f"{checkpoint} holds an unfinished run: add --resume to continue it, or --overwrite to "
+                        f"start over (moving it aside)", code=2)
     ckpt = load_checkpoint(checkpoint, config)
     if ckpt["world_size"] != ctx.world_size and ckpt["step"] != 0:
         raise UserError(f"{checkpoint} was written mid-epoch by {ckpt['world_size']} process(es): resume "
@@ -227,6 +279,7 @@ def train_epoch(run: Run, state: RunState, step_model: torch.nn.Module, train_x:
         if stopping:
             break
     bar.close()
+    stopping = stopping and step + 1 < steps  # a stop in the last step ends the epoch whole
     sums.seconds += time.perf_counter() - started
     seen = torch.tensor(float(sums.seen), dtype=sums.loss.dtype, device=device)
     sums.loss, sums.correct, seen = distributed.all_reduce_sum(ctx, sums.loss, sums.correct, seen)
@@ -261,11 +314,25 @@ def _end_epoch(run: Run, state: RunState, sums: EpochSums, test_x: torch.Tensor,
 
 
 def resume_command(config: TrainConfig, ctx: distributed.Context = distributed.Context()) -> str:
-    """This process's command line, as the user would type it, with --resume unless it already resumes."""
+    """This process's command line, as the user would type it, with --resume unless it already resumes (and
+    without --overwrite, which would start the run afresh once more)."""
     program = Path(sys.argv[0]).name
     module = f"torchrun --nproc_per_node={ctx.world_size} -m sbattn" if ctx.distributed else "python -m sbattn"
     program = {"__main__.py": module, "example.py": "python example.py"}.get(program, program)
-    return shlex.join([program, *sys.argv[1:]]) + ("" if config.resume else " --resume")
+    return shlex.join([program, *_without_overwrite(sys.argv[1:])]) + ("" if config.resume else " --resume")
+
+
+def _without_overwrite(argv: list[str]) -> list[str]:
+    """argv less --overwrite in any of its spellings (--overwrite, --overwrite=X, --overwrite X)."""
+    kept, skip_value = [], False
+    for arg in argv:
+        if skip_value and arg.lower().strip("'\"") in BOOLEAN_WORDS:
+            skip_value = False
+            continue
+        skip_value = arg == "--overwrite"
+        if not (skip_value or arg.startswith("--overwrite=")):
+            kept.append(arg)
+    return kept
 
 
 def _shared_seed(ctx: distributed.Context) -> int:

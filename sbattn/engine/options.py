@@ -20,11 +20,16 @@ __all__ = ["add_config_options", "config_from_args", "config_from_argv", "file_o
            "parse_bool", "parse_int_list", "parse_value"]
 
 
+TRUE_WORDS = ("true", "1", "yes", "y", "on")
+FALSE_WORDS = ("false", "0", "no", "n", "off")
+BOOLEAN_WORDS = TRUE_WORDS + FALSE_WORDS
+
+
 def parse_bool(text: str) -> bool:
     value = str(text).strip().strip("'\"").lower()
-    if value in ("true", "1", "yes", "y", "on"):
+    if value in TRUE_WORDS:
         return True
-    if value in ("false", "0", "no", "n", "off"):
+    if value in FALSE_WORDS:
         return False
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 

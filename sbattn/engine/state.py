@@ -7,17 +7,21 @@ the sums of that epoch so far.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from ..data import augment_stream_seed
+from ..errors import CheckpointError
 from ..version import __version__
 from . import distributed
 from .checkpoint import save_checkpoint
 from .config import LAYOUTS, TrainConfig
+from .integrity import check_weights_fit
 
 __all__ = ["RunState", "reference_optimizer"]
 
@@ -59,6 +63,7 @@ class RunState:
     step: int = 0  # steps finished in the epoch under way
     partial: dict | None = None  # the sums of the epoch under way, when stopped inside it (rank 0's: global)
     sessions: list[dict] = field(default_factory=list)  # provenance of each process that trained it, this one last
+    data: dict = field(default_factory=dict)  # the identity of the data it trains on (integrity.data_identity)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -86,21 +91,55 @@ class RunState:
                 "step": self.step,
                 "partial": self.partial, "history": self.history, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": rng, "provenance": self.sessions})
+                "scaler": self.scaler.state_dict(), "rng": rng, "provenance": self.sessions, "data": self.data})
 
-    def restore(self, ckpt: dict, ctx: distributed.Context) -> str | None:
-        """Continue from a checkpoint read by load_checkpoint; returns a note for the log, if any."""
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+    def restore(self, ckpt: dict, ctx: distributed.Context, path: Path, steps: int) -> str | None:
+        """Continue from a checkpoint read by load_checkpoint (`steps`: the steps of an epoch of this run); whatever
+        in it does not fit this run is a CheckpointError. Returns a note for the log, if any."""
+        if ckpt["step"] >= steps:
+            raise CheckpointError(f"{path}: its step {ckpt['step']} is past the {steps} steps of an epoch; the "
+                                  f"file is damaged: move it away to start over")
+        check_weights_fit(self.model, ckpt["model"], path, "this run's model")
+        for name, part in (("model", self.model), ("optimizer", self.optimizer), ("scheduler", self.scheduler),
+                           ("scaler", self.scaler)):
+            with _restoring(name, path):
+                part.load_state_dict(ckpt[name])
+        self._check_schedule(ckpt["epoch"], path)
         self.history, self.epoch, self.step = ckpt["history"], ckpt["epoch"], ckpt["step"]
         self.sessions = [*ckpt.get("provenance", []), *self.sessions]  # checkpoints before provenance have none
         self.partial = ckpt["partial"] if ctx.main else None  # rank 0 carries the interrupted epoch's global sums
         if ckpt["world_size"] == ctx.world_size:
-            _set_rng_state(ckpt["rng"][ctx.rank], self.generator)
+            with _restoring("random state", path):
+                _set_rng_state(ckpt["rng"][ctx.rank], self.generator)
             return None
         # At an epoch's end with another number of processes: fresh augmentation streams.
         self.generator.manual_seed(augment_stream_seed(self.seed, ctx.rank, self.epoch))
         return (f"resuming with {ctx.world_size} process(es) a run checkpointed with {ckpt['world_size']}: "
                 f"the same recipe, other augmentation draws")
+
+    def _check_schedule(self, epoch: int, path: Path) -> None:
+        """The optimiser's and the schedule's state as this run's would be at `epoch`: what load_state_dict takes
+        unchecked and a later step would trip over."""
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                buffer = self.optimizer.state.get(p, {}).get("momentum_buffer")
+                if buffer is not None and (not isinstance(buffer, torch.Tensor) or buffer.shape != p.shape):
+                    raise CheckpointError(f"{path}: its optimiser's momenta do not fit the model; the file is damaged")
+            if not all(isinstance(group.get(k), (int, float)) and 0 <= group[k] < float("inf")
+                       for k in ("lr", "initial_lr", "weight_decay", "momentum")):
+                raise CheckpointError(f"{path}: its optimiser's learning rate or decay is malformed; the file is "
+                                      f"damaged")
+        if self.scheduler.last_epoch != epoch:
+            raise CheckpointError(f"{path}: its learning-rate schedule stands at epoch {self.scheduler.last_epoch!r}, "
+                                  f"its run at {epoch}; the file is damaged")
+
+
+@contextlib.contextmanager
+def _restoring(part: str, path: Path) -> Iterator[None]:
+    """A part of a checkpoint that its live object refuses is one line naming both."""
+    try:
+        yield
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        first_line = (str(e).splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: cannot restore its {part} ({type(e).__name__}: {first_line}); the file is "
+                              f"damaged or from another version: move it away to start over") from None

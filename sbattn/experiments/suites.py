@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 from ..data import load_cifar10
 from ..engine.config import TrainConfig, recipe_differences
 from ..engine.loop import train
+from ..engine.outputs import file_failure
 from ..errors import UserError
 from .jobs import Job, run_jobs
 from .tables import Run, load_finished_runs, read_run, write_lambda_figure, write_suite_outputs
@@ -27,6 +28,7 @@ from .variants import (ABLATION, ACTIVATION_LABELS, COMPARE, PRESET_ALIASES, PRE
 __all__ = ["suite_config", "job_count", "run_config", "finished_run", "run_suite", "report"]
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TABLES_AGAIN = "the runs are kept: make room or fix the path, then `sbattn report {directory}` writes the tables"
 
 
 def suite_config(suite: Suite, preset: str | None, explicit: dict[str, Any]) -> TrainConfig:
@@ -117,7 +119,8 @@ def run_suite(suite: Suite, base: TrainConfig, variants: Sequence[Variant], seed
             raise UserError(f"{config.run_name} ended without a complete summary in {directory}")
         done.append((variant, run))
     groups = _group(variants, done)
-    written = write_suite_outputs(suite, groups, directory) + write_lambda_figure(groups, directory)
+    with file_failure(directory, _TABLES_AGAIN.format(directory=directory)):
+        written = write_suite_outputs(suite, groups, directory) + write_lambda_figure(groups, directory)
     log(f"\n{(directory / f'{suite.name}.md').read_text()}")
     log(f"{suite.name}: wrote {', '.join(str(p) for p in written)}")
     return 0
@@ -155,6 +158,12 @@ def report(directory: Path) -> list[Path]:
     grouped = _group([], ((variant_of(r.config), r) for r in runs))
     variants = sorted(grouped, key=variant_order)
     by_variant = {v: grouped[v] for v in variants}
+    with file_failure(directory, _TABLES_AGAIN.format(directory=directory)):
+        return _write_report(by_variant, directory)
+
+
+def _write_report(by_variant: dict[Variant, list[Run]], directory: Path) -> list[Path]:
+    variants = list(by_variant)
     sb = [v for v in variants if v.use_sb]
     written: list[Path] = []
     if any(not v.use_sb for v in variants):

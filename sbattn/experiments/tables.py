@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from ..engine.config import canonical_config
+from ..engine.outputs import strict_json
+from ..engine.rundir import read_finished
 from ..errors import UserError
 from ..files import atomic_write
 from .figures import has_lambda, plot_lambda, plot_suite
@@ -39,14 +40,10 @@ class Run:
 
 def read_run(path: Path) -> Run | None:
     """The run in `path`, or None when it is not a finished run's JSON (a table, an unfinished run, ...)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+    data = read_finished(path)
+    if data is None:
         return None
-    summary = data.get("summary") if isinstance(data, dict) else None
-    if not (isinstance(summary, dict) and summary.get("complete") is True and isinstance(summary.get("config"), dict)
-            and isinstance(data.get("history"), list) and summary.get("final_eval_acc") is not None):
-        return None
+    summary = data["summary"]
     return Run(summary.get("run", Path(path).stem), canonical_config(summary["config"]), summary, data["history"])
 
 
@@ -186,7 +183,7 @@ def render_json(suite: Suite, rows: Sequence[Row]) -> str:
             "rows": [_row_record(row) for row in rows]}
     if suite.name == "compare":
         data["sb_vs_se"] = [{"label": row.variant.label, **d.to_dict()} for row, d in sb_vs_se(rows)]
-    return json.dumps(data, indent=1) + "\n"
+    return strict_json(data, indent=1) + "\n"
 
 
 def render_csv(suite: Suite, rows: Sequence[Row]) -> str:

@@ -1,0 +1,173 @@
+"""What makes a checkpoint or weights file trusted before use: a checksum of all it holds, a container whose
+tensors cannot grow when read, every field checked for type and range, weights that fit their model (checked
+on the meta device, before the model is built), and a resumed run's data that is the data it trained on."""
+from __future__ import annotations
+
+import hashlib
+import math
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+
+__all__ = ["seal", "verify_checksum", "check_container", "check_weights_fit", "check_training_fields",
+           "data_identity", "check_same_data"]
+
+
+def checksum(record: dict) -> str:
+    """A digest of everything in a record but its checksum: tensors by their bytes, other values by their type and
+    value, in the record's order (which a saved dict keeps)."""
+    h = hashlib.blake2b(digest_size=16)
+    _feed(h, {k: v for k, v in record.items() if k != "checksum"})
+    return h.hexdigest()
+
+
+def _feed(h, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}:".encode())
+        for key, value in obj.items():
+            _feed(h, key)
+            _feed(h, value)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}:".encode())
+        for value in obj:
+            _feed(h, value)
+    elif isinstance(obj, float):
+        h.update(f"F{obj.hex()};".encode())
+    else:
+        h.update(f"{type(obj).__name__}{obj!r};".encode())
+
+
+def seal(record: dict) -> dict:
+    """The record with its checksum."""
+    return {**record, "checksum": checksum(record)}
+
+
+def verify_checksum(record: dict, path: Path) -> None:
+    """Refuse a record whose contents are not what was saved; files of earlier versions carry no checksum."""
+    if "checksum" in record and record["checksum"] != checksum(record):
+        raise CheckpointError(f"{path} is damaged: its contents do not match the checksum saved with them; "
+                              f"restore it from a copy, or move it away")
+
+
+def check_container(path: Path) -> None:
+    """Before torch.load reads it: a regular file, whose entries are stored as torch.save stores them, so that
+    reading it never needs more memory than its size (a compressed entry could unpack to any size)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file (give the .pth or .ckpt that training wrote)")
+    try:
+        with zipfile.ZipFile(path) as z:
+            packed = [i.filename for i in z.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    except (zipfile.BadZipFile, OSError):
+        return  # not a zip: torch.load tells what it is
+    if packed:
+        raise CheckpointError(f"{path} holds compressed entries ({packed[0]}), which torch.save never writes: it "
+                              f"is not a file sbattn wrote; refusing to unpack it")
+
+
+def check_weights_fit(model: nn.Module, state, path: Path, what: str = "its model") -> None:
+    """A state dict read from a file against the model it is for (built on the meta device, so that a file
+    claiming a huge model allocates nothing): the same names, shapes and dtypes, and finite values."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"{path}: its weights are not a state dict of tensors; the file is damaged")
+    expected = model.state_dict()
+    problems = ([f"{k} missing" for k in expected if k not in state]
+                + [f"{k} unexpected" for k in state if k not in expected]
+                + [f"{k} is {tuple(state[k].shape)} {state[k].dtype}, the model's is {tuple(v.shape)} {v.dtype}"
+                   for k, v in expected.items() if k in state
+                   and (state[k].shape != v.shape or state[k].dtype != v.dtype)])
+    if problems:
+        raise CheckpointError(f"{path}: its weights do not fit {what} ({len(problems)} problem(s), first: "
+                              f"{problems[0]}); it is damaged or from another model")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: {bad} holds non-finite values (NaN or inf); the file is damaged")
+
+
+def _is_count(value, low: int = 0, high: float = math.inf) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+HISTORY_NUMBERS = ("lr", "train_loss", "train_acc", "seconds")  # what every history entry holds as a number
+
+
+def check_training_fields(ckpt: dict, epochs: int, seed: int | None, path: Path) -> None:
+    """The scalar fields of a training checkpoint: types and ranges that the run takes on trust."""
+    def fail(what: str) -> None:
+        raise CheckpointError(f"{path}: {what}; the file is damaged: move it away to start over")
+
+    if not _is_count(ckpt["seed"]) or (seed is not None and ckpt["seed"] != seed):
+        fail(f"its seed {ckpt['seed']!r} is not the run's")
+    if not _is_count(ckpt["world_size"], 1):
+        fail(f"its number of processes {ckpt['world_size']!r} is not a positive integer")
+    if not _is_count(ckpt["epoch"], 0, epochs):
+        fail(f"its epoch {ckpt['epoch']!r} is not one of 0..{epochs}")
+    if not _is_count(ckpt["step"]) or (ckpt["step"] > 0) != (ckpt["partial"] is not None):
+        fail(f"its step {ckpt['step']!r} does not go with its epoch's sums")
+    if ckpt["partial"] is not None and not _partial_ok(ckpt["partial"]):
+        fail("its interrupted epoch's sums are malformed")
+    history = ckpt["history"]
+    if not (isinstance(history, list) and len(history) == ckpt["epoch"]
+            and all(_entry_ok(h, i + 1) for i, h in enumerate(history))):
+        fail(f"its history is not {ckpt['epoch']} epoch(s) of losses and accuracies")
+    rng = ckpt["rng"]
+    if not (isinstance(rng, list) and len(rng) == ckpt["world_size"] and all(
+            isinstance(r, dict) and all(isinstance(r.get(k), torch.Tensor) and r[k].dtype == torch.uint8
+                                        for k in ("torch", "augment")) for r in rng)):
+        fail("its random states are malformed")
+    if not _is_count(ckpt["num_classes"], 1):
+        fail(f"its number of classes {ckpt['num_classes']!r} is not a positive integer")
+
+
+def _partial_ok(partial) -> bool:
+    return (isinstance(partial, dict)
+            and all(isinstance(partial.get(k), torch.Tensor) and partial[k].numel() == 1 for k in ("loss", "correct"))
+            and _is_count(partial.get("seen"), 1) and _is_number(partial.get("seconds")))
+
+
+def _entry_ok(entry, epoch: int) -> bool:
+    return (isinstance(entry, dict) and entry.get("epoch") == epoch
+            and all(_is_number(entry.get(k)) for k in HISTORY_NUMBERS)
+            and all(entry.get(k) is None or _is_number(entry.get(k)) for k in ("eval_loss", "eval_acc")))
+
+
+def data_identity(data) -> dict:
+    """What a checkpoint records of the data it trains on."""
+    return {"source": data.source, "classes": list(data.classes), "fingerprint": data.fingerprint()}
+
+
+def check_same_data(ckpt: dict, identity: dict, path: Path) -> None:
+    """A resumed run trains on its checkpoint's data: the same classes, the same images (checkpoints of earlier
+    versions record only the number of classes)."""
+    saved = ckpt.get("data")
+    if not isinstance(saved, dict):
+        if ckpt["num_classes"] != len(identity["classes"]):
+            raise CheckpointError(f"{path} was trained on {ckpt['num_classes']} classes, {identity['source']} has "
+                                  f"{len(identity['classes'])}: resume it with the --data-dir it was trained on")
+        return
+    if saved.get("classes") != identity["classes"]:
+        raise CheckpointError(f"{path} was trained on the classes {_names(saved.get('classes'))}, "
+                              f"{identity['source']} has {_names(identity['classes'])}: resume it with the "
+                              f"--data-dir it was trained on, or move it away to start over")
+    if saved.get("fingerprint") != identity["fingerprint"]:
+        raise CheckpointError(f"{path} was trained on other data ({saved.get('source')}) than {identity['source']}: "
+                              f"resume it with the --data-dir it was trained on, or move it away to start over")
+
+
+def _names(classes) -> str:
+    if not isinstance(classes, list):
+        return repr(classes)
+    shown = ", ".join(map(str, classes[:5]))
+    return f"[{shown}{', ...' if len(classes) > 5 else ''}] ({len(classes)})"
