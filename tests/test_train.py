@@ -197,9 +197,9 @@ def test_unwritable_output_dir_refused_before_training(tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_stops_naming_epoch_and_step_keeping_last_checkpoint(tmp_path, monkeypatch):
-    import sbattn.engine.loop as train_module
+    import sbattn.engine.step as step_module  # where the training step computes its loss
     calls = {"n": 0}
-    real = train_module.F.cross_entropy
+    real = step_module.F.cross_entropy
 
     def poisoned(*args, **kwargs):
         loss = real(*args, **kwargs)
@@ -207,7 +207,7 @@ def test_non_finite_loss_stops_naming_epoch_and_step_keeping_last_checkpoint(tmp
         # 32 training steps and one evaluation batch in epoch 1, then the fifth step of epoch 2
         return loss * float("nan") if calls["n"] == 32 + 1 + 5 else loss
 
-    monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
+    monkeypatch.setattr(step_module.F, "cross_entropy", poisoned)
     config = tiny_config(tmp_path, epochs=3)
     with pytest.raises(UserError, match=r"non-finite loss at epoch 2, step 5"):
         train(config, quiet=True)
