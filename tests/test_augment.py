@@ -278,6 +278,8 @@ def test_cuda_matches_cpu() -> None:
     try:
         for _ in train_batches(xc, yc, 64, seed=0, epoch=1, generator=g, mode="seed"):
             pass
+        for _ in epoch_batches(xc, yc, 64, seed=0, epoch=1, memory_format=torch.channels_last):
+            pass
         for _ in eval_batches(xc, yc, 64):
             pass
     finally:

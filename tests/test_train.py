@@ -173,6 +173,33 @@ def test_the_whole_step_compiled_trains_as_it_does_uncompiled(tmp_path, monkeypa
     assert type(sbattn.load(compiled.paths.with_suffix(".pth"))) is sbattn.VGG
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_the_whole_step_on_cuda_never_waits_on_the_host():
+    from sbattn.data import epoch_batches
+    from sbattn.engine.state import reference_optimizer
+    from sbattn.engine.step import EpochSums, make_step
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = sbattn.create_model("vgg16", attention="sb", width=0.25).to(device, memory_format=torch.channels_last)
+    optimizer = reference_optimizer(model, 0.1, 9e-6)
+    sums = EpochSums.zeros(device)
+    step = make_step("step", model, optimizer, torch.amp.GradScaler("cuda", enabled=False), torch.bfloat16, sums,
+                     device)
+    images = torch.randint(0, 256, (64 * 8, 3, 32, 32), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (64 * 8,), device=device)
+    batches = list(epoch_batches(images, labels, 64, seed=0, epoch=0, memory_format=torch.channels_last))
+    for x, y in batches[:4]:  # compilation, CUDA graph warm-up and recording
+        step(x, y)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync in the step raises
+    try:
+        for x, y in batches[4:]:
+            step(x, y)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert sums.steps.item() == 8 and torch.isfinite(sums.loss) and sums.nonfinite.item() == 0
+
+
 def test_whole_step_mode_stopped_mid_epoch_resumes_to_the_same_run(tmp_path, monkeypatch):
     import sbattn.engine.loop as loop
     import sbattn.engine.step as step_module
