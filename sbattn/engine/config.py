@@ -90,9 +90,10 @@ class TrainConfig:
                           choices=lambda: list(PRECISIONS))
     layout: str = _opt("auto", "memory layout of training; auto: measured once per machine and model on a CPU "
                                "(cached), channels-last on CUDA", choices=lambda: ["auto", *LAYOUTS])
-    compile: str = _opt("none", "torch.compile: model (on CUDA, CUDA graphs for forward and backward), or step: "
-                                "the whole training step with the optimiser (each epoch's augmentation drawn at once, "
-                                "seeded by seed and epoch); True and False stand for model and none",
+    compile: str = _opt("none", "torch.compile: model (the flag alone; on CUDA, CUDA graphs for forward and "
+                                "backward), or step: the whole training step with the optimiser, each epoch's "
+                                "augmentation drawn at once (seeded by seed and epoch); True and False stand for "
+                                "model and none",
                         choices=lambda: list(COMPILE_MODES), bare="model")
     sync_bn: bool = _opt(True, "under torchrun, synchronise every BatchNorm (the attention's too) across processes")
     resume: bool = _opt(False, "continue from the run's last checkpoint in --output-dir")
