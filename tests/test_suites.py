@@ -447,7 +447,7 @@ def test_jobs_on_cuda_share_one_gpu_or_spread_over_several(tmp_path, monkeypatch
     from sbattn.experiments import jobs
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
-    monkeypatch.setattr(jobs, "available_cores", lambda: 16)
+    monkeypatch.setattr(jobs, "thread_budget", lambda: 16)
     monkeypatch.setattr(jobs.subprocess, "Popen", StandInRun)
     monkeypatch.setattr(jobs.time, "sleep", lambda seconds: None)
     monkeypatch.setattr(StandInRun, "started", [])
