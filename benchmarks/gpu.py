@@ -46,6 +46,8 @@ PARTS = ("speed", "table", "all")
 MODES = ("none", "model", "step")
 TARGET_RUN_S, TARGET_TABLE_S = 120, 600  # the issue's targets: one run in 2 minutes, the table in 10
 EPOCH_LINE = re.compile(r"^epoch\s+(\d+)/\d+\s")  # a run's line at the end of each epoch (format_epoch)
+USER_COMPILE_THREADS = os.environ.get("TORCHINDUCTOR_COMPILE_THREADS")
+MIN_TRAINING_S = 30  # less left of a part's budget: its trainings are not started
 
 
 @dataclass
@@ -65,11 +67,11 @@ class Setup:
     mode: str  # the --compile mode of the pair and the table
     modes: list[str]  # of the single-run measurements
 
-    def config(self, output_dir: Path, **values) -> TrainConfig:
+    def config(self, output_dir: Path, mode: str, **values) -> TrainConfig:
         """The reference's recipe (VGG16-SB, tanh, batch 64, seed 0, evaluation every epoch) at this setup's
-        size; `values` override."""
+        size, in --compile `mode`; `values` override."""
         base = dict(device=self.device, dataset=self.dataset, data_dir=self.data_dir, width=self.width,
-                    epochs=self.epochs, milestones=self.milestones, batch_size=64, seed=0, compile=self.mode,
+                    epochs=self.epochs, milestones=self.milestones, batch_size=64, seed=0, compile=mode,
                     output_dir=str(output_dir))
         return TrainConfig(**{**base, **values})
 
@@ -81,7 +83,7 @@ def make_setup(args: argparse.Namespace) -> Setup:
                      args.mode, modes)
     data_dir = args.data_dir or next((d for d in ("shared/data", "../shared/data") if Path(d).is_dir()),
                                      "shared/data")
-    return Setup("cuda", "cifar10", data_dir, 1.0, 80, 3, [40, 60, 80], args.budget or 510, 150, work, args.mode,
+    return Setup("cuda", "cifar10", data_dir, 1.0, 80, 3, [40, 60, 80], args.budget or 510, 180, work, args.mode,
                  modes)
 
 
@@ -156,6 +158,8 @@ def train_together(jobs: list[Job], deadline: float) -> tuple[int, Watch]:
     status and the epochs' times."""
     for directory in {Path(job.config.output_dir) for job in jobs}:
         shutil.rmtree(directory, ignore_errors=True)  # an earlier try's logs and runs would be taken for these
+    if not USER_COMPILE_THREADS:  # K runs compiling at once share the cores, as their threads do
+        os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(jobs)))
     watch, done = Watch(jobs), threading.Event()
 
     def watching() -> None:
@@ -240,7 +244,7 @@ def measure_single_runs(setup: Setup, rec: Recorder, decode_s: float, deadline: 
     """One run of the reference's recipe alone on the device for a few epochs, in each --compile mode."""
     results: dict[str, dict] = {}
     for mode in setup.modes:
-        job = Job(f"one run, --compile {mode}", setup.config(setup.work / f"speed-{mode}", compile=mode,
+        job = Job(f"one run, --compile {mode}", setup.config(setup.work / f"speed-{mode}", mode,
                                                               epochs=setup.speed_epochs))
         status, watch = train_together([job], min(deadline, time.perf_counter() + setup.speed_limit_s))
         figures = {"status": status, **run_figures(job, watch, setup.epochs)}
@@ -261,10 +265,14 @@ def fastest_mode(results: dict[str, dict], default: str) -> str:
     return min(timed, key=timed.get) if timed else default
 
 
-def train_part(setup: Setup, rec: Recorder, key: str, jobs_of, deadline: float) -> dict:
+def train_part(setup: Setup, rec: Recorder, key: str, jobs_of, deadline: float) -> dict | None:
     """Train the jobs that `jobs_of(mode)` makes, all at once until `deadline`, in setup.mode; if none of them
-    got through an epoch in the whole-step mode, once more with the model compiled. Records rec[key]."""
-    for mode in dict.fromkeys([setup.mode, "model"]):
+    got through an epoch in the whole-step mode, once more with the model compiled. Records rec[key]; None when
+    too little time is left to start."""
+    if deadline - time.perf_counter() < MIN_TRAINING_S:
+        rec.note(f"{key}: not started, {max(0, deadline - time.perf_counter()):.0f} s of the budget left")
+        return None
+    for mode in [setup.mode] + (["model"] if setup.mode == "step" else []):
         jobs = jobs_of(mode)
         status, watch = train_together(jobs, deadline)
         runs = {job.label: run_figures(job, watch, setup.epochs) for job in jobs}
@@ -273,16 +281,20 @@ def train_part(setup: Setup, rec: Recorder, key: str, jobs_of, deadline: float) 
         rec.put(key, result)
         if any(r["epochs_done"] for r in runs.values()) or time.perf_counter() > deadline:
             break
-        rec.note(f"{key}: no run finished an epoch with --compile {mode} (status {status}); trying --compile model")
+        error = next(iter(runs.values())).get("error", "")
+        rec.note(f"{key}: no run finished an epoch with --compile {mode} (status {status}; the first run's log "
+                 f"ends: {error!r})")
     return result
 
 
 def measure_precision_pair(setup: Setup, rec: Recorder, deadline: float) -> None:
     """The reference's command in fp32 and in bf16, same seed, full length, both at once."""
     def jobs_of(mode: str) -> list[Job]:
-        return [Job(p, setup.config(setup.work / f"pair-{p}", precision=p, compile=mode)) for p in ("fp32", "bf16")]
+        return [Job(p, setup.config(setup.work / f"pair-{p}", mode, precision=p)) for p in ("fp32", "bf16")]
 
     result = train_part(setup, rec, "precision_pair", jobs_of, deadline)
+    if result is None:
+        return
     runs = result["runs"]
     common = min(len(r.get("eval_acc", [])) for r in runs.values())
     accs = {p: 100 * r["eval_acc"][common - 1] if common else None for p, r in runs.items()}
@@ -309,21 +321,24 @@ def part_speed(setup: Setup, rec: Recorder, deadline: float) -> None:
 def table_jobs(setup: Setup, directory: Path, mode: str) -> list[Job]:
     """The reference's two tables as seven runs in one directory: baseline, SE and SB(Sigmoid), then SB with the
     other activations (the ablation's sigmoid row is the comparison's run)."""
-    base = setup.config(directory, compile=mode)
+    base = setup.config(directory, mode)
     variants = {v.key: v for v in compare_variants(COMPARE_DEFAULT, "sigmoid") + ablation_variants()}
     return [Job(key, run_config(base, v, 0)) for key, v in variants.items()]
 
 
-def part_table(setup: Setup, rec: Recorder, deadline: float, alone: dict | None) -> None:
+def part_table(setup: Setup, rec: Recorder, deadline: float, single_runs: dict[str, dict]) -> None:
     directory = setup.work / "table"
     result = train_part(setup, rec, "table", lambda mode: table_jobs(setup, directory, mode), deadline)
+    if result is None:
+        return
     runs = result["runs"].values()
     aggregate = sum(r.get("epoch_img_s") or 0 for r in runs)
-    projected = max((r.get("projected_s") or float("inf") for r in runs), default=None)
+    projections = [r.get("projected_s") for r in runs]
+    projected = None if None in projections else max(projections)  # they train side by side
+    alone_img_s = single_runs.get(result["mode"], {}).get("epoch_img_s")  # part speed's, in this OUT_DIR
     result.update(jobs=len(result["runs"]), aggregate_img_s=aggregate, projected_s=projected,
-                  wall_s=result["elapsed_s"] if result["finished"] else None,
-                  one_run_alone_img_s=alone and alone.get("epoch_img_s"),
-                  throughput_vs_one_run=alone and alone.get("epoch_img_s") and aggregate / alone["epoch_img_s"])
+                  wall_s=result["elapsed_s"] if result["finished"] else None, one_run_alone_img_s=alone_img_s,
+                  throughput_vs_one_run=aggregate / alone_img_s if alone_img_s else None)
     if result["finished"]:
         report(directory)
         result["tables"] = {name: (directory / f"{name}.md").read_text() for name in ("compare", "ablation")}
@@ -348,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="CIFAR-10 (default: shared/data, else ../shared/data)")
     p.add_argument("--work-dir", default="/tmp/sbattn-gpu", help="the runs' files (default: /tmp/sbattn-gpu)")
     p.add_argument("--budget", type=float, help="seconds per part, trainings stopped at its end (default: 510; "
-                                                "dry run 150)")
+                                                "dry run 240)")
     p.add_argument("--modes", default=",".join(MODES), help="--compile modes of the single runs (default: "
                                                               "none,model,step)")
     p.add_argument("--mode", choices=(*MODES, "fastest"), default="fastest",
@@ -372,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             single = _single_runs_of(args.out_dir)
             if setup.mode == "fastest":
                 setup.mode = fastest_mode(single, "step")
-            part_table(setup, rec, deadline, single.get(setup.mode))
+            part_table(setup, rec, deadline, single)
         rec.put("seconds", time.perf_counter() - started, f"== part {part}: {time.perf_counter() - started:.0f} s")
     return 0
 
