@@ -200,18 +200,20 @@ def run_figures(job: Job, watch: Watch, full_epochs: int) -> dict:
 
 
 def _history_figures(job: Job) -> dict:
-    """From the run's finished summary, else from its checkpoint: final accuracy and training speed."""
+    """From the run's finished summary, else from its checkpoint: the final accuracy (the final weights in fp32),
+    each epoch's (in the training precision), and the training speed."""
     summary_path, checkpoint = job.log_path.with_suffix(".json"), job.checkpoint
+    summary: dict = {}
     if summary_path.exists():
         record = json.loads(summary_path.read_text())
-        history, finished = record["history"], record["summary"].get("complete", False)
+        history, summary = record["history"], record["summary"]
     elif checkpoint.exists():
-        history, finished = read_record(checkpoint)["history"], False
+        history = read_record(checkpoint)["history"]
     else:
         return {"finished": False, "error": _last_lines(job.log_path)}
     steady = [h["images_per_sec"] for h in history[1:]] or [h["images_per_sec"] for h in history]
     images = history[-1]["images_per_sec"] * history[-1]["seconds"] if history else 0
-    return {"finished": finished, "final_eval_acc": history[-1]["eval_acc"] if finished else None,
+    return {"finished": summary.get("complete", False), "final_eval_acc": summary.get("final_eval_acc"),
             "eval_acc": [h["eval_acc"] for h in history], "train_loss": [h["train_loss"] for h in history],
             "train_img_s": statistics.median(steady) if steady else None, "train_images": round(images)}
 
@@ -296,13 +298,17 @@ def measure_precision_pair(setup: Setup, rec: Recorder, deadline: float) -> None
     if result is None:
         return
     runs = result["runs"]
-    common = min(len(r.get("eval_acc", [])) for r in runs.values())
-    accs = {p: 100 * r["eval_acc"][common - 1] if common else None for p, r in runs.items()}
-    result.update(compared_at_epoch=common, eval_acc_at_that_epoch=accs,
+    if result["finished"]:  # the final weights of each, evaluated in fp32: the runs' final accuracies
+        compared, accs = "final accuracy", {p: 100 * r["final_eval_acc"] for p, r in runs.items()}
+    else:  # the last epoch both reached, each evaluated in its training precision
+        common = min(len(r.get("eval_acc", [])) for r in runs.values())
+        compared = f"epoch {common}/{setup.epochs}"
+        accs = {p: 100 * r["eval_acc"][common - 1] if common else None for p, r in runs.items()}
+    result.update(compared=compared, accuracy_pct=accs,
                   bf16_minus_fp32_pp=None if None in accs.values() else accs["bf16"] - accs["fp32"])
     rec.put("precision_pair", result,
-            f"fp32 vs bf16 (--compile {result['mode']}, {'finished' if result['finished'] else 'stopped'}): at epoch "
-            f"{common}/{setup.epochs} fp32 {_fmt(accs['fp32'], '.2f', '%')}, bf16 {_fmt(accs['bf16'], '.2f', '%')}; "
+            f"fp32 vs bf16 (--compile {result['mode']}, {'finished' if result['finished'] else 'stopped'}): "
+            f"{compared}: fp32 {_fmt(accs['fp32'], '.2f', '%')}, bf16 {_fmt(accs['bf16'], '.2f', '%')}; "
             f"projected full length {_fmt(runs['fp32'].get('projected_s'), '.0f')} and "
             f"{_fmt(runs['bf16'].get('projected_s'), '.0f')} side by side")
 

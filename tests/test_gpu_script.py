@@ -49,9 +49,9 @@ def test_dry_run_writes_every_figure(tmp_path):
     assert alone["epoch_img_s"] > 0 and alone["train_img_s"] > 0
 
     pair = speed["precision_pair"]
-    assert pair["finished"] and pair["mode"] == "none" and pair["compared_at_epoch"] == 2
+    assert pair["finished"] and pair["mode"] == "none" and pair["compared"] == "final accuracy"
     accs = {p: 100 * pair["runs"][p]["final_eval_acc"] for p in ("fp32", "bf16")}
-    assert pair["eval_acc_at_that_epoch"] == pytest.approx(accs)
+    assert pair["accuracy_pct"] == pytest.approx(accs)
     assert pair["bf16_minus_fp32_pp"] == pytest.approx(accs["bf16"] - accs["fp32"])
     assert pair["runs"]["fp32"]["train_loss"] != pair["runs"]["bf16"]["train_loss"]  # two precisions really ran
 
