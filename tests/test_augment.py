@@ -12,8 +12,8 @@ from PIL import Image
 
 from sbattn.data import (
     AUGMENT_ALIASES, AUGMENTS, STREAM_STRIDE, AugmentParams, apply_params, augment, augment_stream_seed,
-    canonical_augment, epoch_order, eval_batches, load_fake, normalize, sample_params, steps_per_epoch,
-    to_device_uint8, train_batches,
+    canonical_augment, epoch_augment_seed, epoch_batches, epoch_order, eval_batches, load_fake, normalize,
+    sample_params, steps_per_epoch, to_device_uint8, train_batches,
 )
 
 
@@ -278,6 +278,8 @@ def test_cuda_matches_cpu() -> None:
     try:
         for _ in train_batches(xc, yc, 64, seed=0, epoch=1, generator=g, mode="seed"):
             pass
+        for _ in epoch_batches(xc, yc, 64, seed=0, epoch=1, memory_format=torch.channels_last):
+            pass
         for _ in eval_batches(xc, yc, 64):
             pass
     finally:
@@ -375,6 +377,56 @@ def test_train_batches_argument_checks() -> None:
         train_batches(x, torch.arange(7), 4, seed=0, epoch=0, generator=torch.Generator())
     with pytest.raises(ValueError, match="per rank"):
         steps_per_epoch(10, 1)
+
+
+# ------------------------------------------------------------------- a whole epoch at once (--compile step)
+
+
+def test_augment_in_chunks_is_augment_at_once() -> None:
+    x = images(50, seed=4)
+    whole = augment(x, torch.Generator().manual_seed(7))
+    assert torch.equal(augment(x, torch.Generator().manual_seed(7), chunk=16), whole)
+    assert not torch.equal(whole, x)
+
+
+@pytest.mark.parametrize("n,batch_size,world_size", [(101, 10, 1), (99, 8, 2), (101, 12, 4)])
+def test_epoch_batches_take_the_samples_of_train_batches(n: int, batch_size: int, world_size: int) -> None:
+    x = images(n)
+    for rank in range(world_size):
+        split = dict(rank=rank, world_size=world_size)
+        per_batch = list(train_batches(x, torch.arange(n), batch_size, seed=2, epoch=3, generator=torch.Generator(),
+                                       mode="none", **split))
+        at_once = list(epoch_batches(x, torch.arange(n), batch_size, seed=2, epoch=3, mode="none", **split))
+        assert len(at_once) == len(per_batch) == steps_per_epoch(n, batch_size, world_size)
+        for (xa, ya), (xb, yb) in zip(at_once, per_batch):
+            assert torch.equal(ya, yb) and torch.equal(xa, xb)  # the same samples, in the same order
+
+
+def test_epoch_batches_are_seeded_by_seed_epoch_and_rank_alone() -> None:
+    x = images(64)
+    draw = lambda seed=1, epoch=2, rank=0, **kw: torch.cat([b for b, _ in epoch_batches(  # noqa: E731
+        x, torch.arange(64), 16, seed=seed, epoch=epoch, rank=rank, world_size=2, **kw)])
+    a = draw()
+    assert torch.equal(a, draw())
+    for other in (draw(seed=2), draw(epoch=3), draw(rank=1)):
+        assert not torch.equal(a, other)
+    # The rank's samples augmented in one pass with the generator of (seed, epoch, rank), then normalised.
+    labels = torch.cat([y for _, y in epoch_batches(x, torch.arange(64), 16, seed=1, epoch=2, world_size=2)])
+    want = augment(x[labels], torch.Generator().manual_seed(epoch_augment_seed(1, 2, 0)))
+    assert torch.equal(a, normalize(want))
+    assert len({epoch_augment_seed(s, e, r) for s in range(3) for e in range(3) for r in range(3)}) == 27
+
+
+def test_epoch_batches_resume_from_a_step_and_lay_out_the_epoch() -> None:
+    x = images(50)
+    common = dict(seed=3, epoch=1, memory_format=torch.channels_last)
+    full = list(epoch_batches(x, torch.arange(50), 8, **common))
+    tail = list(epoch_batches(x, torch.arange(50), 8, start=2, **common))
+    assert len(tail) == len(full) - 2 == 5
+    for (xa, ya), (xb, yb) in zip(full[2:], tail):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    assert all(xb.is_contiguous(memory_format=torch.channels_last) for xb, _ in full)
+    assert all(xb.dtype == torch.float32 and -1 <= xb.min() and xb.max() <= 1 for xb, _ in full)
 
 
 @pytest.mark.parametrize("n,batch_size,world_size", [(10, 4, 1), (10, 4, 2), (11, 6, 3), (3, 8, 4), (100, 32, 1)])

@@ -250,3 +250,15 @@ def test_old_spellings_still_work():
     assert recipe_differences(old, TrainConfig(device="cpu")) == []
     assert recipe_differences(old, TrainConfig(device="cpu", attention="se")) == [
         "attention 'sb' there, 'se' now", "use_sb True there, False now", "use_se False there, True now"]
+
+
+def test_compile_modes_and_the_former_boolean():
+    assert TrainConfig().compile == "none"
+    assert [parse(*flags).compile for flags in ([], ["--compile"], ["--compile", "step"], ["--compile=model"],
+                                               ["--compile=True"], ["--compile=False"], ["--compile", "--epochs=3"])] \
+        == ["none", "model", "step", "model", "model", "none", "model"]
+    # A configuration saved when --compile was a boolean (a checkpoint's, a finished run's JSON) still loads.
+    assert TrainConfig.from_dict({**TrainConfig().to_dict(), "compile": True}).compile == "model"
+    assert TrainConfig.from_dict({**TrainConfig().to_dict(), "compile": False}).compile == "none"
+    with pytest.raises(ConfigError, match="compile='graph': must be one of none, model, step"):
+        TrainConfig(compile="graph")

@@ -418,6 +418,57 @@ def test_jobs_reports_a_failed_run_in_one_line(tmp_path, monkeypatch, capsys):
     assert lines[2] == "1 run(s) not started"
 
 
+class StandInRun:
+    """A stand-in for a run's `sbattn train` process: it records its command line and environment, and finishes
+    (exit status 0) after a few polls, the later runs sooner, so that slots free up out of order."""
+
+    started: list["StandInRun"] = []
+
+    def __init__(self, argv, env, **kwargs):
+        self.argv, self.env, self.signals, self.returncode = argv, env, [], None
+        self.polls_left = 6 - len(StandInRun.started)
+        self.device = next(a.split("=", 1)[1] for a in argv if a.startswith("--device="))
+        self.running_beside = [r.device for r in StandInRun.started if r.returncode is None]
+        StandInRun.started.append(self)
+
+    def poll(self):
+        self.polls_left -= 1
+        if self.polls_left <= 0:
+            self.returncode = 0
+        return self.returncode
+
+    def send_signal(self, signum):
+        self.signals.append(signum)
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_jobs_on_cuda_share_one_gpu_or_spread_over_several(tmp_path, monkeypatch, gpus):
+    import torch
+    from sbattn.experiments import jobs
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(jobs, "thread_budget", lambda: 16)
+    monkeypatch.setattr(jobs.subprocess, "Popen", StandInRun)
+    monkeypatch.setattr(jobs.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(StandInRun, "started", [])
+    runs = [jobs.Job(f"run {i}", TrainConfig(device="cuda", seed=i, output_dir=str(tmp_path))) for i in range(5)]
+    lines = []
+    assert jobs.run_jobs(runs, 3, lines.append) == 0
+    started = StandInRun.started
+    assert [r.argv[r.argv.index("train") + 1:] for r in started] == \
+        [[a if not a.startswith("--device=") else f"--device={r.device}" for a in j.config.to_argv()]
+         for r, j in zip(started, runs)]
+    assert all(len(r.running_beside) < 3 for r in started)  # three at a time
+    assert all(r.env["OMP_NUM_THREADS"] == "4" and not r.signals for r in started)  # 16 cores; no "alone" on a GPU
+    if gpus == 1:  # every run on the one GPU, as the user's --device named it
+        assert [r.device for r in started] == ["cuda"] * 5
+    else:  # each new run on the GPU with the fewest running
+        assert [r.device for r in started[:3]] == ["cuda:0", "cuda:1", "cuda:0"]
+        for r in started:
+            assert r.running_beside.count(r.device) <= min(r.running_beside.count(d) for d in ("cuda:0", "cuda:1"))
+        assert " on cuda:1 " in lines[1]
+
+
 @pytest.mark.skipif(available_cores() < 2, reason="needs two cores to share out")
 def test_a_run_left_alone_takes_every_core(tmp_path, monkeypatch):
     from sbattn.experiments.jobs import Job, run_jobs

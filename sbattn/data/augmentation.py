@@ -28,6 +28,10 @@ class AugmentParams:
     flip: torch.Tensor           # bool, horizontal flip
     angle: torch.Tensor | None   # degrees in [-MAX_ANGLE, MAX_ANGLE], counter-clockwise; None: no rotation
 
+    def __getitem__(self, part: slice) -> "AugmentParams":
+        return AugmentParams(self.dy[part], self.dx[part], self.flip[part],
+                             None if self.angle is None else self.angle[part])
+
 
 def _check_mode(mode: str) -> str:
     """The canonical name of ``mode``; ValueError when it names no augmentation."""
@@ -95,8 +99,12 @@ def apply_params(images_u8: torch.Tensor, params: AugmentParams) -> torch.Tensor
     return padded.gather(2, idx.unsqueeze(1).expand(n, c, h * w)).view(n, c, h, w)
 
 
-def augment(images_u8: torch.Tensor, generator: torch.Generator, mode: str = "reference") -> torch.Tensor:
-    """Augment a uint8 NCHW batch: "reference" crop+flip+rotate, "standard" crop+flip, "none" returns the input."""
+def augment(images_u8: torch.Tensor, generator: torch.Generator, mode: str = "reference",
+            chunk: int | None = None) -> torch.Tensor:
+    """Augment a uint8 NCHW batch: "reference" crop+flip+rotate, "standard" crop+flip, "none" returns the input.
+
+    chunk: apply the draws (made at once for the whole batch) this many images at a time, which bounds the memory
+    of the index tables (about 50 bytes a pixel) for a batch as large as an epoch; the result is the same."""
     mode = _check_mode(mode)
     if images_u8.dtype != torch.uint8 or images_u8.dim() != 4:
         raise ValueError(f"augment expects a uint8 NCHW batch, got {images_u8.dtype} of shape {tuple(images_u8.shape)}")
@@ -109,4 +117,8 @@ def augment(images_u8: torch.Tensor, generator: torch.Generator, mode: str = "re
             f"the generator is on {generator.device} but the images are on {images_u8.device}; "
             "create it with torch.Generator(device=images.device)"
         )
-    return apply_params(images_u8, sample_params(images_u8.shape[0], generator, mode))
+    params = sample_params(images_u8.shape[0], generator, mode)
+    if chunk is None or images_u8.shape[0] <= chunk:
+        return apply_params(images_u8, params)
+    return torch.cat([apply_params(images_u8[lo:lo + chunk], params[lo:lo + chunk])
+                      for lo in range(0, images_u8.shape[0], chunk)])

@@ -11,6 +11,7 @@ import torch
 from .augmentation import _check_mode, augment
 
 STREAM_STRIDE = 1_000_003   # the gap between the random streams of neighbouring seeds (epoch_order) and ranks
+EPOCH_CHUNK = 8192          # images augmented at a time by epoch_batches
 
 
 def normalize(images_u8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -38,6 +39,12 @@ def augment_stream_seed(seed: int, rank: int, epoch: int = 0) -> int:
     """The seed of a rank's augmentation generator: one stream per rank (rank 0's is the single-process run's),
     moved on by ``epoch`` where a resume starts fresh streams."""
     return seed + STREAM_STRIDE * rank + epoch
+
+
+def epoch_augment_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of the generator that augments a rank's whole epoch at once (``epoch_batches``): one for each
+    (seed, epoch, rank), so that any step of any epoch can be drawn again without a stream's saved state."""
+    return ((seed * STREAM_STRIDE + epoch) * STREAM_STRIDE + rank + 1) % 2**63
 
 
 def _check_split(batch_size: int, rank: int, world_size: int) -> None:
@@ -101,11 +108,55 @@ def train_batches(
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for step in range(start, steps):  # a resumed epoch skips its first steps without drawing for them
-            idx = order[step * batch_size:(step + 1) * batch_size].tensor_split(world_size)[rank]
+            idx = _step_indices(order, step, batch_size, rank, world_size)
             x = augment(images_u8.index_select(0, idx), generator, mode)
             yield normalize(x, dtype), y_all.index_select(0, idx)
 
     return batches()
+
+
+def _step_indices(order: torch.Tensor, step: int, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
+    """The samples of ``rank``'s part of global batch ``step``."""
+    return order[step * batch_size:(step + 1) * batch_size].tensor_split(world_size)[rank]
+
+
+def epoch_batches(
+    images_u8: torch.Tensor,
+    labels: torch.Tensor | np.ndarray,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    mode: str = "reference",
+    rank: int = 0,
+    world_size: int = 1,
+    dtype: torch.dtype = torch.float32,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    start: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches of ``train_batches`` (the same samples in the same order), augmented before the first step in
+    one pass over the rank's whole epoch, so that a step only takes a slice (``--compile step``).
+
+    The draws come from a generator seeded by (seed, epoch, rank) alone (``epoch_augment_seed``), so an epoch
+    resumed at step ``start`` is the same as the rest of the uninterrupted one; they differ from the per-batch
+    draws of ``train_batches``. The epoch's images are laid out in ``memory_format``, so its slices are too.
+    """
+    mode = _check_mode(mode)
+    _check_split(batch_size, rank, world_size)
+    device = images_u8.device
+    y_all = _labels_on(labels, device)
+    n = images_u8.shape[0]
+    if y_all.shape[0] != n:
+        raise ValueError(f"{n} images but {y_all.shape[0]} labels")
+    order = _to_device(epoch_order(n, seed, epoch), device)
+    parts = [_step_indices(order, step, batch_size, rank, world_size) for step in range(steps_per_epoch(
+        n, batch_size, world_size))]
+    idx = torch.cat(parts)
+    generator = torch.Generator(device).manual_seed(epoch_augment_seed(seed, epoch, rank))
+    x = augment(images_u8.index_select(0, idx), generator, mode, chunk=EPOCH_CHUNK)
+    xs = normalize(x.contiguous(memory_format=memory_format), dtype).split([len(p) for p in parts])
+    ys = y_all.index_select(0, idx).split([len(p) for p in parts])
+    return zip(xs[start:], ys[start:])
 
 
 def eval_batches(

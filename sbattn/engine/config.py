@@ -20,10 +20,17 @@ from ..models import PLACEMENTS, create_model, default_placement, list_models
 from ..nn import LAMBDA_INITS, list_activations, list_attention
 from .tensorboard_log import INSTALL_HINT, tensorboard_available
 
-__all__ = ["TrainConfig", "resolve_device", "PRECISIONS", "LAYOUTS", "RECIPE_FIELDS", "canonical_config", "recipe_differences"]
+__all__ = ["TrainConfig", "resolve_device", "PRECISIONS", "LAYOUTS", "COMPILE_MODES", "TRUE_WORDS", "FALSE_WORDS",
+           "canonical_compile", "RECIPE_FIELDS", "canonical_config", "recipe_differences"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}  # memory formats by name
+# none: eager; model: torch.compile the model (forward and backward); step: the whole training step compiled
+# (forward, backward, the optimiser step and the epoch's sums), its batches augmented a whole epoch at once.
+COMPILE_MODES = ("none", "model", "step")
+# How booleans are spelled on the command line and in saved configurations; --compile was a boolean before.
+TRUE_WORDS = ("true", "1", "yes", "y", "on")
+FALSE_WORDS = ("false", "0", "no", "n", "off")
 
 # Limits of what a run can take, checked when the configuration is built rather than after the data has loaded.
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the optimiser takes its rates in float32
@@ -37,11 +44,13 @@ RECIPE_FIELDS = ("arch", "attention", "attn_ratio", "use_sb", "use_se", "activat
                  "augment", "seed", "eval_every", "precision")
 
 
-def _opt(default, help: str, reference: bool = False, choices: Callable[[], list[str]] | None = None):
+def _opt(default, help: str, reference: bool = False, choices: Callable[[], list[str]] | None = None,
+         bare: str | None = None):
     """A config field with its CLI help; reference=True marks the reference implementation's own flags (spelled
-    with underscores); choices: the allowed values, from the registry that defines them."""
+    with underscores); choices: the allowed values, from the registry that defines them; bare: the value of the
+    option given without one (--compile alone)."""
     factory = {"default_factory": default} if callable(default) else {"default": default}
-    return field(**factory, metadata={"help": help, "reference": reference, "choices": choices})
+    return field(**factory, metadata={"help": help, "reference": reference, "choices": choices, "bare": bare})
 
 
 @dataclass
@@ -90,7 +99,11 @@ class TrainConfig:
                           choices=lambda: list(PRECISIONS))
     layout: str = _opt("auto", "memory layout of training; auto: measured once per machine and model on a CPU "
                                "(cached), channels-last on CUDA", choices=lambda: ["auto", *LAYOUTS])
-    compile: bool = _opt(False, "torch.compile the model (on CUDA: CUDA graphs for forward and backward)")
+    compile: str = _opt("none", "torch.compile: model (the flag alone; on CUDA, CUDA graphs for forward and "
+                                "backward), or step: the whole training step with the optimiser, each epoch's "
+                                "augmentation drawn at once (seeded by seed and epoch); True and False stand for "
+                                "model and none",
+                        choices=lambda: list(COMPILE_MODES), bare="model")
     sync_bn: bool = _opt(True, "under torchrun, synchronise every BatchNorm (the attention's too) across processes")
     resume: bool = _opt(False, "continue from the run's last checkpoint in --output-dir")
     tensorboard: bool = _opt(False, "write each epoch's scalars (losses, accuracies, learning rate, throughput, SB's "
@@ -151,6 +164,7 @@ class TrainConfig:
                                   "baseline)")
             self.attention = "sb" if self.use_sb else "se" if self.use_se else "none"
         self.augment = canonical_augment(self.augment)
+        self.compile = canonical_compile(self.compile)
         for f in dataclasses.fields(self):
             choices = f.metadata["choices"]
             if choices is not None and getattr(self, f.name) not in choices():
@@ -218,6 +232,13 @@ def canonical_config(saved: dict) -> dict:
     if isinstance(saved.get("augment"), str):
         saved["augment"] = canonical_augment(saved["augment"])
     return saved
+
+
+def canonical_compile(mode: str | bool) -> str | bool:
+    """A --compile value in today's spelling: True and its words are "model", False and its words "none"; any other
+    value as is (validation names it)."""
+    word = str(mode).strip().lower()
+    return "model" if mode is True or word in TRUE_WORDS else "none" if mode is False or word in FALSE_WORDS else mode
 
 
 def recipe_differences(saved: dict, config: TrainConfig) -> list[str]:

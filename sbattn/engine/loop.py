@@ -17,17 +17,16 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data import load_cifar10, steps_per_epoch, to_device_uint8, train_batches
+from ..data import epoch_batches, load_cifar10, steps_per_epoch, to_device_uint8, train_batches
 from ..errors import UserError
 from ..models import create_model
 from ..version import __version__
 from . import distributed, provenance
 from .checkpoint import load_checkpoint, unwrap
 from .config import LAYOUTS, TrainConfig, recipe_differences
-from .evaluation import evaluate, memory_format, sum_dtype
+from .evaluation import evaluate, memory_format
 from .integrity import check_same_data, data_identity
 from .options import BOOLEAN_WORDS
 from .outputs import (RunPaths, file_failure, format_epoch, lambda_stats, peak_rss_mb, prepare_output_dir,
@@ -36,11 +35,12 @@ from .precision import precision_label, resolve_precision
 from .rundir import move_aside, read_finished, remove_stale_temporaries, run_lock
 from .signals import StopRequest, alone_signal_handled
 from .state import RunState
+from .step import EpochSums, make_step
 from .tensorboard_log import epoch_logger
 from .threads import ThreadGovernor
 from .tuning import LayoutChoice, choose_layout, layout_name
 
-__all__ = ["train", "train_epoch", "RunResult", "Run", "resume_command"]
+__all__ = ["train", "train_epoch", "RunResult", "Run", "EpochTotals", "resume_command"]
 
 
 @dataclass
@@ -67,19 +67,13 @@ class Run:
 
 
 @dataclass
-class EpochSums:
-    """The running sums of an epoch, on the device (global over ranks once reduced)."""
+class EpochTotals:
+    """An epoch's sums, read from the device (global over ranks)."""
 
-    loss: torch.Tensor
-    correct: torch.Tensor
+    loss: float
+    correct: float
     seen: int
-    seconds: float  # training time of the epoch before this stretch of it (nonzero after a mid-epoch resume)
-
-    @classmethod
-    def resume(cls, partial: dict | None, device: torch.device) -> "EpochSums":
-        sums = partial or {"loss": torch.zeros(()), "correct": torch.zeros(()), "seen": 0, "seconds": 0.0}
-        dtype = sum_dtype(device)
-        return cls(sums["loss"].to(device, dtype), sums["correct"].to(device, dtype), sums["seen"], sums["seconds"])
+    seconds: float
 
 
 def train(config: TrainConfig, quiet: bool = False) -> RunResult:
@@ -160,26 +154,25 @@ def _train_run(run: Run, quiet: bool) -> RunResult:
         note = state.restore(ckpt, ctx, paths.checkpoint, steps)
         run.log(note) if note else None
         run.log(f"resuming {paths.name} at epoch {state.epoch + 1}, step {state.step}")
-    # On CUDA, "reduce-overhead" replays the forward and backward as CUDA graphs: at batch 64 the GPU would
-    # otherwise wait on Python to launch hundreds of small kernels a step.
-    compile_mode = "reduce-overhead" if device.type == "cuda" else "default"
-    step_model = torch.compile(wrapped, mode=compile_mode) if config.compile else wrapped
+    sums = EpochSums.zeros(device)
+    step = make_step(config.compile, wrapped, state.optimizer, state.scaler, run.amp_dtype, sums, device)
     params = sum(p.numel() for p in state.model.parameters())
     run.log(f"{paths.name}: {config.arch} attention={config.attention} params={params:,} data={data.source} "
             f"device={device}{f' x {ctx.world_size} processes' if ctx.distributed else ''} "
-            f"precision={precision_label(run.amp_dtype)} layout={layout.layout} ({layout.how}) seed={seed}")
+            f"precision={precision_label(run.amp_dtype)} layout={layout.layout} ({layout.how}) seed={seed}"
+            f"{'' if config.compile == 'none' else f' compile={config.compile}'}")
 
     stop = StopRequest()
     events = paths.output_dir / "tensorboard" / paths.name if config.tensorboard and ctx.main else None
     with stop.installed(), alone_signal_handled(), epoch_logger(events, state.epoch) as log_epoch:
         while state.epoch < config.epochs:
-            sums = train_epoch(run, state, step_model, train_x, train_y, stop)
+            totals = train_epoch(run, state, step, sums, train_x, train_y, stop)
             if state.step:  # stopped inside the epoch
                 _save(run, state)
                 run.log(f"{stop.name}: stopped at epoch {state.epoch + 1}, step {state.step}; checkpoint saved to "
                         f"{paths.checkpoint}\nresume with: {resume_command(config, ctx)}")
                 return RunResult(130, paths, state.history)
-            _end_epoch(run, state, sums, test_x, test_y)
+            _end_epoch(run, state, totals, test_x, test_y)
             log_epoch(state.history[-1])
             _save(run, state)
             if distributed.any_rank(ctx, bool(stop), device):
@@ -230,37 +223,23 @@ def _layout(run: Run, ckpt: dict | None) -> LayoutChoice:
     return distributed.gather_objects(run.ctx, choice)[0]
 
 
-def train_epoch(run: Run, state: RunState, step_model: torch.nn.Module, train_x: torch.Tensor,
-                train_y: torch.Tensor, stop: StopRequest) -> EpochSums:
-    """Train the epoch under way from its next step, to its end or to a stop request; the sums come back
-    reduced over ranks. On a stop, state.step is the number of steps done (never 0), else it is 0."""
-    config, ctx, device, fmt = run.config, run.ctx, run.device, state.memory_format
-    optimizer, scaler, epoch, start_step = state.optimizer, state.scaler, state.epoch, state.step
-    sums = EpochSums.resume(state.partial, device)
+def train_epoch(run: Run, state: RunState, step_fn: Callable[[torch.Tensor, torch.Tensor], None], sums: EpochSums,
+                train_x: torch.Tensor, train_y: torch.Tensor, stop: StopRequest) -> EpochTotals:
+    """Train the epoch under way from its next step, to its end or to a stop request, with `step_fn` adding to
+    `sums`; the totals come back reduced over ranks. On a stop, state.step is the number of steps done (never 0),
+    else it is 0."""
+    config, ctx, epoch, start_step = run.config, run.ctx, state.epoch, state.step
+    sums.restart(state.partial, start_step)
     seen_before = sums.seen
-    nonfinite = torch.zeros((), dtype=torch.int64, device=device)  # first bad step + 1, else 0
     steps = steps_per_epoch(len(train_y), config.batch_size, ctx.world_size)
-    lr = optimizer.param_groups[0]["lr"]
+    lr = float(state.optimizer.param_groups[0]["lr"])
     state.model.train()
     bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                disable=not run.interactive, dynamic_ncols=True)
     started = refreshed = time.perf_counter()
     step, stopping = start_step, False
-    batches = train_batches(train_x, train_y, config.batch_size, seed=state.seed, epoch=epoch,
-                            generator=state.generator, mode=config.augment, start=start_step,
-                            rank=ctx.rank, world_size=ctx.world_size)
-    for step, (x, y) in enumerate(batches, start=start_step):
-        with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
-            out = step_model(x.contiguous(memory_format=fmt))
-            loss = F.cross_entropy(out, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        loss = loss.detach()
-        nonfinite += (~torch.isfinite(loss)).long() * (nonfinite == 0) * (step + 1)
-        sums.loss += loss.to(sums.loss.dtype) * len(y)
-        sums.correct += (out.argmax(1) == y).sum()
+    for step, (x, y) in enumerate(_epoch_batches(run, state, train_x, train_y), start=start_step):
+        step_fn(x.contiguous(memory_format=state.memory_format), y)
         sums.seen += len(y)
         bar.update(1)
         now = time.perf_counter()
@@ -268,35 +247,45 @@ def train_epoch(run: Run, state: RunState, step_model: torch.nn.Module, train_x:
         last = step + 1 == steps
         if run.interactive and now - refreshed > 1.0 or last or stop:  # reading sums waits for the device
             refreshed = now
-            _check_finite(run, nonfinite, epoch)
+            _check_finite(run, sums.nonfinite, epoch)
             bar.set_postfix(loss=f"{sums.loss.item() / sums.seen:.4f}", acc=f"{100 * sums.correct.item() / sums.seen:.2f}%",
                             lr=f"{lr:.4g}", ips=f"{(sums.seen - seen_before) / (now - started):.0f}")
         # Ranks agree on stopping every few steps, so that all of them stop at the same one.
         if not ctx.distributed:
             stopping = bool(stop)
         elif (step + 1) % 8 == 0 or last:
-            stopping = distributed.any_rank(ctx, bool(stop), device)
+            stopping = distributed.any_rank(ctx, bool(stop), run.device)
         if stopping:
             break
     bar.close()
     stopping = stopping and step + 1 < steps  # a stop in the last step ends the epoch whole
-    sums.seconds += time.perf_counter() - started
-    seen = torch.tensor(float(sums.seen), dtype=sums.loss.dtype, device=device)
-    sums.loss, sums.correct, seen = distributed.all_reduce_sum(ctx, sums.loss, sums.correct, seen)
-    sums.seen = int(seen.item())
+    seconds = sums.seconds + time.perf_counter() - started
+    seen = torch.tensor(float(sums.seen), dtype=sums.loss.dtype, device=run.device)
+    loss, correct, seen = distributed.all_reduce_sum(ctx, sums.loss, sums.correct, seen)
     state.step = step + 1 if stopping else 0
-    state.partial = ({"loss": sums.loss.cpu(), "correct": sums.correct.cpu(), "seen": sums.seen,
-                      "seconds": sums.seconds} if stopping else None)
-    return sums
+    state.partial = ({"loss": loss.cpu(), "correct": correct.cpu(), "seen": int(seen.item()), "seconds": seconds}
+                     if stopping else None)
+    return EpochTotals(loss.item(), correct.item(), int(seen.item()), seconds)
 
 
-def _end_epoch(run: Run, state: RunState, sums: EpochSums, test_x: torch.Tensor, test_y: torch.Tensor) -> None:
+def _epoch_batches(run: Run, state: RunState, train_x: torch.Tensor, train_y: torch.Tensor):
+    """The epoch's batches from its next step: augmented batch by batch from the run's stream, or with --compile
+    step a whole epoch at once (its own draws, seeded by seed and epoch)."""
+    config, ctx = run.config, run.ctx
+    common = dict(seed=state.seed, epoch=state.epoch, mode=config.augment, start=state.step, rank=ctx.rank,
+                  world_size=ctx.world_size)
+    if config.compile == "step":
+        return epoch_batches(train_x, train_y, config.batch_size, memory_format=state.memory_format, **common)
+    return train_batches(train_x, train_y, config.batch_size, generator=state.generator, **common)
+
+
+def _end_epoch(run: Run, state: RunState, sums: EpochTotals, test_x: torch.Tensor, test_y: torch.Tensor) -> None:
     """Step the schedule, evaluate when due, and add the epoch to the history."""
     config, epoch = run.config, state.epoch
-    lr = state.optimizer.param_groups[0]["lr"]
+    lr = float(state.optimizer.param_groups[0]["lr"])
     state.scheduler.step()
-    entry = {"epoch": epoch + 1, "lr": lr, "train_loss": sums.loss.item() / sums.seen,
-             "train_acc": sums.correct.item() / sums.seen, "eval_loss": None, "eval_acc": None,
+    entry = {"epoch": epoch + 1, "lr": lr, "train_loss": sums.loss / sums.seen,
+             "train_acc": sums.correct / sums.seen, "eval_loss": None, "eval_acc": None,
              "seconds": sums.seconds, "images_per_sec": sums.seen / sums.seconds,
              "eval_seconds": None, "eval_precision": None, "threads": torch.get_num_threads(),
              "thread_ceiling": run.threads.ceiling, "layout": state.layout}

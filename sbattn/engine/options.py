@@ -13,7 +13,7 @@ import typing
 from typing import Sequence
 
 from ..errors import ConfigError
-from .config import TrainConfig
+from .config import FALSE_WORDS, TRUE_WORDS, TrainConfig
 from .config_file import read_config_file
 
 __all__ = ["add_config_options", "config_from_args", "config_from_argv", "file_options", "given_options",
@@ -96,8 +96,9 @@ def add_config_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()
         reference = f.metadata["reference"]
         flags = list(dict.fromkeys([underscored, hyphenated] if reference else [hyphenated, underscored]))
         group = reference_group if reference else own_group
+        bare = {} if f.metadata["bare"] is None else {"nargs": "?", "const": f.metadata["bare"]}
         group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(),
-                           help=field_help(f), **_parser_for(hints[f.name]))
+                           help=field_help(f), **_parser_for(hints[f.name]), **bare)
 
 
 def given_options(args: argparse.Namespace) -> dict:

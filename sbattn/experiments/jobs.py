@@ -12,6 +12,7 @@ killed outright, Linux sends its runs a SIGTERM, so they save too.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import signal
 import subprocess
@@ -22,13 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
+
 from ..engine.config import TrainConfig
 from ..engine.options import config_from_argv
 from ..engine.signals import ALONE_SIGNAL, ALONE_THREADS
 from ..errors import UserError
 from ..system import thread_budget
 
-__all__ = ["Job", "run_jobs", "threads_per_job"]
+__all__ = ["Job", "run_jobs", "threads_per_job", "run_devices"]
 
 
 @dataclass
@@ -51,6 +54,25 @@ def threads_per_job(jobs: int, device: str) -> int:
     most four each."""
     cores = thread_budget()
     return max(1, cores // jobs) if device.startswith("cpu") else max(1, min(4, cores // jobs))
+
+
+def run_devices(device: str) -> list[str]:
+    """The devices that K runs of `device` share out: each GPU for "cuda" on a machine of several, else `device`."""
+    count = torch.cuda.device_count() if device == "cuda" and torch.cuda.is_available() else 1
+    return [f"cuda:{i}" for i in range(count)] if count > 1 else [device]
+
+
+def _least_used(devices: list[str], in_use: list[str]) -> str:
+    return min(devices, key=lambda d: (in_use.count(d), devices.index(d)))
+
+
+def _start(job: Job, device: str | None, env: dict, child_setup: Callable[[], None]) -> subprocess.Popen:
+    """`sbattn train` for the job, on `device` where given, its output appended to the job's log."""
+    config = job.config if device is None else dataclasses.replace(job.config, device=device)
+    job.log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(job.log_path, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "sbattn", "train", *config.to_argv()], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=child_setup)
 
 
 def _child_setup_hook() -> Callable[[], None]:
@@ -94,12 +116,13 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
     After a failure or an interruption no new run starts, and the running ones are waited for.
     """
     pending = list(jobs)
-    running: dict[subprocess.Popen, tuple[Job, float]] = {}
+    running: dict[subprocess.Popen, tuple[Job, float, str]] = {}
     if not jobs:
         return 0
     for job in jobs:
         _check_round_trip(job.config)
     device = jobs[0].config.device or "cpu"
+    devices = run_devices(device)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_job(parallel, device)),
            ALONE_THREADS: str(threads_per_job(1, device))}
     child_setup = _child_setup_hook()
@@ -122,19 +145,17 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
         while running or more_to_start():
             while more_to_start() and len(running) < parallel:
                 job = pending.pop(0)
-                job.log_path.parent.mkdir(parents=True, exist_ok=True)
-                with open(job.log_path, "ab") as out:
-                    proc = subprocess.Popen([sys.executable, "-m", "sbattn", "train", *job.config.to_argv()],
-                                            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                            preexec_fn=child_setup)
-                running[proc] = (job, time.perf_counter())
+                job_device = _least_used(devices, [d for _, _, d in running.values()])
+                proc = _start(job, job_device if len(devices) > 1 else None, env, child_setup)
+                running[proc] = (job, time.perf_counter(), job_device)
                 if stopped:  # the signal came while the process was being started
                     proc.send_signal(signal.SIGINT)
                 verb = "resuming" if job.checkpoint.exists() else "started"
-                log(f"{job.label}: {verb} {job.config.run_name} (log: {job.log_path})")
+                on = f" on {job_device}" if len(devices) > 1 else ""
+                log(f"{job.label}: {verb} {job.config.run_name}{on} (log: {job.log_path})")
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
-                job, started = running.pop(proc)
+                job, started, _ = running.pop(proc)
                 code = proc.returncode
                 minutes = (time.perf_counter() - started) / 60
                 if code == 0:

@@ -1,0 +1,410 @@
+"""Issue #18's measurement on one GPU, in two parts that each fit one device command (docs/gpu.md).
+
+    benchmarks/gpu.sh OUT_DIR speed      # environment; one run of the reference's recipe in each --compile mode
+                                         # (none, model, step); the fp32-vs-bf16 pair at full length, both at once
+    benchmarks/gpu.sh OUT_DIR table      # the reference's eight-row table: its seven distinct runs at full length,
+                                         # all at once on the one GPU (--jobs 7)
+    benchmarks/gpu.sh OUT_DIR all --dry-run   # the same steps on the CPU, fake set, tiny model, two epochs
+
+Every figure is printed as it is measured and written at once to OUT_DIR/gpu-PART.json, so a part cut off by its
+time limit leaves what it had measured. Each part stops its trainings at its --budget (a checkpoint each, as
+Ctrl-C would) and then reports, for what did not finish, the epochs reached and a projection of the full length
+from the measured epochs. Timings are wall-clock from the trainings' own logs: the first epoch's time includes
+the process's start, loading the data and compilation; the epochs after it include evaluation and the
+checkpoint. The runs' files go to --work-dir, never to OUT_DIR (the device returns at most 8 files from it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sbattn.data import load_cifar10  # noqa: E402
+from sbattn.engine.checkpoint import read_record  # noqa: E402
+from sbattn.engine.config import TrainConfig  # noqa: E402
+from sbattn.experiments.jobs import Job, run_jobs  # noqa: E402
+from sbattn.cli.suites import COMPARE_DEFAULT  # noqa: E402
+from sbattn.experiments.suites import report, run_config  # noqa: E402
+from sbattn.experiments.variants import ablation_variants, compare_variants  # noqa: E402
+from sbattn.files import atomic_write  # noqa: E402
+
+PARTS = ("speed", "table", "all")
+MODES = ("none", "model", "step")
+TARGET_RUN_S, TARGET_TABLE_S = 120, 600  # the issue's targets: one run in 2 minutes, the table in 10
+EPOCH_LINE = re.compile(r"^epoch\s+(\d+)/\d+\s")  # a run's line at the end of each epoch (format_epoch)
+USER_COMPILE_THREADS = os.environ.get("TORCHINDUCTOR_COMPILE_THREADS")
+MIN_TRAINING_S = 30  # less left of a part's budget: its trainings are not started
+
+
+@dataclass
+class Setup:
+    """What a GPU measurement and its dry run differ in."""
+
+    device: str
+    dataset: str
+    data_dir: str
+    width: float
+    epochs: int  # the reference's full length
+    speed_epochs: int  # epochs of each single-run speed measurement
+    milestones: list[int]
+    budget_s: float  # per part
+    speed_limit_s: float  # per single-run measurement
+    work: Path
+    mode: str  # the --compile mode of the pair and the table
+    modes: list[str]  # of the single-run measurements
+
+    def config(self, output_dir: Path, mode: str, **values) -> TrainConfig:
+        """The reference's recipe (VGG16-SB, tanh, batch 64, seed 0, evaluation every epoch) at this setup's
+        size, in --compile `mode`; `values` override."""
+        base = dict(device=self.device, dataset=self.dataset, data_dir=self.data_dir, width=self.width,
+                    epochs=self.epochs, milestones=self.milestones, batch_size=64, seed=0, compile=mode,
+                    output_dir=str(output_dir))
+        return TrainConfig(**{**base, **values})
+
+
+def make_setup(args: argparse.Namespace) -> Setup:
+    work, modes = Path(args.work_dir), args.modes.split(",")
+    if args.dry_run:
+        return Setup("cpu", "fake", args.data_dir or "unused", 0.0625, 2, 2, [1], args.budget or 240, 100, work,
+                     args.mode, modes)
+    data_dir = args.data_dir or next((d for d in ("shared/data", "../shared/data") if Path(d).is_dir()),
+                                     "shared/data")
+    return Setup("cuda", "cifar10", data_dir, 1.0, 80, 3, [40, 60, 80], args.budget or 510, 180, work, args.mode,
+                 modes)
+
+
+class Recorder:
+    """The part's figures: printed as they come, and the whole JSON rewritten after each."""
+
+    def __init__(self, path: Path, head: dict):
+        self.path, self.data = path, dict(head)
+        self.save()
+
+    def put(self, key: str, value, line: str | None = None) -> None:
+        self.data[key] = value
+        self.save()
+        if line:
+            print(line, flush=True)
+
+    def note(self, line: str) -> None:
+        self.data.setdefault("notes", []).append(line)
+        self.save()
+        print(f"note: {line}", flush=True)
+
+    def save(self) -> None:
+        text = json.dumps(self.data, indent=1, default=str).encode()
+        atomic_write(self.path, lambda f: f.write(text))
+
+
+def environment(setup: Setup) -> dict:
+    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
+           "cpu_cores": os.cpu_count(), "device": setup.device}
+    if setup.device == "cuda" and torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        env.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), multiprocessors=p.multi_processor_count,
+                   capability=f"{p.major}.{p.minor}", driver=_nvidia_smi("driver_version"))
+    return env
+
+
+def _nvidia_smi(field_name: str) -> str | None:
+    try:
+        return subprocess.run(["nvidia-smi", f"--query-gpu={field_name}", "--format=csv,noheader"], text=True,
+                              capture_output=True, timeout=30).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ------------------------------------------------------------------------------ trainings under a deadline
+
+
+@dataclass
+class Watch:
+    """When each epoch line of each job's log appeared, in seconds from the start of the trainings."""
+
+    jobs: list[Job]
+    started: float = field(default_factory=time.perf_counter)
+    epochs: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    def poll(self) -> None:
+        now = time.perf_counter() - self.started
+        for job in self.jobs:
+            try:
+                lines = job.log_path.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                m = EPOCH_LINE.match(line.strip())
+                if m:
+                    self.epochs.setdefault(job.label, {}).setdefault(int(m.group(1)), now)
+
+
+def train_together(jobs: list[Job], deadline: float) -> tuple[int, Watch]:
+    """Train `jobs` all at once (run_jobs, as `sbattn compare --jobs K`) in fresh output directories; at
+    `deadline` (perf_counter) each is stopped as Ctrl-C would stop it, with its checkpoint. Returns run_jobs'
+    status and the epochs' times."""
+    for directory in {Path(job.config.output_dir) for job in jobs}:
+        shutil.rmtree(directory, ignore_errors=True)  # an earlier try's logs and runs would be taken for these
+    if not USER_COMPILE_THREADS:  # K runs compiling at once share the cores, as their threads do
+        os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(jobs)))
+    watch, done = Watch(jobs), threading.Event()
+
+    def watching() -> None:
+        while not done.wait(0.1):
+            watch.poll()
+            if time.perf_counter() > deadline:
+                os.kill(os.getpid(), signal.SIGINT)  # run_jobs passes it on to every run
+                done.wait(30)  # the runs save and stop; once more only if they have not
+
+    previous = signal.signal(signal.SIGINT, lambda *a: None)  # a late stop after run_jobs returned: ignored
+    thread = threading.Thread(target=watching, daemon=True)
+    thread.start()
+    try:
+        status = run_jobs(jobs, len(jobs), lambda line: print(f"  {line}", flush=True))
+    finally:
+        done.set()
+        thread.join()
+        signal.signal(signal.SIGINT, previous)
+    watch.poll()
+    return status, watch
+
+
+def run_figures(job: Job, watch: Watch, full_epochs: int) -> dict:
+    """What one run measured: epochs reached, accuracies, its epochs' wall times, and its full length
+    projected from them when it did not finish."""
+    times = watch.epochs.get(job.label, {})
+    done = max(times, default=0)
+    intervals = [times[e] - times[e - 1] for e in range(2, done + 1) if e - 1 in times]
+    figures = {"run": job.config.run_name, "epochs_done": done, "first_epoch_s": times.get(1),
+               "epoch_s": statistics.median(intervals) if intervals else None}
+    figures.update(_history_figures(job))
+    if figures["epoch_s"]:
+        figures["projected_s"] = times[1] + (full_epochs - 1) * figures["epoch_s"]
+        figures["epoch_img_s"] = figures.get("train_images", 0) / figures["epoch_s"]
+    if figures.get("finished"):
+        figures["wall_s"] = times.get(full_epochs)
+    return figures
+
+
+def _history_figures(job: Job) -> dict:
+    """From the run's finished summary, else from its checkpoint: the final accuracy (the final weights in fp32),
+    each epoch's (in the training precision), and the training speed."""
+    summary_path, checkpoint = job.log_path.with_suffix(".json"), job.checkpoint
+    summary: dict = {}
+    if summary_path.exists():
+        record = json.loads(summary_path.read_text())
+        history, summary = record["history"], record["summary"]
+    elif checkpoint.exists():
+        history = read_record(checkpoint)["history"]
+    else:
+        return {"finished": False, "error": _last_lines(job.log_path)}
+    steady = [h["images_per_sec"] for h in history[1:]] or [h["images_per_sec"] for h in history]
+    images = history[-1]["images_per_sec"] * history[-1]["seconds"] if history else 0
+    return {"finished": summary.get("complete", False), "final_eval_acc": summary.get("final_eval_acc"),
+            "eval_acc": [h["eval_acc"] for h in history], "train_loss": [h["train_loss"] for h in history],
+            "train_img_s": statistics.median(steady) if steady else None, "train_images": round(images)}
+
+
+def _last_lines(path: Path, n: int = 5) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "no log"
+
+
+def _fmt(value, spec: str = ".1f", unit: str = " s") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+# ------------------------------------------------------------------------------------------------ part 1
+
+
+def measure_data(setup: Setup, rec: Recorder) -> float:
+    """Decode the data once (into the fresh cache every training then reads): the decoding's share of a run."""
+    started = time.perf_counter()
+    data = load_cifar10(setup.data_dir, setup.dataset, progress=False)
+    seconds = time.perf_counter() - started
+    rec.put("data", {"source": data.source, "decode_s": seconds, "train_images": len(data.train_labels)},
+            f"data: {data.source}, decoded in {seconds:.1f} s")
+    return seconds
+
+
+def measure_single_runs(setup: Setup, rec: Recorder, decode_s: float, deadline: float) -> dict[str, dict]:
+    """One run of the reference's recipe alone on the device for a few epochs, in each --compile mode."""
+    results: dict[str, dict] = {}
+    for mode in setup.modes:
+        job = Job(f"one run, --compile {mode}", setup.config(setup.work / f"speed-{mode}", mode,
+                                                              epochs=setup.speed_epochs))
+        status, watch = train_together([job], min(deadline, time.perf_counter() + setup.speed_limit_s))
+        figures = {"status": status, **run_figures(job, watch, setup.epochs)}
+        if figures.get("projected_s"):
+            figures["projected_with_decoding_s"] = figures["projected_s"] + decode_s
+        results[mode] = figures
+        rec.put("single_run", results,
+                f"{job.label}: first epoch {_fmt(figures['first_epoch_s'])} (start, data, compilation), then "
+                f"{_fmt(figures['epoch_s'], '.2f')} an epoch ({_fmt(figures.get('train_img_s'), '.0f', '')} img/s "
+                f"training, {_fmt(figures.get('epoch_img_s'), '.0f', '')} img/s with evaluation); {setup.epochs} "
+                f"epochs with decoding: {_fmt(figures.get('projected_with_decoding_s'), '.0f')} projected "
+                f"(target {TARGET_RUN_S} s)")
+    return results
+
+
+def fastest_mode(results: dict[str, dict], default: str) -> str:
+    timed = {m: r["projected_s"] for m, r in results.items() if r.get("projected_s")}
+    return min(timed, key=timed.get) if timed else default
+
+
+def train_part(setup: Setup, rec: Recorder, key: str, jobs_of, deadline: float) -> dict | None:
+    """Train the jobs that `jobs_of(mode)` makes, all at once until `deadline`, in setup.mode; if none of them
+    got through an epoch in the whole-step mode, once more with the model compiled. Records rec[key]; None when
+    too little time is left to start."""
+    if deadline - time.perf_counter() < MIN_TRAINING_S:
+        rec.note(f"{key}: not started, {max(0, deadline - time.perf_counter()):.0f} s of the budget left")
+        return None
+    for mode in [setup.mode] + (["model"] if setup.mode == "step" else []):
+        jobs = jobs_of(mode)
+        status, watch = train_together(jobs, deadline)
+        runs = {job.label: run_figures(job, watch, setup.epochs) for job in jobs}
+        result = {"mode": mode, "status": status, "runs": runs, "elapsed_s": time.perf_counter() - watch.started,
+                  "finished": all(r.get("finished") for r in runs.values())}
+        rec.put(key, result)
+        if any(r["epochs_done"] for r in runs.values()) or time.perf_counter() > deadline:
+            break
+        error = next(iter(runs.values())).get("error", "")
+        rec.note(f"{key}: no run finished an epoch with --compile {mode} (status {status}; the first run's log "
+                 f"ends: {error!r})")
+    return result
+
+
+def measure_precision_pair(setup: Setup, rec: Recorder, deadline: float) -> None:
+    """The reference's command in fp32 and in bf16, same seed, full length, both at once."""
+    def jobs_of(mode: str) -> list[Job]:
+        return [Job(p, setup.config(setup.work / f"pair-{p}", mode, precision=p)) for p in ("fp32", "bf16")]
+
+    result = train_part(setup, rec, "precision_pair", jobs_of, deadline)
+    if result is None:
+        return
+    runs = result["runs"]
+    if result["finished"]:  # the final weights of each, evaluated in fp32: the runs' final accuracies
+        compared, accs = "final accuracy", {p: 100 * r["final_eval_acc"] for p, r in runs.items()}
+    else:  # the last epoch both reached, each evaluated in its training precision
+        common = min(len(r.get("eval_acc", [])) for r in runs.values())
+        compared = f"epoch {common}/{setup.epochs}"
+        accs = {p: 100 * r["eval_acc"][common - 1] if common else None for p, r in runs.items()}
+    result.update(compared=compared, accuracy_pct=accs,
+                  bf16_minus_fp32_pp=None if None in accs.values() else accs["bf16"] - accs["fp32"])
+    rec.put("precision_pair", result,
+            f"fp32 vs bf16 (--compile {result['mode']}, {'finished' if result['finished'] else 'stopped'}): "
+            f"{compared}: fp32 {_fmt(accs['fp32'], '.2f', '%')}, bf16 {_fmt(accs['bf16'], '.2f', '%')}; "
+            f"projected full length {_fmt(runs['fp32'].get('projected_s'), '.0f')} and "
+            f"{_fmt(runs['bf16'].get('projected_s'), '.0f')} side by side")
+
+
+def part_speed(setup: Setup, rec: Recorder, deadline: float) -> None:
+    decode_s = measure_data(setup, rec)
+    results = measure_single_runs(setup, rec, decode_s, deadline)
+    if setup.mode == "fastest":
+        setup.mode = fastest_mode(results, "step")
+    measure_precision_pair(setup, rec, deadline)
+
+
+# ------------------------------------------------------------------------------------------------ part 2
+
+
+def table_jobs(setup: Setup, directory: Path, mode: str) -> list[Job]:
+    """The reference's two tables as seven runs in one directory: baseline, SE and SB(Sigmoid), then SB with the
+    other activations (the ablation's sigmoid row is the comparison's run)."""
+    base = setup.config(directory, mode)
+    variants = {v.key: v for v in compare_variants(COMPARE_DEFAULT, "sigmoid") + ablation_variants()}
+    return [Job(key, run_config(base, v, 0)) for key, v in variants.items()]
+
+
+def part_table(setup: Setup, rec: Recorder, deadline: float, single_runs: dict[str, dict]) -> None:
+    directory = setup.work / "table"
+    result = train_part(setup, rec, "table", lambda mode: table_jobs(setup, directory, mode), deadline)
+    if result is None:
+        return
+    runs = result["runs"].values()
+    aggregate = sum(r.get("epoch_img_s") or 0 for r in runs)
+    projections = [r.get("projected_s") for r in runs]
+    projected = None if None in projections else max(projections)  # they train side by side
+    alone_img_s = single_runs.get(result["mode"], {}).get("epoch_img_s")  # part speed's, in this OUT_DIR
+    result.update(jobs=len(result["runs"]), aggregate_img_s=aggregate, projected_s=projected,
+                  wall_s=result["elapsed_s"] if result["finished"] else None, one_run_alone_img_s=alone_img_s,
+                  throughput_vs_one_run=aggregate / alone_img_s if alone_img_s else None)
+    if result["finished"]:
+        report(directory)
+        result["tables"] = {name: (directory / f"{name}.md").read_text() for name in ("compare", "ablation")}
+    rec.put("table", result,
+            f"table ({len(result['runs'])} runs at once, --compile {result['mode']}): "
+            f"{'finished in ' + _fmt(result['wall_s'], '.0f') if result['finished'] else 'stopped'}; projected "
+            f"{_fmt(projected, '.0f')} (target {TARGET_TABLE_S} s); {aggregate:.0f} img/s together"
+            + (f", {result['throughput_vs_one_run']:.2f}x one run alone" if result["throughput_vs_one_run"] else ""))
+    if "tables" in result:
+        print("\n".join(result["tables"].values()), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir", type=Path, help="where gpu-speed.json and gpu-table.json go")
+    p.add_argument("part", nargs="?", choices=PARTS, default="all")
+    p.add_argument("--dry-run", action="store_true", help="the same steps on the CPU: fake set, width 0.0625, "
+                                                          "2 epochs")
+    p.add_argument("--data-dir", help="CIFAR-10 (default: shared/data, else ../shared/data)")
+    p.add_argument("--work-dir", default="/tmp/sbattn-gpu", help="the runs' files (default: /tmp/sbattn-gpu)")
+    p.add_argument("--budget", type=float, help="seconds per part, trainings stopped at its end (default: 510; "
+                                                "dry run 240)")
+    p.add_argument("--modes", default=",".join(MODES), help="--compile modes of the single runs (default: "
+                                                              "none,model,step)")
+    p.add_argument("--mode", choices=(*MODES, "fastest"), default="fastest",
+                   help="--compile mode of the pair and the table (default: the fastest single run of part speed "
+                        "in OUT_DIR, else step)")
+    args = p.parse_args(argv)
+    setup = make_setup(args)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    setup.work.mkdir(parents=True, exist_ok=True)
+    os.environ["SBATTN_CACHE"] = str(setup.work / "cache")  # a cold cache: decoding is measured, once
+    for part in ("speed", "table") if args.part == "all" else (args.part,):
+        started = time.perf_counter()
+        rec = Recorder(args.out_dir / f"gpu-{part}.json", {
+            "part": part, "dry_run": args.dry_run, "started": datetime.now().isoformat(timespec="seconds"),
+            "budget_s": setup.budget_s, "environment": environment(setup)})
+        print(f"== part {part}: {json.dumps(rec.data['environment'])}", flush=True)
+        deadline = started + setup.budget_s - 15  # time to stop the runs and write their figures
+        if part == "speed":
+            part_speed(setup, rec, deadline)
+        else:
+            single = _single_runs_of(args.out_dir)
+            if setup.mode == "fastest":
+                setup.mode = fastest_mode(single, "step")
+            part_table(setup, rec, deadline, single)
+        rec.put("seconds", time.perf_counter() - started, f"== part {part}: {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _single_runs_of(out_dir: Path) -> dict:
+    """Part speed's single runs, when it ran into the same OUT_DIR."""
+    try:
+        return json.loads((out_dir / "gpu-speed.json").read_text()).get("single_run", {})
+    except (OSError, ValueError):
+        return {}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

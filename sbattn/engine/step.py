@@ -1,0 +1,113 @@
+"""The training step, the same in every --compile mode, and what each mode compiles of it.
+
+none: the step as written. model: the model compiled (forward and backward; on CUDA replayed as CUDA graphs).
+step: the whole step compiled: the forward, the loss, the backward, the optimiser step and the epoch's sums, with
+the learning rate a tensor on the device so that the schedule's steps change a value, not the compiled code. On
+CUDA the pieces between the graph breaks that torch.compile keeps (before the backward, and around the optimiser
+step) are replayed as CUDA graphs, so a step launches a few graphs instead of a few hundred kernels and never
+waits on the host.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .evaluation import sum_dtype
+
+__all__ = ["EpochSums", "train_step", "make_step", "compile_mode", "compile_step", "set_lr_form"]
+
+
+@dataclass
+class EpochSums:
+    """The running sums of an epoch, on the device: one set per run, reset in place each epoch, so that a compiled
+    step always updates the same tensors."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    nonfinite: torch.Tensor  # the first step with a non-finite loss, counted from 1; 0: none yet
+    steps: torch.Tensor  # steps done in the epoch
+    seen: int = 0
+    seconds: float = 0.0  # training time of the epoch before this stretch of it (nonzero after a mid-epoch resume)
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> "EpochSums":
+        dtype = sum_dtype(device)
+        return cls(torch.zeros((), dtype=dtype, device=device), torch.zeros((), dtype=dtype, device=device),
+                   torch.zeros((), dtype=torch.int64, device=device), torch.zeros((), dtype=torch.int64, device=device))
+
+    def restart(self, partial: dict | None, step: int) -> None:
+        """Start the epoch at `step`, from the sums an interrupted epoch had reached (`partial`), or from zero."""
+        with torch.no_grad():
+            for name in ("loss", "correct"):
+                getattr(self, name).zero_() if partial is None else getattr(self, name).copy_(partial[name])
+            self.nonfinite.zero_()
+            self.steps.fill_(step)
+        self.seen = 0 if partial is None else partial["seen"]
+        self.seconds = 0.0 if partial is None else partial["seconds"]
+
+    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
+        self.steps += 1
+        self.nonfinite += (~torch.isfinite(loss)).long() * (self.nonfinite == 0) * self.steps
+        self.loss += loss.to(self.loss.dtype) * len(y)
+        self.correct += (out.argmax(1) == y).sum()
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+               amp_dtype: torch.dtype | None, sums: EpochSums, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One step after the gradients were cleared: forward, loss, backward, optimiser step, sums. scaler: fp16's
+    loss scaling, else None (torch.compile does not trace the scaler, and the optimiser step must be traced)."""
+    with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    sums.add(loss.detach(), out.detach(), y)
+
+
+def compile_mode(device: torch.device) -> str:
+    """torch.compile's mode for training on `device`: on CUDA, "reduce-overhead" replays the compiled pieces as
+    CUDA graphs (at batch 64 the GPU would otherwise wait on Python to launch hundreds of small kernels a step)."""
+    return "reduce-overhead" if device.type == "cuda" else "default"
+
+
+def compile_step(fn: Callable, device: torch.device) -> Callable:
+    """The whole step compiled; dynamic=False: one version for the full batches, one for an epoch's last."""
+    return torch.compile(fn, mode=compile_mode(device), dynamic=False)
+
+
+def set_lr_form(optimizer: torch.optim.Optimizer, device: torch.device | None) -> None:
+    """Learning rates as float64 tensors on `device` (a compiled optimiser step reads the value at run time, and
+    the scheduler writes into the tensor), or, with None, as Python floats (the eager optimiser's own form)."""
+    for group in optimizer.param_groups:
+        value = float(group["lr"])
+        group["lr"] = value if device is None else torch.tensor(value, dtype=torch.float64, device=device)
+
+
+def make_step(mode: str, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+              amp_dtype: torch.dtype | None, sums: EpochSums, device: torch.device) -> Callable[..., None]:
+    """`step(x, y)`, one training step as --compile `mode` takes it, for `model` (the module that trains: DDP's
+    wrapper under torchrun); it adds to `sums`. Sets the optimiser's learning rates to the form the mode needs."""
+    set_lr_form(optimizer, device if mode == "step" else None)
+    scaling = scaler if scaler.is_enabled() else None
+    if mode == "step":
+        for t in (sums.loss, sums.correct, sums.nonfinite, sums.steps):
+            torch._dynamo.mark_static_address(t)  # the same tensors every step and epoch: CUDA graphs update them
+        body = partial(compile_step(train_step, device), model, optimizer, scaling, amp_dtype, sums)
+    else:
+        forward = torch.compile(model, mode=compile_mode(device)) if mode == "model" else model
+        body = partial(train_step, forward, optimizer, scaling, amp_dtype, sums)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)  # outside: torch.compile does not trace it
+        body(x, y)
+    return step
