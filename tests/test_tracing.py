@@ -140,6 +140,21 @@ def test_every_model_traces_with_torch_fx(name, attention, mode):
     assert {"spatial_mean", "_batch_of_two_in_training"} <= targets  # leaves: decided as the graph runs
 
 
+def test_fx_post_training_quantisation_of_an_sb_model():
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    model = tiny("vgg16", "sb", "eval")
+    x = batch(4)
+    with quiet_exporters():
+        prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("x86"), (x,))
+        prepared(x)  # calibration
+        quantised = convert_fx(prepared)
+    branch_layers = [type(m).__module__ for name, m in quantised.named_modules() if ".branch." in name]
+    assert any("quantized" in module for module in branch_layers)  # the branch's Linear layers too
+    expected = model(x)
+    torch.testing.assert_close(quantised(x), expected, rtol=0.1, atol=0.1 * expected.abs().max().item())
+
+
 @pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("mode", MODES)
 def test_every_model_exports_with_torch_export(name, mode):

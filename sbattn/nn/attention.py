@@ -125,10 +125,12 @@ class AttentionBranch(nn.Sequential):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.use_bn:
             z = _batch_of_two_in_training(z, self[1])
+        if isinstance(z, torch.fx.Proxy):
+            # A torch.fx graph holds no autocast region, and its tools may swap the layers (quantisation, whose
+            # Linear has no weight tensor): traced, the branch is its plain layers, under the graph's autocast.
+            return super().forward(z)
         # In the weights' own precision: on (N, C), autocast's casts would cost more than the arithmetic.
         z = z.to(self[0].weight.dtype)
-        if isinstance(z, torch.fx.Proxy):  # a torch.fx graph holds no autocast region: traced, the branch
-            return super().forward(z)    # follows the autocast the graph runs under
         autocast = torch.is_autocast_enabled(z.device.type)
         with torch.autocast(z.device.type, enabled=False) if autocast else contextlib.nullcontext():
             return super().forward(z)
