@@ -171,7 +171,7 @@ def test_bad_options_are_one_line_value_errors():
         sbattn.resnet20(placement="everywhere")
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="unknown attention"):
-        sbattn.resnet20(attention="cbam")
+        sbattn.resnet20(attention="bam")
     with pytest.raises(sbattn.ConfigError, match="ratio"):
         TrainConfig(arch="resnet20", width=0.0625, device="cpu")  # 1 channel leaves no hidden unit
 

@@ -154,6 +154,7 @@ class TrainConfig:
         def fail(name: str, why: str) -> None:
             raise ConfigError(f"{name}={getattr(self, name)!r}: {why}")
 
+        self.compile = canonical_compile(self.compile)  # a boolean before 0.2
         for f in dataclasses.fields(self):
             expected = _type_problem(getattr(self, f.name), _field_types()[f.name])
             if expected:
@@ -164,7 +165,6 @@ class TrainConfig:
                                   "baseline)")
             self.attention = "sb" if self.use_sb else "se" if self.use_se else "none"
         self.augment = canonical_augment(self.augment)
-        self.compile = canonical_compile(self.compile)
         for f in dataclasses.fields(self):
             choices = f.metadata["choices"]
             if choices is not None and getattr(self, f.name) not in choices():

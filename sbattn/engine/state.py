@@ -48,6 +48,15 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _non_negative_number(value) -> bool:
+    """A finite number >= 0, or a one-element tensor holding one (--compile step keeps the learning rate in one)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return False
+        value = value.item()
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
+
+
 @dataclass
 class RunState:
     model: nn.Module  # the plain module (DDP and torch.compile wrap it, never replace it)
@@ -125,8 +134,7 @@ class RunState:
                 buffer = self.optimizer.state.get(p, {}).get("momentum_buffer")
                 if buffer is not None and (not isinstance(buffer, torch.Tensor) or buffer.shape != p.shape):
                     raise CheckpointError(f"{path}: its optimiser's momenta do not fit the model; the file is damaged")
-            if not all(isinstance(group.get(k), (int, float)) and 0 <= group[k] < float("inf")
-                       for k in ("lr", "initial_lr", "weight_decay", "momentum")):
+            if not all(_non_negative_number(group.get(k)) for k in ("lr", "initial_lr", "weight_decay", "momentum")):
                 raise CheckpointError(f"{path}: its optimiser's learning rate or decay is malformed; the file is "
                                       f"damaged")
         if self.scheduler.last_epoch != epoch:
