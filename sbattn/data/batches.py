@@ -96,15 +96,8 @@ def train_batches(
     they stay in step. Give each rank its own ``generator`` seed (``augment_stream_seed``) so that their
     augmentations differ.
     """
-    mode = _check_mode(mode)
-    _check_split(batch_size, rank, world_size)
-    device = images_u8.device
-    y_all = _labels_on(labels, device)
-    n = images_u8.shape[0]
-    if y_all.shape[0] != n:
-        raise ValueError(f"{n} images but {y_all.shape[0]} labels")
-    order = _to_device(epoch_order(n, seed, epoch), device)
-    steps = steps_per_epoch(n, batch_size, world_size)
+    mode, y_all, order = _epoch_plan(images_u8, labels, batch_size, seed, epoch, mode, rank, world_size)
+    steps = steps_per_epoch(images_u8.shape[0], batch_size, world_size)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for step in range(start, steps):  # a resumed epoch skips its first steps without drawing for them
@@ -113,6 +106,18 @@ def train_batches(
             yield normalize(x, dtype), y_all.index_select(0, idx)
 
     return batches()
+
+
+def _epoch_plan(images_u8: torch.Tensor, labels: torch.Tensor | np.ndarray, batch_size: int, seed: int, epoch: int,
+                mode: str, rank: int, world_size: int) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """(the canonical augmentation mode, the labels on the images' device, the epoch's shuffled order), checked."""
+    mode = _check_mode(mode)
+    _check_split(batch_size, rank, world_size)
+    y_all = _labels_on(labels, images_u8.device)
+    n = images_u8.shape[0]
+    if y_all.shape[0] != n:
+        raise ValueError(f"{n} images but {y_all.shape[0]} labels")
+    return mode, y_all, _to_device(epoch_order(n, seed, epoch), images_u8.device)
 
 
 def _step_indices(order: torch.Tensor, step: int, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
@@ -141,16 +146,10 @@ def epoch_batches(
     resumed at step ``start`` is the same as the rest of the uninterrupted one; they differ from the per-batch
     draws of ``train_batches``. The epoch's images are laid out in ``memory_format``, so its slices are too.
     """
-    mode = _check_mode(mode)
-    _check_split(batch_size, rank, world_size)
+    mode, y_all, order = _epoch_plan(images_u8, labels, batch_size, seed, epoch, mode, rank, world_size)
     device = images_u8.device
-    y_all = _labels_on(labels, device)
-    n = images_u8.shape[0]
-    if y_all.shape[0] != n:
-        raise ValueError(f"{n} images but {y_all.shape[0]} labels")
-    order = _to_device(epoch_order(n, seed, epoch), device)
     parts = [_step_indices(order, step, batch_size, rank, world_size) for step in range(steps_per_epoch(
-        n, batch_size, world_size))]
+        images_u8.shape[0], batch_size, world_size))]
     idx = torch.cat(parts)
     generator = torch.Generator(device).manual_seed(epoch_augment_seed(seed, epoch, rank))
     x = augment(images_u8.index_select(0, idx), generator, mode, chunk=EPOCH_CHUNK)
