@@ -79,7 +79,8 @@ class Setup:
 def make_setup(args: argparse.Namespace) -> Setup:
     work, modes = Path(args.work_dir), args.modes.split(",")
     if args.dry_run:
-        return Setup("cpu", "fake", args.data_dir or "unused", 0.0625, 2, 2, [1], args.budget or 240, 100, work,
+        # torch.compile takes most of a dry run: minutes for each compiled mode on two busy cores
+        return Setup("cpu", "fake", args.data_dir or "unused", 0.0625, 2, 2, [1], args.budget or 480, 180, work,
                      args.mode, modes)
     data_dir = args.data_dir or next((d for d in ("shared/data", "../shared/data") if Path(d).is_dir()),
                                      "shared/data")
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="CIFAR-10 (default: shared/data, else ../shared/data)")
     p.add_argument("--work-dir", default="/tmp/sbattn-gpu", help="the runs' files (default: /tmp/sbattn-gpu)")
     p.add_argument("--budget", type=float, help="seconds per part, trainings stopped at its end (default: 510; "
-                                                "dry run 240)")
+                                                "dry run 480)")
     p.add_argument("--modes", default=",".join(MODES), help="--compile modes of the single runs (default: "
                                                               "none,model,step)")
     p.add_argument("--mode", choices=(*MODES, "fastest"), default="fastest",

@@ -20,8 +20,6 @@ __all__ = ["add_config_options", "config_from_args", "config_from_argv", "file_o
            "parse_bool", "parse_int_list", "parse_value"]
 
 
-TRUE_WORDS = ("true", "1", "yes", "y", "on")
-FALSE_WORDS = ("false", "0", "no", "n", "off")
 BOOLEAN_WORDS = TRUE_WORDS + FALSE_WORDS
 
 
