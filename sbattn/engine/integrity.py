@@ -96,7 +96,13 @@ def _is_count(value, low: int = 0, high: float = math.inf) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+    """A finite int or float (not a bool), or a one-element tensor holding one (--compile step keeps the learning
+    rate in a tensor)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return False
+        value = value.item()
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -134,13 +140,13 @@ def check_training_fields(ckpt: dict, epochs: int, seed: int | None, path: Path)
 def _partial_ok(partial) -> bool:
     return (isinstance(partial, dict)
             and all(isinstance(partial.get(k), torch.Tensor) and partial[k].numel() == 1 for k in ("loss", "correct"))
-            and _is_count(partial.get("seen"), 1) and _is_number(partial.get("seconds")))
+            and _is_count(partial.get("seen"), 1) and is_number(partial.get("seconds")))
 
 
 def _entry_ok(entry, epoch: int) -> bool:
     return (isinstance(entry, dict) and entry.get("epoch") == epoch
-            and all(_is_number(entry.get(k)) for k in HISTORY_NUMBERS)
-            and all(entry.get(k) is None or _is_number(entry.get(k)) for k in ("eval_loss", "eval_acc")))
+            and all(is_number(entry.get(k)) for k in HISTORY_NUMBERS)
+            and all(entry.get(k) is None or is_number(entry.get(k)) for k in ("eval_loss", "eval_acc")))
 
 
 def data_identity(data) -> dict:

@@ -248,8 +248,9 @@ def train_epoch(run: Run, state: RunState, step_fn: Callable[[torch.Tensor, torc
         if run.interactive and now - refreshed > 1.0 or last or stop:  # reading sums waits for the device
             refreshed = now
             _check_finite(run, sums.nonfinite, epoch)
-            bar.set_postfix(loss=f"{sums.loss.item() / sums.seen:.4f}", acc=f"{100 * sums.correct.item() / sums.seen:.2f}%",
-                            lr=f"{lr:.4g}", ips=f"{(sums.seen - seen_before) / (now - started):.0f}")
+            bar.set_postfix(loss=f"{sums.loss.item() / sums.seen:.4f}",
+                            acc=f"{100 * sums.correct.item() / sums.seen:.2f}%", lr=f"{lr:.4g}",
+                            ips=f"{(sums.seen - seen_before) / (now - started):.0f}")
         # Ranks agree on stopping every few steps, so that all of them stop at the same one.
         if not ctx.distributed:
             stopping = bool(stop)

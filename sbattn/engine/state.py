@@ -21,7 +21,7 @@ from ..version import __version__
 from . import distributed
 from .checkpoint import save_checkpoint
 from .config import LAYOUTS, TrainConfig
-from .integrity import check_weights_fit
+from .integrity import check_weights_fit, is_number
 
 __all__ = ["RunState", "reference_optimizer"]
 
@@ -46,15 +46,6 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
     generator.set_state(state["augment"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _non_negative_number(value) -> bool:
-    """A finite number >= 0, or a one-element tensor holding one (--compile step keeps the learning rate in one)."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            return False
-        value = value.item()
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
 
 
 @dataclass
@@ -134,7 +125,8 @@ class RunState:
                 buffer = self.optimizer.state.get(p, {}).get("momentum_buffer")
                 if buffer is not None and (not isinstance(buffer, torch.Tensor) or buffer.shape != p.shape):
                     raise CheckpointError(f"{path}: its optimiser's momenta do not fit the model; the file is damaged")
-            if not all(_non_negative_number(group.get(k)) for k in ("lr", "initial_lr", "weight_decay", "momentum")):
+            rates = ("lr", "initial_lr", "weight_decay", "momentum")
+            if not all(is_number(group.get(k)) and group[k] >= 0 for k in rates):
                 raise CheckpointError(f"{path}: its optimiser's learning rate or decay is malformed; the file is "
                                       f"damaged")
         if self.scheduler.last_epoch != epoch:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..data import default_cache_dir
 from ..files import atomic_write
@@ -23,6 +22,7 @@ from ..models import create_model
 from ..system import cpu_model
 from .config import LAYOUTS, TrainConfig
 from .evaluation import memory_format
+from .step import EpochSums, train_step
 
 __all__ = ["LayoutChoice", "choose_layout", "layout_name"]
 WARMUP, TIMED, ROUNDS = 2, 3, 2  # steps per layout and round; rounds alternate the layouts
@@ -71,6 +71,7 @@ def _measure(config: TrainConfig, device: torch.device, amp_dtype: torch.dtype |
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
         x = torch.randn(config.batch_size, 3, 32, 32, device=device)
         y = torch.randint(0, num_classes, (config.batch_size,), device=device)
+        sums = EpochSums.zeros(device)
         times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
         for _ in range(ROUNDS):
             for name, fmt in LAYOUTS.items():
@@ -78,11 +79,8 @@ def _measure(config: TrainConfig, device: torch.device, amp_dtype: torch.dtype |
                 xf = x.contiguous(memory_format=fmt)
                 for i in range(WARMUP + TIMED):
                     started = time.perf_counter()
-                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                        loss = F.cross_entropy(model(xf), y)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    train_step(model, optimizer, None, amp_dtype, sums, xf, y)
                     if i >= WARMUP:
                         times[name].append(time.perf_counter() - started)
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
