@@ -66,6 +66,7 @@ class Setup:
     work: Path
     mode: str  # the --compile mode of the pair and the table
     modes: list[str]  # of the single-run measurements
+    pair: bool = True  # part speed trains the fp32-vs-bf16 pair after the single runs
 
     def config(self, output_dir: Path, mode: str, **values) -> TrainConfig:
         """The reference's recipe (VGG16-SB, tanh, batch 64, seed 0, evaluation every epoch) at this setup's
@@ -319,7 +320,8 @@ def part_speed(setup: Setup, rec: Recorder, deadline: float) -> None:
     results = measure_single_runs(setup, rec, decode_s, deadline)
     if setup.mode == "fastest":
         setup.mode = fastest_mode(results, "step")
-    measure_precision_pair(setup, rec, deadline)
+    if setup.pair:
+        measure_precision_pair(setup, rec, deadline)
 
 
 # ------------------------------------------------------------------------------------------------ part 2
@@ -376,8 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=(*MODES, "fastest"), default="fastest",
                    help="--compile mode of the pair and the table (default: the fastest single run of part speed "
                         "in OUT_DIR, else step)")
+    p.add_argument("--no-pair", action="store_true", help="part speed: the single runs only")
     args = p.parse_args(argv)
     setup = make_setup(args)
+    setup.pair = not args.no_pair
     args.out_dir.mkdir(parents=True, exist_ok=True)
     setup.work.mkdir(parents=True, exist_ok=True)
     os.environ["SBATTN_CACHE"] = str(setup.work / "cache")  # a cold cache: decoding is measured, once

@@ -200,6 +200,32 @@ def test_the_whole_step_on_cuda_never_waits_on_the_host():
     assert sums.steps.item() == 8 and torch.isfinite(sums.loss) and sums.nonfinite.item() == 0
 
 
+def test_momentum_buffers_made_before_the_first_step_leave_the_run_unchanged():
+    """--compile step makes SGD's momentum buffers up front (a buffer SGD made inside a CUDA graph would be
+    overwritten by the next replay); the run must be the one SGD makes lazily, to the bit."""
+    from sbattn.engine.state import reference_optimizer
+    from sbattn.engine.step import make_momentum_buffers
+    torch.manual_seed(0)
+    x, y = torch.randn(3, 8, 3, 16, 16), torch.randint(0, 10, (3, 8))
+    params = {}
+    for made in (False, True):
+        torch.manual_seed(1)
+        model = sbattn.create_model("vgg16", attention="sb", width=0.0625)
+        optimizer = reference_optimizer(model, 0.1, 5e-4)
+        if made:
+            make_momentum_buffers(optimizer)
+            assert all(optimizer.state[p]["momentum_buffer"].abs().sum() == 0 for p in model.parameters())
+        for i in range(3):
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x[i]), y[i]).backward()
+            optimizer.step()
+        params[made] = [p.detach().clone() for p in model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(params[False], params[True]))
+    buffers = [s["momentum_buffer"].clone() for s in optimizer.state.values()]
+    make_momentum_buffers(optimizer)  # a resumed run's buffers are kept
+    assert all(torch.equal(a, s["momentum_buffer"]) for a, s in zip(buffers, optimizer.state.values()))
+
+
 def test_whole_step_mode_stopped_mid_epoch_resumes_to_the_same_run(tmp_path, monkeypatch):
     import sbattn.engine.loop as loop
     import sbattn.engine.step as step_module

@@ -19,7 +19,8 @@ from torch import nn
 
 from .evaluation import sum_dtype
 
-__all__ = ["EpochSums", "train_step", "make_step", "compile_mode", "compile_step", "set_lr_form"]
+__all__ = ["EpochSums", "train_step", "make_step", "compile_mode", "compile_step", "set_lr_form",
+           "make_momentum_buffers"]
 
 
 @dataclass
@@ -93,6 +94,20 @@ def set_lr_form(optimizer: torch.optim.Optimizer, device: torch.device | None) -
         group["lr"] = value if device is None else torch.tensor(value, dtype=torch.float64, device=device)
 
 
+def make_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
+    """SGD's momentum buffers, made now as zeros where the optimiser has none yet. SGD makes each lazily, as a copy
+    of the first gradient, inside its first step; in a step replayed as a CUDA graph that copy would live in the
+    graph's memory pool, where the next replay overwrites it. From zero the first step gives the same buffer
+    (0 * momentum + gradient), so the run is unchanged."""
+    for group in optimizer.param_groups:
+        if not group.get("momentum"):
+            continue
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
 def make_step(mode: str, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
               amp_dtype: torch.dtype | None, sums: EpochSums, device: torch.device) -> Callable[..., None]:
     """`step(x, y)`, one training step as --compile `mode` takes it, for `model` (the module that trains: DDP's
@@ -100,14 +115,21 @@ def make_step(mode: str, model: nn.Module, optimizer: torch.optim.Optimizer, sca
     set_lr_form(optimizer, device if mode == "step" else None)
     scaling = scaler if scaler.is_enabled() else None
     if mode == "step":
-        for t in (sums.loss, sums.correct, sums.nonfinite, sums.steps):
+        make_momentum_buffers(optimizer)
+        state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        for t in (sums.loss, sums.correct, sums.nonfinite, sums.steps, *state, *lrs):
             torch._dynamo.mark_static_address(t)  # the same tensors every step and epoch: CUDA graphs update them
         body = partial(compile_step(train_step, device), model, optimizer, scaling, amp_dtype, sums)
     else:
         forward = torch.compile(model, mode=compile_mode(device)) if mode == "model" else model
         body = partial(train_step, forward, optimizer, scaling, amp_dtype, sums)
 
+    graphs = mode == "step" and compile_mode(device) == "reduce-overhead"
+
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        if graphs:  # a new step: the CUDA graphs' outputs of the last one (its activations, gradients) are done with
+            torch.compiler.cudagraph_mark_step_begin()
         optimizer.zero_grad(set_to_none=True)  # outside: torch.compile does not trace it
         body(x, y)
     return step
