@@ -81,3 +81,48 @@ def test_a_run_stopped_by_the_budget_is_projected_from_its_epochs(tmp_path):
     assert figures["train_img_s"] == 1003.0  # the median over the epochs after the first (compilation)
     assert figures["epoch_img_s"] == pytest.approx(1004 * 50 / 1.5)
     assert figures["eval_acc"] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+
+
+def streams_module():
+    spec = importlib.util.spec_from_file_location("sbattn_streams_benchmark", ROOT / "benchmarks" / "streams.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_streams_dry_run_steps_the_seven_table_models_alone_and_together(tmp_path):
+    out = tmp_path / "streams.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "streams.py"), "--dry-run", "--repeats", "1",
+                           "--json", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    names = ["baseline", "se", "sb-sigmoid", "sb-tanh", "sb-relu", "sb-softmax", "sb-linear"]
+    assert list(figures["alone_img_s"]) == names and all(v > 0 for v in figures["alone_img_s"].values())
+    together = figures["together"]
+    assert together["runs"] == 7 and together["img_s"] > 0
+    assert together["vs_one_run_alone"] == pytest.approx(together["img_s"] / figures["alone_img_s"]["sb-tanh"])
+    assert together["table_projected_s"] == pytest.approx(80 * 782 * 7 * 16 / together["img_s"])
+
+
+def test_streams_runner_trains_each_model_as_its_own_table_row():
+    streams = streams_module()
+    configs = streams.table_configs(TrainConfig(device="cpu", dataset="fake", width=0.0625, batch_size=8))
+    assert {k: (c.attention, c.activation) for k, c in configs.items() if k in ("baseline", "se", "sb-relu")} == {
+        "baseline": ("none", "tanh"), "se": ("se", "tanh"), "sb-relu": ("sb", "relu")}
+    runner = streams.make_runner("sb-relu", configs["sb-relu"], torch.device("cpu"), 8, compiled=False)
+    before = [p.detach().clone() for p in runner.model.parameters()]
+    for i in range(3):
+        runner.step(i)
+    assert runner.sums.steps.item() == 3 and torch.isfinite(runner.sums.loss)
+    assert all(not torch.equal(a, p) for a, p in zip(before, runner.model.parameters()) if p.requires_grad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_step_replayed_as_a_cuda_graph_trains_as_the_eager_step():
+    streams = streams_module()
+    config = streams.table_configs(TrainConfig(device="cuda", dataset="fake", width=0.25))["sb-tanh"]
+    check = streams.graph_vs_eager(config, torch.device("cuda"), 64, compiled=False)
+    assert check["loss_rel_diff"] < 1e-2
+    assert check["weights_rel_diff"] < 0.05 * check["weights_moved"]
