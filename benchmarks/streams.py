@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,7 +36,7 @@ from sbattn.engine.config import TrainConfig  # noqa: E402
 from sbattn.engine.evaluation import memory_format  # noqa: E402
 from sbattn.engine.precision import precision_label, resolve_precision  # noqa: E402
 from sbattn.engine.state import reference_optimizer  # noqa: E402
-from sbattn.engine.step import EpochSums, make_momentum_buffers  # noqa: E402
+from sbattn.engine.step import EpochSums, make_momentum_buffers, train_step  # noqa: E402
 from sbattn.experiments.suites import run_config  # noqa: E402
 from sbattn.experiments.variants import ablation_variants, compare_variants  # noqa: E402
 from sbattn.files import atomic_write  # noqa: E402
@@ -62,14 +61,9 @@ class Runner:
     stream: "torch.cuda.Stream | None" = None
 
     def body(self) -> None:
-        """The step on the static batch. autocast's weight-cast cache is off: a graph must not capture it."""
-        with torch.autocast(self.x.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None, cache_enabled=False):
-            out = self.model(self.x)
-            loss = F.cross_entropy(out, self.y)
-        loss.backward()
-        self.optimizer.step()
-        self.sums.add(loss.detach(), out.detach(), self.y)
+        """The engine's training step on the static batch, without autocast's cast cache (a graph must not
+        capture it)."""
+        train_step(self.model, self.optimizer, None, self.amp_dtype, self.sums, self.x, self.y, cast_cache=False)
 
     def step(self, i: int) -> None:
         """Step `i`: the next batch into the static input, then the step, on this runner's stream."""
@@ -116,22 +110,23 @@ def capture(runner: Runner, warmup: int) -> None:
 def graph_vs_eager(config: TrainConfig, device: torch.device, batch: int, compiled: bool, steps: int = 8) -> dict:
     """The same model from the same seed trained on the same batches, replayed as a graph and stepped eagerly:
     how far apart their losses and weights end. Only rounding and the order of atomic adds may differ."""
-    runners = [make_runner("graph", config, device, batch, compiled), make_runner("eager", config, device, batch,
-                                                                                 compiled)]
-    capture(runners[0], warmup=3)  # three real steps, then a capture that runs nothing
+    def weights(runner: Runner) -> torch.Tensor:
+        return torch.cat([p.detach().float().flatten() for p in runner.model.parameters()])
+
+    graph, eager = (make_runner(name, config, device, batch, compiled) for name in ("graph", "eager"))
+    start = weights(eager)
+    capture(graph, warmup=3)  # three real steps, then a capture that runs nothing
     for i in range(3):
-        runners[1].step(i)
-    for runner in runners:
+        eager.step(i)
+    for runner in (graph, eager):
         for i in range(steps):
             runner.step(i)
     torch.cuda.synchronize()
-    g, e = (torch.cat([p.detach().float().flatten() for p in r.model.parameters()]) for r in runners)
-    losses = [r.sums.loss.item() for r in runners]
+    g, e = weights(graph), weights(eager)
+    losses = [graph.sums.loss.item(), eager.sums.loss.item()]
     return {"steps": 3 + steps, "loss_sums": losses, "loss_rel_diff": abs(losses[0] - losses[1]) / abs(losses[1]),
             "weights_rel_diff": ((g - e).norm() / e.norm()).item(),
-            "weights_moved": ((e - torch.cat([p.detach().float().flatten() for p in
-                                               make_runner("init", config, device, batch, False).model.parameters()]))
-                              .norm() / e.norm()).item()}
+            "weights_moved": ((e - start).norm() / e.norm()).item()}
 
 
 def timed(runners: list[Runner], steps: int, device: torch.device) -> float:

@@ -160,19 +160,10 @@ def test_create_attention_registry():
         create_attention("bam", 8)
 
 
-def test_register_attention_makes_a_new_kind_available_to_models(attention_registry):
-    @sbattn.register_attention("scale_only")
-    class ScaleOnly(nn.Module):
-        def __init__(self, channels, ratio=0.5):
-            super().__init__()
-            self.scale = nn.Parameter(torch.ones(channels))
-
-        def forward(self, x):
-            return x * self.scale[:, None, None]
-
-    model = sbattn.vgg16(attention="scale_only", width=0.125)
-    assert sum(isinstance(m, ScaleOnly) for m in model.modules()) == 4
-    assert "scale_only" in sbattn.list_attention()
+def test_register_attention_makes_a_new_kind_available_to_models(gate_attention):
+    model = sbattn.vgg16(attention="gate", width=0.125)
+    assert sum(isinstance(m, gate_attention) for m in model.modules()) == 4
+    assert "gate" in sbattn.list_attention()
 
 
 @pytest.mark.parametrize("shape", [(4, 16, 8, 8), (1, 3, 5, 7), (2, 1, 4, 4), (3, 8, 1, 2)])

@@ -237,20 +237,7 @@ def test_a_finished_run_of_another_recipe_is_not_reused(tmp_path, monkeypatch):
     assert fake.configs == []
 
 
-def test_compare_takes_any_registered_attention_kind(tmp_path, monkeypatch, attention_registry):
-    import sbattn
-    import torch
-    from torch import nn
-
-    @sbattn.register_attention("gate")
-    class Gate(nn.Module):
-        def __init__(self, channels, ratio=0.5):
-            super().__init__()
-            self.weight = nn.Parameter(torch.ones(channels))
-
-        def forward(self, x):
-            return x * self.weight[:, None, None]
-
+def test_compare_takes_any_registered_attention_kind(tmp_path, monkeypatch, gate_attention):
     fake = FakeTrain()
     monkeypatch.setattr(suites, "train", fake)
     args = parse("compare", ["--dataset", "fake", "--width", "0.0625", "--epochs", "2", "--device", "cpu",

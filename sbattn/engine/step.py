@@ -59,10 +59,13 @@ class EpochSums:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-               amp_dtype: torch.dtype | None, sums: EpochSums, x: torch.Tensor, y: torch.Tensor) -> None:
+               amp_dtype: torch.dtype | None, sums: EpochSums, x: torch.Tensor, y: torch.Tensor,
+               cast_cache: bool = True) -> None:
     """One step after the gradients were cleared: forward, loss, backward, optimiser step, sums. scaler: fp16's
-    loss scaling, else None (torch.compile does not trace the scaler, and the optimiser step must be traced)."""
-    with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+    loss scaling, else None (torch.compile does not trace the scaler, and the optimiser step must be traced).
+    cast_cache: autocast's cache of weight casts; a step captured as a CUDA graph by hand must not use it."""
+    with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None,
+                        cache_enabled=cast_cache):
         out = model(x)
         loss = F.cross_entropy(out, y)
     if scaler is None:
