@@ -34,8 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sbattn.data import load_cifar10  # noqa: E402
-from sbattn.engine.checkpoint import read_record  # noqa: E402
-from sbattn.engine.config import TrainConfig  # noqa: E402
+from sbattn.records.checkpoint import read_record  # noqa: E402
+from sbattn.config import TrainConfig  # noqa: E402
 from sbattn.experiments.jobs import Job, run_jobs  # noqa: E402
 from sbattn.cli.suites import COMPARE_DEFAULT  # noqa: E402
 from sbattn.experiments.suites import report, run_config  # noqa: E402
@@ -145,7 +145,7 @@ class Watch:
         now = time.perf_counter() - self.started
         for job in self.jobs:
             try:
-                lines = job.log_path.read_text(errors="replace").splitlines()
+                lines = job.paths.log.read_text(errors="replace").splitlines()
             except OSError:
                 continue
             for line in lines:
@@ -204,7 +204,7 @@ def run_figures(job: Job, watch: Watch, full_epochs: int) -> dict:
 def _history_figures(job: Job) -> dict:
     """From the run's finished summary, else from its checkpoint: the final accuracy (the final weights in fp32),
     each epoch's (in the training precision), and the training speed."""
-    summary_path, checkpoint = job.log_path.with_suffix(".json"), job.checkpoint
+    summary_path, checkpoint = job.paths.summary, job.paths.checkpoint
     summary: dict = {}
     if summary_path.exists():
         record = json.loads(summary_path.read_text())
@@ -212,7 +212,7 @@ def _history_figures(job: Job) -> dict:
     elif checkpoint.exists():
         history = read_record(checkpoint)["history"]
     else:
-        return {"finished": False, "error": _last_lines(job.log_path)}
+        return {"finished": False, "error": _last_lines(job.paths.log)}
     steady = [h["images_per_sec"] for h in history[1:]] or [h["images_per_sec"] for h in history]
     images = history[-1]["images_per_sec"] * history[-1]["seconds"] if history else 0
     return {"finished": summary.get("complete", False), "final_eval_acc": summary.get("final_eval_acc"),

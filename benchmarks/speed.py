@@ -33,11 +33,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sbattn import create_model  # noqa: E402
 from sbattn.data import train_batches  # noqa: E402
-from sbattn.engine.config import TrainConfig  # noqa: E402
-from sbattn.engine.evaluation import evaluate, memory_format  # noqa: E402
-from sbattn.engine.loop import train  # noqa: E402
-from sbattn.engine.precision import precision_label, resolve_precision  # noqa: E402
-from sbattn.engine.state import reference_optimizer  # noqa: E402
+from sbattn.config import TrainConfig  # noqa: E402
+from sbattn.train.evaluation import evaluate, memory_format  # noqa: E402
+from sbattn.train.loop import train  # noqa: E402
+from sbattn.train.precision import precision_label, resolve_precision  # noqa: E402
+from sbattn.train.optimizer import reference_optimizer  # noqa: E402
 from sbattn.models.summary import summarize  # noqa: E402
 from sbattn.system import cpu_matrix_isa, cpu_model  # noqa: E402
 

@@ -1,11 +1,15 @@
-"""What this machine offers: cores this process may use, and the CPU's bf16 support."""
+"""What this machine offers: cores this process may use, the CPU's bf16 support, optional packages."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 from pathlib import Path
 
-__all__ = ["available_cores", "thread_budget", "cpu_has_bf16", "cpu_model", "cpu_matrix_isa"]
+__all__ = ["available_cores", "thread_budget", "cpu_has_bf16", "cpu_model", "cpu_matrix_isa", "TENSORBOARD_HINT",
+           "tensorboard_available"]
+
+TENSORBOARD_HINT = 'pip install "sbattn[tensorboard]"'
 
 
 def available_cores() -> int:
@@ -46,3 +50,7 @@ def cpu_matrix_isa() -> str:
 def cpu_has_bf16() -> bool:
     """Native bf16 arithmetic on this CPU (AVX-512 BF16 or AMX); without it bf16 autocast is slower than fp32."""
     return cpu_matrix_isa() != "none"
+
+
+def tensorboard_available() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None

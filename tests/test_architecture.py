@@ -12,10 +12,13 @@ LAYERS = {
     "sbattn.errors": 0, "sbattn.version": 0, "sbattn.files": 0, "sbattn.system": 0,
     "sbattn.nn": 1,
     "sbattn.models": 2, "sbattn.data": 2,
-    "sbattn.engine": 3,
-    "sbattn.experiments": 4,
-    "sbattn.cli": 5,
-    "sbattn.__main__": 6,
+    "sbattn.config": 3,
+    "sbattn.records": 4,
+    "sbattn.train": 5, "sbattn.inference": 5,
+    "sbattn.experiments": 6,
+    "sbattn.engine": 6,  # 0.1's names, re-exported for one version; nothing inside the package imports it
+    "sbattn.cli": 7,
+    "sbattn.__main__": 8,
 }
 
 
@@ -122,19 +125,72 @@ def test_no_import_cycles():
     ("from ..cli import main", "sbattn.cli.main"),
     ("from ..errors import UserError", "sbattn.errors"),
     ("def f():\n    from ..cli.main import main", "sbattn.cli.main"),
-    ("from . import distributed", "sbattn.engine.distributed"),
+    ("from . import distributed", "sbattn.train.distributed"),
     ("import sbattn.nn.attention", "sbattn.nn.attention"),
     ("from .. import nn", "sbattn.nn"),
 ])
 def test_the_parser_finds_relative_absolute_and_local_imports(source, expected):
-    assert expected in imports_in(source, "sbattn.engine.loop", is_package=False)
+    assert expected in imports_in(source, "sbattn.train.loop", is_package=False)
 
 
 def test_an_upward_import_is_caught(monkeypatch):
     real = imports_of
     monkeypatch.setitem(globals(), "imports_of",
                         lambda path: real(path) | ({"sbattn.cli.main"} if path.name == "loop.py" else set()))
-    with pytest.raises(AssertionError, match="sbattn.engine.loop .*imports sbattn.cli.main"):
+    with pytest.raises(AssertionError, match="sbattn.train.loop .*imports sbattn.cli.main"):
         test_imports_point_down()
     with pytest.raises(AssertionError, match="sbattn.cli.main"):
         test_no_import_cycles()
+
+
+MAX_MODULE_LINES = 350
+MAX_FUNCTION_LINES = 60
+MAX_SIBLINGS = 8  # what one module of a subpackage may import of its own subpackage: orchestration stays readable
+
+
+def sizes() -> tuple[dict[str, int], dict[str, int]]:
+    """Lines of each module, and of each function and method (by module:qualified name)."""
+    modules, functions = {}, {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text()
+        name = module_name(path)
+        modules[name] = len(source.splitlines())
+
+        def visit(node, prefix=""):
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    qualified = f"{prefix}{child.name}"
+                    if not isinstance(child, ast.ClassDef):
+                        functions[f"{name}:{qualified}"] = child.end_lineno - child.lineno + 1
+                    visit(child, qualified + ".")
+        visit(ast.parse(source))
+    return modules, functions
+
+
+def test_modules_and_functions_fit_on_a_screen_or_two():
+    modules, functions = sizes()
+    long_modules = {m: n for m, n in modules.items() if n > MAX_MODULE_LINES}
+    long_functions = {f: n for f, n in functions.items() if n > MAX_FUNCTION_LINES}
+    assert not long_modules, f"modules over {MAX_MODULE_LINES} lines: {long_modules}"
+    assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines: {long_functions}"
+
+
+def test_no_module_imports_more_than_a_few_of_its_siblings():
+    crowded = {}
+    for module, targets in graph().items():
+        package = module.rsplit(".", 1)[0]
+        if package == "sbattn" or module.endswith("__init__") or (PACKAGE.parent / module.replace(".", "/")).is_dir():
+            continue  # top-level modules, and each subpackage's face, which re-exports
+        siblings = {t for t in targets if t.rsplit(".", 1)[0] == package}
+        if len(siblings) > MAX_SIBLINGS:
+            crowded[module] = sorted(siblings)
+    assert not crowded, f"modules importing more than {MAX_SIBLINGS} of their siblings: {crowded}"
+
+
+def test_a_crowded_module_is_caught(monkeypatch):
+    real = imports_of
+    extra = {f"sbattn.train.{m}" for m in ("distributed", "epoch", "evaluation", "optimizer", "precision", "run",
+                                           "signals", "start", "state")}
+    monkeypatch.setitem(globals(), "imports_of", lambda path: real(path) | (extra if path.name == "loop.py" else set()))
+    with pytest.raises(AssertionError, match="sbattn.train.loop"):
+        test_no_module_imports_more_than_a_few_of_its_siblings()

@@ -3,7 +3,7 @@ import torch
 
 from sbattn import ConfigError, TrainConfig
 from sbattn.cli import build_parser
-from sbattn.engine.options import config_from_args
+from sbattn.config.options import config_from_args
 
 
 def test_reference_defaults():
@@ -244,12 +244,12 @@ def test_choices_come_from_the_registries(attention_registry, capsys):
 
 def test_old_spellings_still_work():
     assert TrainConfig(augment="seed").augment == "reference"
-    from sbattn.engine.config import recipe_differences
+    from sbattn.config import recipe_differences
     saved = TrainConfig(device="cpu").to_dict()
     old = {k: v for k, v in saved.items() if k != "attention"} | {"augment": "seed"}  # as 0.1.0 wrote it
     assert recipe_differences(old, TrainConfig(device="cpu")) == []
     assert recipe_differences(old, TrainConfig(device="cpu", attention="se")) == [
-        "attention 'sb' there, 'se' now", "use_sb True there, False now", "use_se False there, True now"]
+        "use_sb True there, False now", "use_se False there, True now", "attention 'sb' there, 'se' now"]
 
 
 def test_compile_modes_and_the_former_boolean():

@@ -15,8 +15,8 @@ from sbattn import TrainConfig
 from sbattn.data import normalize, to_device_uint8
 from sbattn.cli import main
 from sbattn.data import FAKE_SIZES, load_fake
-from sbattn.engine.deploy import export_onnx, export_program
-from sbattn.engine.loop import train
+from sbattn.inference import export_onnx, export_program
+from sbattn.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

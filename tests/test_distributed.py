@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 import sbattn
 from sbattn.data import load_cifar10
-from sbattn.engine.evaluation import evaluate
+from sbattn.train.evaluation import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "vgg16_0.5_True_False_tanh_w0.0625_seed0"
@@ -135,7 +135,7 @@ def test_mid_epoch_checkpoint_needs_the_same_number_of_processes(two, tmp_path):
     state = torch.load(next(two[0].glob("*.pth")), weights_only=True)  # any sbattn file to start from
     config = sbattn.TrainConfig.from_dict(state["config"], output_dir=str(tmp_path))
     model = sbattn.load(next(two[0].glob("*.pth")))
-    from sbattn.engine.checkpoint import save_checkpoint
+    from sbattn.records.checkpoint import save_checkpoint
     unused = dict.fromkeys(("optimizer", "scheduler", "scaler"))  # refused before they are read
     # a well-formed checkpoint of one process, 5 steps into its second epoch
     partial = {"loss": torch.zeros(()), "correct": torch.zeros(()), "seen": 160, "seconds": 1.0}

@@ -19,7 +19,7 @@ import sbattn
 from sbattn import TrainConfig
 from sbattn.cli import main
 from sbattn.data import MAX_ENTRY_BYTES, MAX_IMAGE_BYTES, DataError, load_cifar10
-from sbattn.engine.checkpoint import save_weights
+from sbattn.records.checkpoint import save_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _datagen import tree_files, write_official_dir, write_tree  # noqa: E402

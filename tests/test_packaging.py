@@ -1,4 +1,5 @@
 """What a package index and a type checker see: the licence, the changelog, classifiers, URLs, py.typed."""
+import importlib.metadata
 import re
 from pathlib import Path
 
@@ -19,11 +20,15 @@ def test_the_license_file_is_the_mit_license_pyproject_names():
     assert "License :: OSI Approved :: MIT License" in PROJECT["classifiers"]
 
 
-def test_the_changelog_has_this_version_and_every_earlier_one():
+def test_one_version_the_package_its_metadata_and_the_changelog_agree():
     text = (ROOT / "CHANGELOG.md").read_text()
     versions = re.findall(r"^## (\d+\.\d+\.\d+)", text, re.M)
-    assert PROJECT["version"] == sbattn.__version__ in versions
+    assert versions[0] == sbattn.__version__  # the newest section is this version
     assert versions == sorted(versions, key=lambda v: tuple(map(int, v.split("."))), reverse=True)
+    # pyproject holds no version of its own: the build reads the package's
+    assert "version" not in PROJECT and "version" in PROJECT["dynamic"]
+    assert SETUPTOOLS["dynamic"]["version"] == {"attr": "sbattn.version.__version__"}
+    assert importlib.metadata.version("sbattn") == sbattn.__version__  # what pip installed says the same
 
 
 def test_classifiers_and_urls_say_only_what_is_true():

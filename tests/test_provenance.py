@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import sbattn.engine.loop as loop
+import sbattn.train.loop as loop
 from sbattn import TrainConfig
-from sbattn.engine import provenance
-from sbattn.engine.loop import train
+from sbattn.records import provenance
+from sbattn.train.loop import train
 from sbattn.system import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]

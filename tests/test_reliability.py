@@ -17,10 +17,10 @@ import torch
 import sbattn
 from sbattn import TrainConfig
 from sbattn.cli import main
-from sbattn.engine.checkpoint import read_record
-from sbattn.engine.loop import train
-from sbattn.engine.outputs import RunPaths
-from sbattn.engine.rundir import run_lock
+from sbattn.records import RunPaths, read_finished
+from sbattn.records.checkpoint import read_record
+from sbattn.records.rundir import run_lock
+from sbattn.train.loop import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _datagen import tree_files, write_tree  # noqa: E402
@@ -174,7 +174,7 @@ ls -a {out}
 
 
 def test_full_disk_simulated_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    import sbattn.engine.state as state_module
+    import sbattn.train.state as state_module
     real, saves = state_module.save_checkpoint, []
 
     def disk_fills_after_the_first(path, state):
@@ -186,20 +186,24 @@ def test_full_disk_simulated_keeps_the_last_good_checkpoint(tmp_path, monkeypatc
     monkeypatch.setattr(state_module, "save_checkpoint", disk_fills_after_the_first)
     out = tmp_path / "out"
     argv = ["train", *TINY, "--epochs=3", "--milestones=[2]", "--seed=0", f"--output-dir={out}", "--overwrite"]
-    monkeypatch.setattr(sys, "argv", ["/usr/bin/sbattn", *argv])  # what the resume command repeats
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/sbattn", *argv])
     assert main(argv) == 1
     err = one_line(capsys.readouterr().err)
     assert "No space left on device" in err and "last good checkpoint" in err
-    resume = shlex.join(["sbattn", *argv[:-1], "--resume"])  # not --overwrite: that would start afresh once more
-    assert err.endswith(f"resume with: {resume}")
     assert read_record(out / f"{NAME}_seed0.ckpt")["epoch"] == 1
+    resume = shlex.split(err.split("resume with: ")[1])
+    assert resume[:2] == ["sbattn", "train"] and "--overwrite" not in resume  # that would start afresh once more
+    monkeypatch.setattr(state_module, "save_checkpoint", real)  # room made
+    assert main(resume[1:]) == 0
+    summary = read_finished(out / f"{NAME}_seed0.json").summary
+    assert summary["config"]["epochs"] == 3 and len(summary["earlier_sessions"]) == 1  # continued, not restarted
 
 
 def test_results_txt_a_directory_is_refused_before_training(tmp_path, capsys, monkeypatch):
-    import sbattn.engine.loop as loop
+    import sbattn.train.start as start
     out = tmp_path / "out"
     (out / "results.txt").mkdir(parents=True)
-    monkeypatch.setattr(loop, "load_cifar10", lambda *a, **k: pytest.fail("data loaded before the check"))
+    monkeypatch.setattr(start, "load_cifar10", lambda *a, **k: pytest.fail("data loaded before the check"))
     assert main(["train", *TINY, f"--output-dir={out}"]) == 2
     assert "results.txt is not a regular file" in one_line(capsys.readouterr().err)
 
@@ -225,7 +229,7 @@ def test_results_txt_read_only_is_refused_before_training(tmp_path):
 
 
 def test_results_txt_failing_at_the_end_keeps_the_checkpoint_and_resume_finishes(tmp_path, monkeypatch, capsys):
-    import sbattn.engine.loop as loop
+    import sbattn.train.loop as loop
     out = tmp_path / "out"
     real_finish = loop._finish
 
@@ -252,8 +256,10 @@ def test_results_txt_failing_at_the_end_keeps_the_checkpoint_and_resume_finishes
 
 
 def test_run_json_is_strict_even_when_a_loss_is_not_finite(tmp_path, monkeypatch):
-    import sbattn.engine.loop as loop
-    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: (float("nan"), 0.25))
+    import sbattn.train.loop as loop
+    import sbattn.train.epoch as epoch
+    for module in (loop, epoch):  # the final evaluation and the epoch's
+        monkeypatch.setattr(module, "evaluate", lambda *a, **k: (float("nan"), 0.25))
     config = TrainConfig(device="cpu", dataset="fake", width=0.0625, batch_size=32, precision="fp32", epochs=1,
                          milestones=[1], output_dir=str(tmp_path))
     assert train(config, quiet=True).exit_code == 0
@@ -295,7 +301,7 @@ def flip_a_tensor_byte(path: Path) -> None:
 
 def fail_at_the_finish(monkeypatch) -> None:
     """Stop a run after its last epoch's checkpoint, before its files are written: an unfinished run."""
-    import sbattn.engine.loop as loop
+    import sbattn.train.loop as loop
     monkeypatch.setattr(loop, "_finish", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
 
 
@@ -360,7 +366,7 @@ def test_a_checkpoint_with_the_right_keys_and_wrong_contents_is_refused(interrup
 
 
 def test_weights_claiming_a_huge_model_are_refused_before_it_is_built(finished, tmp_path, capsys, monkeypatch):
-    import sbattn.engine.checkpoint as checkpoint_module
+    import sbattn.records.checkpoint as checkpoint_module
     weights = copy_of(finished, tmp_path) / f"{NAME}.pth"
     rewrite(weights, lambda r: r["config"].update(width=8.0))  # 519 million parameters, 2 GB; the file is 174 KB
     real = checkpoint_module.create_model

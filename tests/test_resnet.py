@@ -5,7 +5,7 @@ from torch import nn
 
 import sbattn
 from sbattn import ShiftBalance, SqueezeExcite, TrainConfig
-from sbattn.engine.evaluation import fold_batchnorm
+from sbattn.train.evaluation import fold_batchnorm
 from sbattn.models.resnet import CIFAR_RESNET18, CIFAR_RESNET20, CIFAR_RESNET56, BasicBlock, PadShortcut
 
 BUILDERS = {"resnet20": (sbattn.resnet20, CIFAR_RESNET20, "A"), "resnet56": (sbattn.resnet56, CIFAR_RESNET56, "A"),

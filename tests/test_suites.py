@@ -17,7 +17,7 @@ import pytest
 from sbattn.cli import suites as cli
 from sbattn.experiments import suites, tables, variants
 from sbattn.errors import UserError
-from sbattn.engine.config import TrainConfig
+from sbattn.config import TrainConfig
 from sbattn.system import available_cores
 from sbattn.experiments.stats import t_quantile
 
@@ -255,7 +255,7 @@ class CountingTrain:
     """The real train(), counted; raises (a simulated crash) on call `crash_on`."""
 
     def __init__(self, crash_on: int | None = None):
-        from sbattn.engine.loop import train
+        from sbattn.train.loop import train
         self.real, self.crash_on, self.configs = train, crash_on, []
 
     def __call__(self, config: TrainConfig, quiet: bool = False):
@@ -330,8 +330,9 @@ def test_a_crashed_suite_trains_only_what_is_missing(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_mid_run_then_rerun_resumes_from_the_checkpoint(tmp_path, monkeypatch):
-    import sbattn.engine.loop as train_module
-    real_batches = train_module.train_batches
+    import sbattn.train.epoch as epoch_module
+    import sbattn.train.start as start_module
+    real_batches = epoch_module.train_batches
     sent = []
 
     def interrupt_after_first_batch(*args, **kwargs):
@@ -341,7 +342,7 @@ def test_ctrl_c_mid_run_then_rerun_resumes_from_the_checkpoint(tmp_path, monkeyp
                 sent.append(True)
                 os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(train_module, "train_batches", interrupt_after_first_batch)
+    monkeypatch.setattr(epoch_module, "train_batches", interrupt_after_first_batch)
     args = parse("ablate", TINY + ["--output-dir", str(tmp_path)])
     first = CountingTrain()
     monkeypatch.setattr(suites, "train", first)
@@ -351,8 +352,8 @@ def test_ctrl_c_mid_run_then_rerun_resumes_from_the_checkpoint(tmp_path, monkeyp
     assert checkpoint.exists()
 
     loaded = []
-    real_load = train_module.load_checkpoint
-    monkeypatch.setattr(train_module, "load_checkpoint",
+    real_load = start_module.load_checkpoint
+    monkeypatch.setattr(start_module, "load_checkpoint",
                         lambda path, config: loaded.append(path) or real_load(path, config))
     second = CountingTrain()
     monkeypatch.setattr(suites, "train", second)
@@ -438,13 +439,15 @@ def test_jobs_on_cuda_share_one_gpu_or_spread_over_several(tmp_path, monkeypatch
     monkeypatch.setattr(jobs.subprocess, "Popen", StandInRun)
     monkeypatch.setattr(jobs.time, "sleep", lambda seconds: None)
     monkeypatch.setattr(StandInRun, "started", [])
-    runs = [jobs.Job(f"run {i}", TrainConfig(device="cuda", seed=i, output_dir=str(tmp_path))) for i in range(5)]
+    runs = [jobs.Job(f"run {i}", TrainConfig(device="cuda", seed=i, output_dir=str(tmp_path), resume=i % 2 == 0))
+            for i in range(5)]
     lines = []
     assert jobs.run_jobs(runs, 3, lines.append) == 0
     started = StandInRun.started
-    assert [r.argv[r.argv.index("train") + 1:] for r in started] == \
-        [[a if not a.startswith("--device=") else f"--device={r.device}" for a in j.config.to_argv()]
-         for r, j in zip(started, runs)]
+    for r, j in zip(started, runs):  # each from its own configuration file, which rebuilds its configuration whole
+        resume = ["--resume"] if j.config.resume else []
+        assert r.argv[r.argv.index("train") + 1:] == ["--config", str(j.paths.config), *resume, f"--device={r.device}"]
+        assert TrainConfig(**{**json.loads(j.paths.config.read_text()), "resume": j.config.resume}) == j.config
     assert all(len(r.running_beside) < 3 for r in started)  # three at a time
     assert all(r.env["OMP_NUM_THREADS"] == "4" and not r.signals for r in started)  # 16 cores; no "alone" on a GPU
     if gpus == 1:  # every run on the one GPU, as the user's --device named it
@@ -479,7 +482,7 @@ def test_the_alone_signal_sets_threads_inside_the_run_and_is_harmless_after_it()
         import os, signal, time
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         import torch
-        from sbattn.engine import signals as jobs
+        from sbattn.train import signals as jobs
         torch.set_num_threads(1)
         with jobs.alone_signal_handled():
             os.kill(os.getpid(), jobs.ALONE_SIGNAL)

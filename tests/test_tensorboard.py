@@ -5,8 +5,8 @@ import pytest
 
 import sbattn
 from sbattn import ConfigError, TrainConfig
-from sbattn.engine.loop import train
-from sbattn.engine.state import RunState
+from sbattn.train.loop import train
+from sbattn.train.state import RunState
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import sbattn.engine.threads as threads
+import sbattn.train.threads as threads
 
 
 class Machine:

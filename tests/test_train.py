@@ -12,10 +12,10 @@ import torch
 
 import sbattn
 from sbattn import TrainConfig
-from sbattn.engine.checkpoint import load_checkpoint
+from sbattn.records.checkpoint import load_checkpoint
 from sbattn.cli import main
 from sbattn.errors import CheckpointError, UserError
-from sbattn.engine.loop import train
+from sbattn.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--device=cpu", "--dataset=fake", "--width=0.0625", "--batch_size=32", "--precision=fp32",
@@ -160,7 +160,7 @@ def test_the_whole_step_compiled_trains_as_it_does_uncompiled(tmp_path, monkeypa
     # that the schedule writes into. At lr 0.01 (0.002 in epoch 2) the losses of the two runs agree to about 2e-6
     # (compiled kernels sum in another order); measured when the compiled step was made to keep epoch 1's rate in
     # epoch 2: 1.2e-3 off; to take plain momentum instead of Nesterov's: 5e-5.
-    import sbattn.engine.step as step_module
+    import sbattn.train.step as step_module
     config = lambda name: tiny_config(tmp_path / name, compile="step", init_lr=0.01)
     compiled = train(config("compiled"), quiet=True)
     monkeypatch.setattr(step_module, "compile_step", lambda fn, device: fn)
@@ -176,8 +176,8 @@ def test_the_whole_step_compiled_trains_as_it_does_uncompiled(tmp_path, monkeypa
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_the_whole_step_on_cuda_never_waits_on_the_host():
     from sbattn.data import epoch_batches
-    from sbattn.engine.state import reference_optimizer
-    from sbattn.engine.step import EpochSums, make_step
+    from sbattn.train.optimizer import reference_optimizer
+    from sbattn.train.step import EpochSums, make_step
     device = torch.device("cuda")
     torch.manual_seed(0)
     model = sbattn.create_model("vgg16", attention="sb", width=0.25).to(device, memory_format=torch.channels_last)
@@ -203,8 +203,8 @@ def test_the_whole_step_on_cuda_never_waits_on_the_host():
 def test_momentum_buffers_made_before_the_first_step_leave_the_run_unchanged():
     """--compile step makes SGD's momentum buffers up front (a buffer SGD made inside a CUDA graph would be
     overwritten by the next replay); the run must be the one SGD makes lazily, to the bit."""
-    from sbattn.engine.state import reference_optimizer
-    from sbattn.engine.step import make_momentum_buffers
+    from sbattn.train.optimizer import reference_optimizer
+    from sbattn.train.step import make_momentum_buffers
     torch.manual_seed(0)
     x, y = torch.randn(3, 8, 3, 16, 16), torch.randint(0, 10, (3, 8))
     params = {}
@@ -227,12 +227,12 @@ def test_momentum_buffers_made_before_the_first_step_leave_the_run_unchanged():
 
 
 def test_whole_step_mode_stopped_mid_epoch_resumes_to_the_same_run(tmp_path, monkeypatch):
-    import sbattn.engine.loop as loop
-    import sbattn.engine.step as step_module
+    import sbattn.train.start as start
+    import sbattn.train.step as step_module
     monkeypatch.setattr(step_module, "compile_step", lambda fn, device: fn)  # --compile step's path, uncompiled: fast
     config = lambda name, **kw: tiny_config(tmp_path / name, compile="step", **kw)  # 2 epochs of 32 steps
     whole = train(config("whole"), quiet=True)
-    make_step = loop.make_step
+    make_step = start.make_step
 
     def interrupted_at_step_40(*args, **kwargs):  # Ctrl-C during epoch 2's eighth step
         step, calls = make_step(*args, **kwargs), []
@@ -244,9 +244,9 @@ def test_whole_step_mode_stopped_mid_epoch_resumes_to_the_same_run(tmp_path, mon
                 os.kill(os.getpid(), signal.SIGINT)
         return interrupted
 
-    monkeypatch.setattr(loop, "make_step", interrupted_at_step_40)
+    monkeypatch.setattr(start, "make_step", interrupted_at_step_40)
     assert train(config("stopped"), quiet=True).exit_code == 130
-    monkeypatch.setattr(loop, "make_step", make_step)
+    monkeypatch.setattr(start, "make_step", make_step)
     resumed = train(config("stopped", resume=True), quiet=True)
     drop = {"seconds", "images_per_sec", "eval_seconds"}
     assert [{k: v for k, v in h.items() if k not in drop} for h in resumed.history] == \
@@ -261,7 +261,7 @@ def test_eval_every_evaluates_the_last_epoch_always(tmp_path):
 
 
 def test_figure_has_losses_and_accs_panels(tmp_path, monkeypatch):
-    import sbattn.engine.figures as figures
+    import sbattn.records.figures as figures
     captured = {}
     monkeypatch.setattr(figures, "save_figure", lambda fig, path: captured.setdefault("titles", [
         ax.get_title() for ax in fig.axes]))
@@ -270,7 +270,7 @@ def test_figure_has_losses_and_accs_panels(tmp_path, monkeypatch):
 
 
 def test_figure_epoch_ticks_are_whole_numbers(tmp_path, monkeypatch):
-    import sbattn.engine.figures as figures
+    import sbattn.records.figures as figures
     ticks = []
     monkeypatch.setattr(figures, "save_figure", lambda fig, path: ticks.extend(ax.get_xticks() for ax in fig.axes))
     history = [{"epoch": e, "train_loss": 1 / e, "train_acc": e / 4, "eval_loss": 1 / e, "eval_acc": e / 4}
@@ -290,14 +290,14 @@ def test_seeds_name_runs_apart(tmp_path):
 def test_unwritable_output_dir_refused_before_training(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    import sbattn.engine.loop as train_module
-    monkeypatch.setattr(train_module, "load_cifar10", lambda *a, **k: pytest.fail("data loaded before the check"))
+    import sbattn.train.start as start
+    monkeypatch.setattr(start, "load_cifar10", lambda *a, **k: pytest.fail("data loaded before the check"))
     with pytest.raises(UserError, match="not writable"):
         train(tiny_config(tmp_path, output_dir=str(blocker / "results")), quiet=True)
 
 
 def test_non_finite_loss_stops_naming_epoch_and_step_keeping_last_checkpoint(tmp_path, monkeypatch):
-    import sbattn.engine.step as step_module  # where the training step computes its loss
+    import sbattn.train.step as step_module  # where the training step computes its loss
     calls = {"n": 0}
     real = step_module.F.cross_entropy
 
@@ -345,7 +345,7 @@ def test_bad_checkpoints_are_refused_not_overwritten(tmp_path, damage):
         torch.save(obj, path)
         match, resumed = "format 999", config
     else:  # trained weights copied over the checkpoint
-        from sbattn.engine.checkpoint import save_weights
+        from sbattn.records.checkpoint import save_weights
         save_weights(path, sbattn.vgg16(width=0.0625), config, [], {})
         match, resumed = "not a training checkpoint", config
     before = path.read_bytes()
@@ -357,7 +357,7 @@ def test_bad_checkpoints_are_refused_not_overwritten(tmp_path, damage):
 
 def _run_until_checkpoint(config):
     """Train, then fail before the run is finished, leaving its last checkpoint behind."""
-    import sbattn.engine.loop as train_module
+    import sbattn.train.loop as train_module
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train_module, "_finish", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
@@ -439,8 +439,8 @@ def test_sigint_checkpoints_mid_epoch_exits_130_and_resumes_identically(tmp_path
 
 def test_ctrl_c_stops_after_the_step_it_arrives_in_and_resumes_identically(tmp_path, uninterrupted, monkeypatch):
     """Ctrl-C inside an epoch stops at the end of the step under way, not at the epoch's end."""
-    import sbattn.engine.loop as train_module
-    real_batches = train_module.train_batches
+    import sbattn.train.epoch as epoch_module
+    real_batches = epoch_module.train_batches
 
     def ctrl_c_inside_epoch_2(*args, **kwargs):
         for i, batch in enumerate(real_batches(*args, **kwargs)):
@@ -448,7 +448,7 @@ def test_ctrl_c_stops_after_the_step_it_arrives_in_and_resumes_identically(tmp_p
             if kwargs["epoch"] == 1 and i == 9:  # arrives as step 10 of 32 is fetched
                 os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(train_module, "train_batches", ctrl_c_inside_epoch_2)
+    monkeypatch.setattr(epoch_module, "train_batches", ctrl_c_inside_epoch_2)
     out = tmp_path / "interrupted"
     assert main(["train", *_train_cmd(out)[3:]]) == 130
     state = torch.load(out / f"{uninterrupted.name}.ckpt", weights_only=True)

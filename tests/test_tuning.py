@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-import sbattn.engine.tuning as tuning
+import sbattn.train.tuning as tuning
 from sbattn import TrainConfig
-from sbattn.engine.loop import train
+from sbattn.train.loop import train
 
 
 def config(tmp_path, **overrides) -> TrainConfig:
@@ -57,18 +57,18 @@ def test_the_layout_changes_nothing_but_rounding(tmp_path, measured):
 
 
 def test_resume_keeps_the_checkpoints_layout(tmp_path, measured, monkeypatch):
-    import sbattn.engine.loop as loop
+    import sbattn.train.loop as loop
     c = config(tmp_path, epochs=2, milestones=[1])
     with pytest.MonkeyPatch.context() as mp:  # stop after the first epoch, its checkpoint left
         mp.setattr(loop, "_finish", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-        real_end = loop._end_epoch
+        real_end = loop.end_epoch
 
         def end_then_stop(run, state, *args):
             real_end(run, state, *args)
             if state.epoch == 1:
                 state.save(run.paths.checkpoint, run.config, run.ctx)
                 raise KeyboardInterrupt
-        mp.setattr(loop, "_end_epoch", end_then_stop)
+        mp.setattr(loop, "end_epoch", end_then_stop)
         with pytest.raises(KeyboardInterrupt):
             train(c, quiet=True)
     monkeypatch.setattr(tuning, "_measure", lambda *a: {"channels_last": 0.1, "contiguous": 0.2})

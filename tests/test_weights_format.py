@@ -4,8 +4,8 @@ import torch
 
 import sbattn
 from sbattn import CheckpointError, TrainConfig
-from sbattn.engine import checkpoint
-from sbattn.engine.checkpoint import WEIGHTS_FORMAT, save_weights
+from sbattn.records import checkpoint
+from sbattn.records.checkpoint import WEIGHTS_FORMAT, save_weights
 
 # The configuration as sbattn 0.1 recorded it before --attention, --resize and --sync-bn, with the reference's
 # augmentation under its former name.

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
+from ..config import PRECISIONS, TrainConfig, resolve_device
 from ..data import DATASETS, load_cifar10, to_device_uint8
-from ..engine.checkpoint import load
-from ..engine.config import PRECISIONS, TrainConfig, resolve_device
-from ..engine.deploy import (EXPORT_INSTALL, FORMATS, PREDICT_BATCH, class_names, export_metadata, export_onnx,
-                             export_program, predict, read_images)
-from ..engine.evaluation import evaluate
-from ..engine.precision import precision_label, resolve_precision
 from ..errors import UserError
+from ..inference import (EXPORT_INSTALL, FORMATS, PREDICT_BATCH, class_names, export_metadata, export_onnx,
+                         export_program, predict, read_images)
+from ..records import load
+from ..train.evaluation import evaluate
+from ..train.precision import precision_label, resolve_precision
 
 __all__ = ["add_export_options", "run_export", "add_evaluate_options", "run_evaluate", "add_predict_options",
            "run_predict"]
@@ -83,9 +83,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}", 2)
     device = torch.device(resolve_device(args.device))
     model = load(args.checkpoint, device)
-    trained = model.config
-    data = load_cifar10(args.data_dir or trained.data_dir, args.dataset or trained.dataset, False,
-                        args.cache_dir if args.cache_dir is not None else trained.cache_dir, progress=False,
+    trained = model.trained_with
+    data = load_cifar10(args.data_dir or trained["data_dir"], args.dataset or model.config.dataset, False,
+                        args.cache_dir if args.cache_dir is not None else trained["cache_dir"], progress=False,
                         hint="pass --data-dir with the folder or archive that holds CIFAR-10 "
                              "(`sbattn train --download` fetches it)")
     if len(data.classes) != model.num_classes:
@@ -94,7 +94,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     images = to_device_uint8(data.test_images, device)
     labels = torch.from_numpy(data.test_labels).to(device)
     amp_dtype = resolve_precision(args.precision, device)
-    loss, acc = evaluate(model, images, labels, args.batch_size or trained.eval_batch_size, amp_dtype)
+    loss, acc = evaluate(model, images, labels, args.batch_size or trained["eval_batch_size"], amp_dtype)
     print(f"test loss {loss:.4f}  accuracy {100 * acc:.2f}%  ({len(labels)} images, {data.source}, "
           f"{precision_label(amp_dtype)})")
     return 0

@@ -5,8 +5,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..engine.config import TrainConfig
-from ..engine.options import add_config_options, file_options, given_options
+from ..config import TrainConfig
+from ..config.options import add_config_options, file_options, given_options
 from ..errors import UserError
 from ..experiments.suites import job_count, report, run_suite, suite_config
 from ..experiments.variants import (ABLATION, COMPARE, PRESET_ALIASES, PRESETS, Suite, ablation_variants,

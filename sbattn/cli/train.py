@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..engine.config import TrainConfig
-from ..engine.loop import train
-from ..engine.options import add_config_options, config_from_args, field_help
+from ..config import TrainConfig
+from ..config.options import add_config_options, config_from_args, field_help
 from ..models import create_model, format_summary, summarize
+from ..train import train
 
 __all__ = ["add_train_options", "run_train", "add_summary_options", "run_summary"]
 

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 from matplotlib.ticker import MaxNLocator
 
-from ..engine.figures import plt, save_figure
+from ..records.figures import plt, save_figure
 from .stats import sample_std
 
 __all__ = ["plot_suite", "plot_lambda", "has_lambda", "mean_band"]

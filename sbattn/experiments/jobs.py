@@ -1,9 +1,10 @@
 """Several training runs at once, each in its own `sbattn train` process (the suites' --jobs K).
 
 A small model at batch 64 leaves a large GPU mostly idle and keeps a CPU's cores busy on per-operation
-overhead; K processes side by side fill either. Every run is the same command a user could type, resumable on
-its own; its output goes to <output_dir>/<run>.log. On the CPU the cores are shared out: each process gets
-cores // K threads, and a run left training alone at the end is told (ALONE_SIGNAL) to take them all.
+overhead; K processes side by side fill either. Every run is a command a user could type, `sbattn train --config
+<run>.config.json --resume`, its configuration written to that file first; its output goes to <run>.log. On the
+CPU the cores are shared out: each process gets cores // K threads, and a run left training alone at the end is
+told (ALONE_SIGNAL) to take them all.
 
 The runs live in their own sessions, so a signal reaches them once, from the suite: Ctrl-C or SIGTERM to the
 suite is passed on to every run, which checkpoints and stops; the suite waits for each to save. If the suite is
@@ -12,7 +13,6 @@ killed outright, Linux sends its runs a SIGTERM, so they save too.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import os
 import signal
 import subprocess
@@ -25,11 +25,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..engine.config import TrainConfig
-from ..engine.options import config_from_argv
-from ..engine.signals import ALONE_SIGNAL, ALONE_THREADS
-from ..errors import UserError
+from ..config import TrainConfig
+from ..records import RunPaths
+from ..records.outputs import file_failure, write_record
 from ..system import thread_budget
+from ..train.signals import ALONE_SIGNAL, ALONE_THREADS
 
 __all__ = ["Job", "run_jobs", "threads_per_job", "run_devices"]
 
@@ -40,12 +40,8 @@ class Job:
     config: TrainConfig
 
     @property
-    def log_path(self) -> Path:
-        return Path(self.config.output_dir) / f"{self.config.run_name}.log"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.log_path.with_suffix(".ckpt")
+    def paths(self) -> RunPaths:
+        return RunPaths.of(self.config)
 
 
 def threads_per_job(jobs: int, device: str) -> int:
@@ -67,12 +63,17 @@ def _least_used(devices: list[str], in_use: list[str]) -> str:
 
 
 def _start(job: Job, device: str | None, env: dict, child_setup: Callable[[], None]) -> subprocess.Popen:
-    """`sbattn train` for the job, on `device` where given, its output appended to the job's log."""
-    config = job.config if device is None else dataclasses.replace(job.config, device=device)
-    job.log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(job.log_path, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "sbattn", "train", *config.to_argv()], stdout=out,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=child_setup)
+    """`sbattn train` on the job's configuration file, on `device` where given, its output appended to the job's
+    log."""
+    paths = job.paths
+    with file_failure(paths.config, "the run was not started"):
+        paths.output_dir.mkdir(parents=True, exist_ok=True)
+        write_record(paths.config, job.config.rerun_options())
+    command = ["train", "--config", str(paths.config), *job.config.action_flags(),
+               f"--device={device or job.config.device}"]
+    with open(paths.log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "sbattn", *command], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True, preexec_fn=child_setup)
 
 
 def _child_setup_hook() -> Callable[[], None]:
@@ -95,19 +96,26 @@ def _child_setup_hook() -> Callable[[], None]:
     return hook
 
 
-def _check_round_trip(config: TrainConfig) -> None:
-    """A run's options must rebuild its configuration (the CLI strips quotes and spaces around values)."""
-    if config_from_argv(config.to_argv()) != config:
-        raise UserError(f"{config.run_name}: its configuration does not survive the command line (a path that "
-                        f"begins or ends with a space or a quote?); run the suite with --jobs 1", code=2)
-
-
 def _last_line(path: Path) -> str:
     try:
         lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return ""
     return lines[-1] if lines else ""
+
+
+def _ended(job: Job, code: int, seconds: float, log: Callable[[str], None]) -> int:
+    """Report a run's process that ended; the suite's exit status for it (0: finished, 130: stopped)."""
+    if code == 0:
+        log(f"{job.label}: finished in {seconds / 60:.1f} min; {_last_line(job.paths.log)}")
+        return 0
+    if code in (130, -signal.SIGINT, -signal.SIGTERM):
+        checkpoint = job.paths.checkpoint
+        log(f"{job.label}: stopped, " + (f"checkpoint kept ({checkpoint.name})" if checkpoint.exists()
+                                         else "before its first checkpoint"))
+        return 130
+    log(f"{job.label}: failed with exit status {code}: {_last_line(job.paths.log)}")
+    return code if code > 0 else 1
 
 
 def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> int:
@@ -119,8 +127,6 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
     running: dict[subprocess.Popen, tuple[Job, float, str]] = {}
     if not jobs:
         return 0
-    for job in jobs:
-        _check_round_trip(job.config)
     device = jobs[0].config.device or "cpu"
     devices = run_devices(device)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_job(parallel, device)),
@@ -150,23 +156,13 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
                 running[proc] = (job, time.perf_counter(), job_device)
                 if stopped:  # the signal came while the process was being started
                     proc.send_signal(signal.SIGINT)
-                verb = "resuming" if job.checkpoint.exists() else "started"
+                verb = "resuming" if job.paths.checkpoint.exists() else "started"
                 on = f" on {job_device}" if len(devices) > 1 else ""
-                log(f"{job.label}: {verb} {job.config.run_name}{on} (log: {job.log_path})")
+                log(f"{job.label}: {verb} {job.config.run_name}{on} (log: {job.paths.log})")
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
                 job, started, _ = running.pop(proc)
-                code = proc.returncode
-                minutes = (time.perf_counter() - started) / 60
-                if code == 0:
-                    log(f"{job.label}: finished in {minutes:.1f} min; {_last_line(job.log_path)}")
-                elif code in (130, -signal.SIGINT, -signal.SIGTERM):
-                    log(f"{job.label}: stopped, " + (f"checkpoint kept ({job.checkpoint.name})"
-                                                     if job.checkpoint.exists() else "before its first checkpoint"))
-                    status = status or 130
-                else:
-                    log(f"{job.label}: failed with exit status {code}: {_last_line(job.log_path)}")
-                    status = status or (code if code > 0 else 1)
+                status = status or _ended(job, proc.returncode, time.perf_counter() - started, log)
             if not told_alone and len(running) == 1 and not more_to_start():
                 told_alone = True
                 next(iter(running)).send_signal(ALONE_SIGNAL)

@@ -15,13 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ..config import TrainConfig
 from ..data import load_cifar10
-from ..engine.config import TrainConfig, recipe_differences
-from ..engine.loop import train
-from ..engine.outputs import file_failure
 from ..errors import UserError
+from ..records import FinishedRun, RunPaths, finished_run as finished_record
+from ..records.outputs import file_failure
+from ..train import train
 from .jobs import Job, run_jobs
-from .tables import Run, load_finished_runs, read_run, write_lambda_figure, write_suite_outputs
+from .tables import load_finished_runs, write_lambda_figure, write_suite_outputs
 from .variants import (ABLATION, ACTIVATION_LABELS, COMPARE, PRESET_ALIASES, PRESETS, SHARED_FIELDS, Suite, Variant,
                        variant_of, variant_order)
 
@@ -55,20 +56,12 @@ def run_config(base: TrainConfig, variant: Variant, seed: int) -> TrainConfig:
                                  seed=seed, resume=True)
 
 
-def finished_run(config: TrainConfig) -> Run | None:
+def finished_run(config: TrainConfig) -> FinishedRun | None:
     """The finished run of `config` in its output directory; a finished run of another recipe is an error."""
-    path = Path(config.output_dir) / f"{config.run_name}.json"
-    run = read_run(path)
-    if run is None:
-        return None
-    differences = recipe_differences(run.config, config)
-    if differences:
-        raise UserError(f"{path} is a finished run of another recipe ({'; '.join(differences)}): use another "
-                        f"--output-dir for this one", code=2)
-    return run
+    return finished_record(RunPaths.of(config), config, "use another --output-dir for this one")
 
 
-def _check_one_recipe(runs: Sequence[Run], directory: Path) -> None:
+def _check_one_recipe(runs: Sequence[FinishedRun], directory: Path) -> None:
     differing = [name for name in SHARED_FIELDS if len({json.dumps(r.config.get(name)) for r in runs}) > 1]
     if differing:
         values = "; ".join(f"{name}: {', '.join(sorted({str(r.config.get(name)) for r in runs}))}"
@@ -77,8 +70,9 @@ def _check_one_recipe(runs: Sequence[Run], directory: Path) -> None:
                         f"compare: give each recipe its own --output-dir")
 
 
-def _group(variants: Iterable[Variant], runs: Iterable[tuple[Variant, Run]]) -> dict[Variant, list[Run]]:
-    groups: dict[Variant, list[Run]] = {v: [] for v in variants}
+def _group(variants: Iterable[Variant],
+           runs: Iterable[tuple[Variant, FinishedRun]]) -> dict[Variant, list[FinishedRun]]:
+    groups: dict[Variant, list[FinishedRun]] = {v: [] for v in variants}
     for variant, run in runs:
         groups.setdefault(variant, []).append(run)
     return groups
@@ -112,7 +106,7 @@ def run_suite(suite: Suite, base: TrainConfig, variants: Sequence[Variant], seed
         log(f"{suite.name}: interrupted; run the same command again to finish the missing runs")
     if code != 0:
         return code
-    done: list[tuple[Variant, Run]] = []
+    done: list[tuple[Variant, FinishedRun]] = []
     for variant, config in plan:
         run = finished_run(config)
         if run is None:
@@ -135,7 +129,7 @@ def _train_missing(missing: list[tuple[str, TrainConfig]], jobs: int, log: Calla
             missing = [(tag, dataclasses.replace(config, download=False)) for tag, config in missing]
         return run_jobs([Job(tag, config) for tag, config in missing], jobs, log)
     for tag, config in missing:
-        log(f"{tag}: {'resuming' if Job(tag, config).checkpoint.exists() else 'training'} {config.run_name}")
+        log(f"{tag}: {'resuming' if RunPaths.of(config).checkpoint.exists() else 'training'} {config.run_name}")
         code = train(config).exit_code
         if code != 0:
             return code
@@ -162,7 +156,7 @@ def report(directory: Path) -> list[Path]:
         return _write_report(by_variant, directory)
 
 
-def _write_report(by_variant: dict[Variant, list[Run]], directory: Path) -> list[Path]:
+def _write_report(by_variant: dict[Variant, list[FinishedRun]], directory: Path) -> list[Path]:
     variants = list(by_variant)
     sb = [v for v in variants if v.use_sb]
     written: list[Path] = []

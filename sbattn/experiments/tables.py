@@ -8,54 +8,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..engine.config import canonical_config
-from ..engine.outputs import strict_json
-from ..engine.rundir import read_finished
 from ..errors import UserError
 from ..files import atomic_write
+from ..records import FinishedRun, read_finished
+from ..records.outputs import strict_json
 from .figures import has_lambda, plot_lambda, plot_suite
 from .stats import Difference, format_ci, mean, sample_std, welch
 from .variants import SHARED_FIELDS, Suite, Variant
 
-__all__ = ["CONFIDENCE", "Run", "Row", "read_run", "load_finished_runs", "build_rows", "sb_vs_se", "render_markdown",
+__all__ = ["CONFIDENCE", "Row", "load_finished_runs", "build_rows", "sb_vs_se", "render_markdown",
            "render_json", "render_csv", "write_suite_outputs", "write_lambda_figure"]
 
 CONFIDENCE = 0.95
 
 
-@dataclass
-class Run:
-    """A finished run, as its JSON file holds it."""
-
-    name: str
-    config: dict
-    summary: dict
-    history: list[dict]
-
-    @property
-    def final_acc(self) -> float:
-        """Final test accuracy in percent."""
-        return 100.0 * self.summary["final_eval_acc"]
-
-
-def read_run(path: Path) -> Run | None:
-    """The run in `path`, or None when it is not a finished run's JSON (a table, an unfinished run, ...)."""
-    data = read_finished(path)
-    if data is None:
-        return None
-    summary = data["summary"]
-    return Run(summary.get("run", Path(path).stem), canonical_config(summary["config"]), summary, data["history"])
-
-
-def load_finished_runs(directory: Path) -> list[Run]:
-    runs = (read_run(path) for path in sorted(Path(directory).glob("*.json")))
+def load_finished_runs(directory: Path) -> list[FinishedRun]:
+    runs = (read_finished(path) for path in sorted(Path(directory).glob("*.json")))
     return [run for run in runs if run is not None]
 
 
 @dataclass
 class Row:
     variant: Variant
-    runs: list[Run]
+    runs: list[FinishedRun]
     difference: Difference | None = None  # from the suite's reference row; None on that row or without it
     accs: list[float] = field(init=False)
 
@@ -88,7 +63,7 @@ class Row:
         return [r.config.get("seed") for r in self.runs]
 
 
-def build_rows(suite: Suite, groups: dict[Variant, list[Run]]) -> list[Row]:
+def build_rows(suite: Suite, groups: dict[Variant, list[FinishedRun]]) -> list[Row]:
     """One row per configuration that has runs, in `groups`' order, each compared with the reference row."""
     rows = [Row(variant, runs) for variant, runs in groups.items() if runs]
     reference = next((row for row in rows if row.variant.key == suite.reference), None)
@@ -208,7 +183,7 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def write_suite_outputs(suite: Suite, groups: dict[Variant, list[Run]], directory: Path) -> list[Path]:
+def write_suite_outputs(suite: Suite, groups: dict[Variant, list[FinishedRun]], directory: Path) -> list[Path]:
     """<suite>.md/.csv/.json and <suite>.png in `directory`; returns the paths written."""
     rows = build_rows(suite, groups)
     if not rows:
@@ -227,7 +202,7 @@ def write_suite_outputs(suite: Suite, groups: dict[Variant, list[Run]], director
     return written
 
 
-def write_lambda_figure(groups: dict[Variant, list[Run]], directory: Path) -> list[Path]:
+def write_lambda_figure(groups: dict[Variant, list[FinishedRun]], directory: Path) -> list[Path]:
     """lambda.png from the SB configurations among `groups`; nothing when none has lambda statistics."""
     runs = {v.label: [r.history for r in rs] for v, rs in groups.items() if v.use_sb and rs}
     runs = {label: histories for label, histories in runs.items() if has_lambda(histories)}

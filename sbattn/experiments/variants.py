@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.config import RECIPE_FIELDS, TrainConfig
+from ..config import RECIPE_FIELDS, TrainConfig
 
 __all__ = ["PRESETS", "PRESET_ALIASES", "ABLATION_ACTIVATIONS", "Variant", "Suite", "COMPARE", "ABLATION",
            "SHARED_FIELDS", "attention_variant", "compare_variants", "ablation_variants", "variant_of",

@@ -15,23 +15,16 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..config import LAYOUTS, TrainConfig
 from ..data import augment_stream_seed
 from ..errors import CheckpointError
+from ..records.checkpoint import save_checkpoint
+from ..records.integrity import check_weights_fit, is_number
 from ..version import __version__
 from . import distributed
-from .checkpoint import save_checkpoint
-from .config import LAYOUTS, TrainConfig
-from .integrity import check_weights_fit, is_number
+from .optimizer import reference_schedule
 
-__all__ = ["RunState", "reference_optimizer"]
-
-
-def reference_optimizer(model: nn.Module, lr: float, weight_decay: float,
-                        kernel: str = "foreach") -> torch.optim.SGD:
-    """The reference implementation's optimiser: SGD with Nesterov momentum 0.9. kernel: "foreach" (ours) or
-    "fused" (measured no faster in a whole step, see docs/performance.md)."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay,
-                           **{kernel: True})
+__all__ = ["RunState"]
 
 
 def _rng_state(generator: torch.Generator) -> dict:
@@ -57,7 +50,7 @@ class RunState:
     generator: torch.Generator  # this rank's augmentation stream
     seed: int
     num_classes: int
-    layout: str  # the memory layout it trains in (a key of config.LAYOUTS), kept through resumes
+    layout: str  # the memory layout it trains in (a key of LAYOUTS), kept through resumes
     history: list[dict] = field(default_factory=list)
     epoch: int = 0  # epochs finished
     step: int = 0  # steps finished in the epoch under way
@@ -73,8 +66,7 @@ class RunState:
     def start(cls, config: TrainConfig, model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None,
               seed: int, num_classes: int, rank: int, layout: str, provenance: dict | None = None) -> "RunState":
         """A run's state before its first step: the reference's optimiser and schedule on `model`."""
-        optimizer = reference_optimizer(model, config.init_lr, config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, config.milestones, config.gamma)
+        optimizer, scheduler = reference_schedule(model, config)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         # Each rank augments with its own stream; rank 0's is the single-process run's.
         generator = torch.Generator(device).manual_seed(augment_stream_seed(seed, rank))

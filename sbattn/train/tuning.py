@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
+from ..config import LAYOUTS, TrainConfig
 from ..data import default_cache_dir
 from ..files import atomic_write
 from ..models import create_model
 from ..system import cpu_model
-from .config import LAYOUTS, TrainConfig
 from .evaluation import memory_format
 from .step import EpochSums, train_step
 

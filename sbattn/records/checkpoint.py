@@ -7,11 +7,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import Recipe, TrainConfig, recipe_differences, saved_options
 from ..errors import CheckpointError
 from ..files import atomic_write
 from ..models import create_model
 from ..version import __version__
-from .config import TrainConfig, recipe_differences
 from .integrity import check_container, check_training_fields, check_weights_fit, seal, verify_checksum
 
 __all__ = ["CHECKPOINT_FORMAT", "WEIGHTS_FORMAT", "save_checkpoint", "load_checkpoint", "save_weights", "load",
@@ -91,7 +91,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a trained model from a .pth written by training (or a training checkpoint), in eval mode.
+    """Rebuild a trained model from a .pth written by training (or a training checkpoint), in eval mode; its
+    `config` is the run's Recipe, `trained_with` the options it was trained with, `history` its epochs.
 
     A missing, damaged or foreign file, or weights that do not fit the recorded model, is a CheckpointError.
     """
@@ -106,18 +107,19 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     else:
         raise CheckpointError(f"{path} holds no model weights")
     try:
-        config = TrainConfig.from_dict(obj["config"], device="cpu", resume=False, overwrite=False, tensorboard=False)
+        recipe = Recipe.from_dict(obj["config"])
         num_classes = obj.get("num_classes", 10)
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise CheckpointError(f"{path}: its number of classes {num_classes!r} is not a positive integer")
         with torch.device("meta"):  # the weights must fit the model before it takes any memory
-            skeleton = create_model(config.arch, num_classes=num_classes, **config.model_options())
-        check_weights_fit(skeleton, state, path, f"its {config.arch} model")
-        model = create_model(config.arch, num_classes=num_classes, **config.model_options())
+            skeleton = create_model(recipe.arch, num_classes=num_classes, **recipe.model_options())
+        check_weights_fit(skeleton, state, path, f"its {recipe.arch} model")
+        model = create_model(recipe.arch, num_classes=num_classes, **recipe.model_options())
         model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, ValueError) as e:  # a configuration that builds no model
         first_line = (str(e).splitlines() or [""])[0]
         raise CheckpointError(f"{path}: cannot rebuild its model ({type(e).__name__}: {first_line})") from None
     model.num_classes = num_classes
-    model.config, model.history = config, obj.get("history", [])
+    # What the model is, and the options of the run that trained it (its data, its evaluation batch, ...).
+    model.config, model.trained_with, model.history = recipe, saved_options(obj["config"]), obj.get("history", [])
     return model.to(device).eval()

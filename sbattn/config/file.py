@@ -2,7 +2,7 @@
 
 A flat table of options (either spelling, data_dir or data-dir), or a finished run's own JSON, whose
 configuration (and its seed, when the run drew one) is taken whole, so that the file reruns that run. The values
-are parsed as the command line's (engine/options.py), so a file and a flag mean the same thing.
+are parsed as the command line's (config/options.py), so a file and a flag mean the same thing.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
-from .config import TrainConfig
+from .train_config import TrainConfig
 
 __all__ = ["read_config_file"]
 

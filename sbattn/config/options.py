@@ -1,8 +1,7 @@
 """TrainConfig on the command line: one option per field, and the configuration back from parsed options.
 
 The reference implementation's flags keep their underscore spelling (--batch_size), the project's use hyphens
-(--data-dir); either spelling is accepted for every option. Runs started by a suite (`--jobs`) go through the
-same form, so a configuration must survive `to_argv` and back.
+(--data-dir); either spelling is accepted for every option.
 """
 from __future__ import annotations
 
@@ -13,11 +12,11 @@ import typing
 from typing import Sequence
 
 from ..errors import ConfigError
-from .config import FALSE_WORDS, TRUE_WORDS, TrainConfig
-from .config_file import read_config_file
+from .file import read_config_file
+from .train_config import FALSE_WORDS, TRUE_WORDS, TrainConfig
 
-__all__ = ["add_config_options", "config_from_args", "config_from_argv", "file_options", "given_options",
-           "parse_bool", "parse_int_list", "parse_value"]
+__all__ = ["add_config_options", "config_from_args", "file_options", "given_options", "parse_bool",
+           "parse_int_list", "parse_value", "field_help", "BOOLEAN_WORDS"]
 
 
 BOOLEAN_WORDS = TRUE_WORDS + FALSE_WORDS
@@ -113,7 +112,10 @@ def file_options(path: str) -> dict:
 def _file_value(path: str, name: str, value):
     if value is None:  # an unset option stays unset
         return None
-    takes_list = typing.get_origin(typing.get_type_hints(TrainConfig)[name]) is list
+    hint = typing.get_type_hints(TrainConfig)[name]
+    if isinstance(value, str) and str in (hint, *typing.get_args(hint)):
+        return value  # as written: a file's strings need no quoting, so none is stripped
+    takes_list = typing.get_origin(hint) is list
     if isinstance(value, dict) or (isinstance(value, list) and not takes_list):
         raise ConfigError(f"--config {path}: {name} = {value!r}: expected a single value")
     try:
@@ -126,10 +128,3 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     """The configuration: the fields' defaults, then --config's file, then the options given."""
     from_file = file_options(args.config) if getattr(args, "config", None) else {}
     return TrainConfig(**{**from_file, **given_options(args), **overrides})
-
-
-def config_from_argv(argv: Sequence[str]) -> TrainConfig:
-    """The configuration `sbattn train ARGV` would train."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_config_options(parser)
-    return config_from_args(parser.parse_args(list(argv)))

@@ -23,11 +23,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..data import CLASSES, MAX_IMAGE_BYTES, load_fake, normalize, open_image, read_regular, to_device_uint8
-from ..errors import DataError, UserError
-from ..files import atomic_path, atomic_write
-from ..version import __version__
-from .checkpoint import read_record
+from .data import CLASSES, MAX_IMAGE_BYTES, load_fake, normalize, open_image, read_regular, to_device_uint8
+from .errors import DataError, UserError
+from .files import atomic_path, atomic_write
+from .records.checkpoint import read_record
+from .version import __version__
 
 __all__ = ["FORMATS", "PREDICT_BATCH", "EXPORT_INSTALL", "NORMALIZATION", "export_onnx", "export_program",
            "export_metadata", "class_names", "read_images", "predict"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
-import json
 import os
 import tempfile
 import time
@@ -14,34 +13,45 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import UserError
-from .outputs import RunPaths
+from .paths import RESULTS, RUN_FILES, RunPaths
 
-__all__ = ["RUN_FILES", "read_finished", "run_lock", "remove_stale_temporaries", "move_aside"]
-
-# What a run leaves under its name (the exports made from its weights included), its checkpoint first.
-RUN_FILES = (".ckpt", ".pth", ".json", ".csv", ".png", ".onnx", ".pt2")
-REPLACED = "replaced"  # the folder in the output directory that the files of replaced runs are moved to
+__all__ = ["prepare_output_dir", "run_lock", "remove_stale_temporaries", "move_aside"]
 
 
-def read_finished(path: str | Path) -> dict | None:
-    """The record ({"summary", "history"}) in a finished run's JSON file, or None when `path` holds none (a table,
-    an unfinished run, something else)."""
-    path = Path(path)
+def prepare_output_dir(path: str | Path) -> Path:
+    """Create the output directory and prove it and its results.txt writable before any training is spent."""
+    out = Path(path)
     try:
-        data = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
-    summary = data.get("summary") if isinstance(data, dict) else None
-    if not (isinstance(summary, dict) and summary.get("complete") is True and isinstance(summary.get("config"), dict)
-            and isinstance(data.get("history"), list) and isinstance(summary.get("final_eval_acc"), (int, float))):
-        return None
-    return data
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output directory {out} is not writable ({e.strerror or e}); "
+                        f"choose another with --output-dir", code=2) from None
+    _check_appendable(out / RESULTS)
+    return out
+
+
+def _check_appendable(path: Path) -> None:
+    """A file to append to at the end of the run: absent, or a regular file this process may write."""
+    if not os.path.lexists(path):
+        return
+    if not path.is_file():
+        raise UserError(f"{path} is not a regular file, and the run appends its result line to it: move it away",
+                        code=2)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise UserError(f"{path} is not writable ({e.strerror or e}), and the run appends its result line to it: "
+                        f"make it writable or choose another --output-dir", code=2) from None
 
 
 @contextlib.contextmanager
 def run_lock(paths: RunPaths) -> Iterator[None]:
     """Hold <run>.lock while the run trains: a second process on the same run refuses with one line (exit 2)."""
-    path = paths.with_suffix(".lock")
+    path = paths.lock
     fd = _acquire(path, paths)
     try:
         yield
@@ -93,12 +103,12 @@ def move_aside(paths: RunPaths) -> Path | None:
     if not present:
         return None
     try:
-        root = paths.output_dir / REPLACED
+        root = paths.replaced
         root.mkdir(exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=f"{paths.name}.{time.strftime('%Y%m%d-%H%M%S')}.", dir=root))
         for p in present:
             os.rename(p, folder / p.name)
     except OSError as e:
-        raise UserError(f"cannot move the earlier files of {paths.name} aside into {paths.output_dir / REPLACED} "
+        raise UserError(f"cannot move the earlier files of {paths.name} aside into {paths.replaced} "
                         f"({e.strerror or e}); nothing was trained", code=2) from None
     return folder

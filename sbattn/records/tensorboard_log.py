@@ -7,20 +7,14 @@ the epoch. Events are flushed after each epoch, so a running TensorBoard shows t
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["INSTALL_HINT", "tensorboard_available", "epoch_logger"]
+__all__ = ["epoch_logger"]
 
-INSTALL_HINT = 'pip install "sbattn[tensorboard]"'
 SCALARS = {"train_loss": "loss/train", "eval_loss": "loss/eval", "train_acc": "accuracy/train",
            "eval_acc": "accuracy/eval", "lr": "learning_rate", "images_per_sec": "throughput/images_per_sec",
            "seconds": "time/epoch_seconds"}
-
-
-def tensorboard_available() -> bool:
-    return importlib.util.find_spec("tensorboard") is not None
 
 
 @contextlib.contextmanager

@@ -1,0 +1,250 @@
+"""What a run is: its recipe, typed and validated when built.
+
+The recipe is what makes two runs the same run (the model, the data, the optimiser's hyper-parameters, the seed,
+the precision asked for); a finished run, a checkpoint and a weights file are read back as one, without the
+options of the process that trained them. The reference implementation's hyper-parameters keep its names and
+defaults. TrainConfig (config/train_config.py) adds where and how this process trains it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..data import AUGMENTS, DATASETS, canonical_augment
+from ..errors import ConfigError, SbattnError
+from ..models import PLACEMENTS, create_model, default_placement, list_models
+from ..nn import LAMBDA_INITS, list_activations, list_attention
+
+__all__ = ["Recipe", "RECIPE_FIELDS", "PRECISIONS", "canonical_config", "recipe_differences", "option"]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# Limits of what a run can take, checked when the recipe is built rather than after the data has loaded.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the optimiser takes its rates in float32
+MAX_SEED = 2**63 - 1  # a seed plus a rank's and an epoch's offset must fit the generators' 64 bits
+MAX_PARAMETERS = 10**9  # 12 GB of weights, gradients and momenta before any activation
+MAX_MULTIPLIER = 64  # width and attn_ratio: beyond it every registered model is past MAX_PARAMETERS
+
+
+def option(default, help: str, reference: bool = False, choices: Callable[[], list[str]] | None = None,
+           bare: str | None = None):
+    """A configuration field with its CLI help; reference=True marks the reference implementation's own flags
+    (spelled with underscores); choices: the allowed values, from the registry that defines them; bare: the value
+    of the option given without one (--compile alone)."""
+    factory = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**factory, metadata={"help": help, "reference": reference, "choices": choices, "bare": bare})
+
+
+@dataclass
+class Recipe:
+    # The reference implementation's hyper-parameters, with its README's defaults.
+    attn_ratio: float = option(0.5, "hidden size ratio of the attention branch", reference=True)
+    use_sb: bool = option(True, "Shift-and-Balance attention (the reference's spelling of --attention sb)",
+                          reference=True)
+    use_se: bool = option(False, "Squeeze-and-Excitation attention (the reference's spelling of --attention se; "
+                                 "not together with use_sb)", reference=True)
+    activation: str = option("tanh", "SB activation", reference=True, choices=list_activations)
+    epochs: int = option(80, "training epochs", reference=True)
+    batch_size: int = option(64, "batch size (the global batch under torchrun)", reference=True)
+    init_lr: float = option(0.1, "initial learning rate", reference=True)
+    gamma: float = option(0.2, "learning-rate decay factor at each milestone", reference=True)
+    milestones: list[int] = option(lambda: [40, 60, 80], "epochs at which the learning rate decays", reference=True)
+    weight_decay: float = option(9e-6, "weight decay on every parameter", reference=True)
+    # The project's own.
+    attention: str | None = option(None, "attention block by registered name, or none; given, it sets --use_sb and "
+                                         "--use_se; none given: from --use_sb and --use_se",
+                                   choices=lambda: ["none", *list_attention()])
+    arch: str = option("vgg16", "model architecture", choices=list_models)
+    placement: str = option("auto", "attention at the end of each stage (stage), after each residual block (block) "
+                                    "or after each conv layer (layer); auto: the architecture's own (VGG: stage, "
+                                    "the reference's; ResNets: block, SE-ResNet's)",
+                            choices=lambda: ["auto", *PLACEMENTS])
+    width: float = option(1.0, "width multiplier for every conv and classifier layer")
+    lambda_init: str = option("normal", "SB lambda initialisation (normal: the reference's)",
+                              choices=lambda: list(LAMBDA_INITS))
+    dataset: str = option("cifar10", "dataset (fake: a small synthetic set for smoke runs)",
+                          choices=lambda: list(DATASETS))
+    augment: str = option("reference", "training augmentation (reference: the reference implementation's; "
+                                       "seed: the same, its former name)", choices=lambda: list(AUGMENTS))
+    seed: int | None = option(None, "random seed; also names the run's files so seeds never overwrite each other; "
+                                    "none given: a random one, recorded in the run's files")
+    eval_every: int = option(1, "evaluate every N epochs (the last epoch always)")
+    precision: str = option("auto", "auto: bf16 where the device has it, else fp16 on CUDA, else fp32",
+                            choices=lambda: list(PRECISIONS))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.milestones, tuple):
+            self.milestones = list(self.milestones)
+        self.validate()
+
+    @property
+    def run_name(self) -> str:
+        """The reference's file stem, vgg16_<ratio>_<use_sb>_<use_se>_<activation>, plus what else tells runs
+        apart."""
+        name = f"{self.arch}_{self.attn_ratio}_{self.use_sb}_{self.use_se}_{self.activation}"
+        if self.attention not in ("none", "sb", "se"):  # the reference's flags cannot name it
+            name += f"_{self.attention}"
+        if self.placement != default_placement(self.arch):
+            name += f"_{self.placement}"
+        if self.width != 1.0:
+            name += f"_w{self.width:g}"
+        if self.seed is not None:
+            name += f"_seed{self.seed}"
+        return name
+
+    @property
+    def recipe(self) -> "Recipe":
+        """The recipe alone (a TrainConfig's without this process's options)."""
+        return Recipe(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Recipe)})
+
+    def model_options(self) -> dict:
+        return dict(attention=self.attention, activation=self.activation, ratio=self.attn_ratio,
+                    width=self.width, placement=self.placement, lambda_init=self.lambda_init)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, **overrides):
+        """The fields of `values` (a saved configuration, any other keys ignored), in today's spelling."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in {**canonical_config(values), **overrides}.items() if k in known})
+
+    def validate(self) -> None:
+        check_fields(self)
+        if self.attention is None:
+            if self.use_sb and self.use_se:
+                raise ConfigError("use_sb=True and use_se=True: choose one of SB and SE (or neither, for the "
+                                  "baseline)")
+            self.attention = "sb" if self.use_sb else "se" if self.use_se else "none"
+        self.augment = canonical_augment(self.augment)
+        check_choices(self)
+        self.use_sb, self.use_se = self.attention == "sb", self.attention == "se"
+        self._validate_numbers()
+        if self.placement == "auto":
+            self.placement = default_placement(self.arch)
+        self._validate_model_size()
+
+    def _validate_numbers(self) -> None:
+        for name in ("epochs", "eval_every"):
+            if getattr(self, name) < 1:
+                fail(self, name, "must be an integer >= 1")
+        if self.batch_size < 2:
+            fail(self, "batch_size", "must be an integer >= 2 (BatchNorm needs 2 samples per batch)")
+        for name in ("init_lr", "gamma", "weight_decay", "attn_ratio", "width"):
+            if not _is_finite(getattr(self, name)):
+                fail(self, name, "must be a finite number")
+        if not 0 < self.init_lr <= FLOAT32_MAX:
+            fail(self, "init_lr", f"must be > 0 and at most {FLOAT32_MAX:.4g} (the optimiser computes in float32)")
+        if not 0 < self.gamma <= 1:
+            fail(self, "gamma", "must be in (0, 1]")
+        if not (all(_is_int(m) and m > 0 for m in self.milestones)
+                and all(a < b for a, b in zip(self.milestones, self.milestones[1:]))):
+            fail(self, "milestones", "must be positive, strictly increasing integers, e.g. [40,60,80]")
+        if not 0 <= self.weight_decay <= FLOAT32_MAX:
+            fail(self, "weight_decay", f"must be >= 0 and at most {FLOAT32_MAX:.4g} (the optimiser computes in "
+                                       f"float32)")
+        for name in ("attn_ratio", "width"):
+            if not 0 < getattr(self, name) <= MAX_MULTIPLIER:
+                fail(self, name, f"must be > 0 and at most {MAX_MULTIPLIER}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            fail(self, "seed", f"must be an integer from 0 to {MAX_SEED} (2**63 - 1)")
+
+    def _validate_model_size(self) -> None:
+        """Build the model on the meta device: it costs nothing and catches what only the model can check, and a
+        model too large to train."""
+        try:
+            with torch.device("meta"):
+                model = create_model(self.arch, **self.model_options())
+        except SbattnError:  # one line already, naming its fix (a missing extra, say)
+            raise
+        except ValueError as e:
+            raise ConfigError(f"{self.arch} with attn_ratio={self.attn_ratio}, width={self.width:g}, "
+                              f"placement={self.placement!r}: {e}") from None
+        params = sum(p.numel() for p in model.parameters())
+        if params > MAX_PARAMETERS:
+            raise ConfigError(f"{self.arch} with attn_ratio={self.attn_ratio}, width={self.width:g}: {params:.3g} "
+                              f"parameters, more than the {MAX_PARAMETERS:.0e} sbattn trains (about 12 GB of "
+                              f"weights, gradients and momenta); use a smaller --width or --attn_ratio")
+
+
+# The fields that make two runs the same run; the rest (device, paths, compile, ...) may change on resume.
+RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe))
+
+
+def fail(config, name: str, why: str) -> typing.NoReturn:
+    raise ConfigError(f"{name}={getattr(config, name)!r}: {why}")
+
+
+def check_fields(config) -> None:
+    """Each field of `config` (a Recipe or a subclass) of its declared type: a configuration read from a file may
+    hold anything."""
+    for f in dataclasses.fields(config):
+        expected = _type_problem(getattr(config, f.name), _field_types(type(config))[f.name])
+        if expected:
+            fail(config, f.name, f"must be {expected}")
+
+
+def check_choices(config) -> None:
+    for f in dataclasses.fields(config):
+        choices = f.metadata["choices"]
+        if choices is not None and getattr(config, f.name) not in choices():
+            fail(config, f.name, f"must be one of {', '.join(choices())}")
+
+
+def canonical_config(saved: dict) -> dict:
+    """A saved configuration in today's spelling: earlier versions had no attention field and called the
+    reference's augmentation "seed"."""
+    saved = dict(saved)
+    if saved.get("attention") is None:
+        saved["attention"] = "sb" if saved.get("use_sb") else "se" if saved.get("use_se") else "none"
+    if isinstance(saved.get("augment"), str):
+        saved["augment"] = canonical_augment(saved["augment"])
+    return saved
+
+
+def recipe_differences(saved: dict, recipe: Recipe) -> list[str]:
+    """'name X there, Y now' for each recipe field in which a run's saved configuration differs from `recipe`."""
+    saved = canonical_config(saved)
+    return [f"{name} {saved.get(name)!r} there, {getattr(recipe, name)!r} now"
+            for name in RECIPE_FIELDS if saved.get(name) != getattr(recipe, name)]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer past any float
+        return False
+
+
+@functools.cache
+def _field_types(cls: type) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _type_problem(value, hint) -> str | None:
+    """What a field of type `hint` must be, when `value` is not that; None when it is."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is list:
+        return None if isinstance(value, list) else "a list of integers"
+    if hint is bool:
+        return None if isinstance(value, bool) else "True or False"
+    if hint is int:
+        return None if _is_int(value) else "an integer"
+    if hint is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    return None if isinstance(value, hint) else f"a {hint.__name__}"

@@ -1,0 +1,114 @@
+"""TrainConfig: one run's recipe and where and how this process trains it, validated when built.
+
+The recipe's fields (config/recipe.py) decide the result; the fields here (the device, the folders, the layout,
+--compile, resuming) may change between the processes that train one run. The command line is generated from
+both (config/options.py), so a field added here or there is a flag everywhere.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+from ..system import TENSORBOARD_HINT, tensorboard_available
+from .recipe import Recipe, option
+
+__all__ = ["TrainConfig", "resolve_device", "saved_options", "LAYOUTS", "COMPILE_MODES", "TRUE_WORDS",
+           "FALSE_WORDS", "canonical_compile"]
+
+LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}  # memory formats by name
+# none: eager; model: torch.compile the model (forward and backward); step: the whole training step compiled
+# (forward, backward, the optimiser step and the epoch's sums), its batches augmented a whole epoch at once.
+COMPILE_MODES = ("none", "model", "step")
+# What one invocation does to a run, rather than what the run is or where it trains.
+ACTIONS = ("resume", "overwrite", "download")
+# How booleans are spelled on the command line and in saved configurations; --compile was a boolean before.
+TRUE_WORDS = ("true", "1", "yes", "y", "on")
+FALSE_WORDS = ("false", "0", "no", "n", "off")
+
+
+@dataclass
+class TrainConfig(Recipe):
+    device: str | None = option(None, "cuda, cuda:N, cpu or mps; none given: CUDA when present, else the CPU",
+                                reference=True)
+    data_dir: str = option("./data", "where CIFAR-10 is (any supported form), or will be downloaded to")
+    download: bool = option(False, "download the official archive into --data-dir if it is not there")
+    cache_dir: str | None = option(None, "cache of decoded arrays; none given: $SBATTN_CACHE, else ~/.cache/sbattn")
+    resize: bool = option(False, "accept image-folder images that are not 32x32 RGB, resizing and converting them")
+    output_dir: str = option("./results", "where results, figures and checkpoints go")
+    eval_batch_size: int = option(1000, "evaluation batch size")
+    layout: str = option("auto", "memory layout of training; auto: measured once per machine and model on a CPU "
+                                 "(cached), channels-last on CUDA", choices=lambda: ["auto", *LAYOUTS])
+    compile: str = option("none", "torch.compile: model (the flag alone; on CUDA, CUDA graphs for forward and "
+                                  "backward), or step: the whole training step with the optimiser, each epoch's "
+                                  "augmentation drawn at once (seeded by seed and epoch); True and False stand for "
+                                  "model and none",
+                          choices=lambda: list(COMPILE_MODES), bare="model")
+    sync_bn: bool = option(True, "under torchrun, synchronise every BatchNorm (the attention's too) across "
+                                 "processes")
+    resume: bool = option(False, "continue from the run's last checkpoint in --output-dir")
+    tensorboard: bool = option(False, "write each epoch's scalars (losses, accuracies, learning rate, throughput, "
+                                      "SB's |lambda| per block) for TensorBoard under --output-dir/tensorboard/<run>; "
+                                      f"needs {TENSORBOARD_HINT}")
+    overwrite: bool = option(False, "train a finished (or unfinished) run again from the beginning, its earlier "
+                                    "files moved aside first into --output-dir/replaced/")
+
+    def validate(self) -> None:
+        self.compile = canonical_compile(self.compile)  # a boolean before 0.2
+        super().validate()
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"eval_batch_size={self.eval_batch_size!r}: must be an integer >= 1")
+        if self.overwrite and self.resume:
+            raise ConfigError("overwrite=True and resume=True: --overwrite starts the run afresh, --resume continues "
+                              "it; choose one")
+        self.device = resolve_device(self.device)
+        if self.tensorboard and not tensorboard_available():
+            raise ConfigError(f"tensorboard=True: the tensorboard package is not installed; {TENSORBOARD_HINT}")
+
+    def rerun_options(self) -> dict:
+        """The options that train this run again or continue it, as a run's configuration file holds them: the
+        actions of this invocation (ACTIONS: --resume, --overwrite, --download) left out."""
+        return {**self.to_dict(), **dict.fromkeys(ACTIONS, False)}
+
+    def action_flags(self) -> list[str]:
+        """The actions of this invocation as flags: with `--config` on rerun_options' file, the same
+        configuration."""
+        return [f"--{name}" for name in ACTIONS if getattr(self, name)]
+
+
+def saved_options(saved: dict) -> dict:
+    """Every TrainConfig option of a run's saved configuration, as saved (not validated: the machine that reads it
+    may lack the device or the packages of the one that trained it); the default for an option it lacks."""
+    def default(f: dataclasses.Field):
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default
+    return {f.name: saved.get(f.name, default(f)) for f in dataclasses.fields(TrainConfig)}
+
+
+def canonical_compile(mode: str | bool) -> str | bool:
+    """A --compile value in today's spelling: True and its words are "model", False and its words "none"; any other
+    value as is (validation names it)."""
+    word = str(mode).strip().lower()
+    return "model" if mode is True or word in TRUE_WORDS else "none" if mode is False or word in FALSE_WORDS else mode
+
+
+def resolve_device(device: str | None) -> str:
+    """None or "auto" picks CUDA when present, else the CPU; a device that is not there is a ConfigError."""
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={device!r}: not a device name; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r}: CUDA is not available on this machine; use --device=cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device={device!r}: MPS is not available on this machine; use --device=cpu")
+    elif parsed.type != "cpu":
+        raise ConfigError(f"device={device!r}: unsupported; use cpu, cuda, cuda:N or mps")
+    return str(parsed)

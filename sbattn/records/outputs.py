@@ -1,0 +1,101 @@
+"""What a finished run leaves behind (the reference implementation's results.txt line and figure, the weights,
+the history as CSV and JSON), written so that a failure loses nothing; strict JSON; write failures as one line."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import resource
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+from torch import nn
+
+from ..config import TrainConfig
+from ..errors import UserError
+from ..files import atomic_write
+from .checkpoint import save_weights
+from .figures import plot_history
+from .paths import RunPaths
+
+__all__ = ["results_line", "write_finished_run", "write_record", "strict_json", "file_failure", "peak_rss_mb"]
+
+
+@contextlib.contextmanager
+def file_failure(path: Path, after: str) -> Iterator[None]:
+    """Turn a file-system failure writing `path` (a full disk, a read-only file system, a directory in the way)
+    into one line saying what was kept and what to do (`after`)."""
+    try:
+        yield
+    except OSError as e:
+        where = e.filename2 or e.filename or path  # a rename's target, else the file that failed
+        if str(where).endswith(".tmp") and Path(where).name.startswith("."):  # atomic_write's temporary file
+            where = path
+        raise UserError(f"cannot write {where} ({e.strerror or e}); {after}") from None
+
+
+def strict_json(obj, **kwargs) -> str:
+    """JSON that strict parsers accept: a non-finite float (NaN, inf) is written as null."""
+    return json.dumps(_finite(obj), allow_nan=False, **kwargs)
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def results_line(config: TrainConfig, acc: float) -> str:
+    """One line of the reference implementation's results.txt."""
+    stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    return (f"{stamp} ::: [attn_ratio : {config.attn_ratio}, use_sb : {config.use_sb}, use_se : {config.use_se}, "
+            f"activation : {config.activation}] --> acc : {100 * acc:.2f}%.\n")
+
+
+def _write_history(paths: RunPaths, history: list[dict]) -> None:
+    scalar_keys = [k for k in history[0] if not isinstance(history[0][k], list)] if history else []
+    def write_csv(f):
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=scalar_keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+        f.write(text.getvalue().encode())
+    atomic_write(paths.history_csv, write_csv)
+
+
+def write_finished_run(config: TrainConfig, paths: RunPaths, model: nn.Module, history: list[dict],
+                       summary: dict, num_classes: int) -> None:
+    """The finished run's files and its line in results.txt; then the JSON summary that marks it finished, and
+    only then are the checkpoint and the configuration file removed (the summary holds the configuration). A failure
+    keeps the checkpoint, from which --resume writes them again."""
+    after = (f"the run's checkpoint {paths.checkpoint} is kept: make room or fix the path, then run the same "
+             f"command with --resume to write the run's files without training again")
+    with file_failure(paths.weights, after):
+        save_weights(paths.weights, model, config, history, summary, num_classes)
+    with file_failure(paths.figure, after):
+        plot_history(history, paths.figure, paths.name)
+    with file_failure(paths.history_csv, after):
+        _write_history(paths, history)
+    with file_failure(paths.results, after), open(paths.results, "a") as f:
+        f.write(results_line(config, summary["final_eval_acc"]))
+    with file_failure(paths.summary, after):
+        write_record(paths.summary, {"summary": summary, "history": history})
+    paths.checkpoint.unlink(missing_ok=True)
+    paths.config.unlink(missing_ok=True)
+
+
+def write_record(path: Path, record: dict) -> None:
+    """A JSON record of sbattn's (a run's summary, its configuration), strict and written atomically."""
+    text = strict_json(record, indent=1)
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

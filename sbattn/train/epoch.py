@@ -1,0 +1,145 @@
+"""One epoch: its steps from where the run stands to the epoch's end (or a stop request), then its schedule step,
+evaluation and history entry.
+
+Loss and accuracy are summed on the device and read only when the progress bar refreshes and at the end of an
+epoch, so the step loop does not wait on the host.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..data import epoch_batches, steps_per_epoch, train_batches
+from ..errors import UserError
+from ..nn import ShiftBalance
+from . import distributed
+from .evaluation import evaluate
+from .precision import precision_label
+from .run import Run
+from .signals import StopRequest
+from .state import RunState
+from .step import EpochSums
+
+__all__ = ["EpochTotals", "train_epoch", "end_epoch", "format_epoch", "lambda_stats"]
+
+
+@dataclass
+class EpochTotals:
+    """An epoch's sums, read from the device (global over ranks)."""
+
+    loss: float
+    correct: float
+    seen: int
+    seconds: float
+
+
+def train_epoch(run: Run, state: RunState, step_fn: Callable[[torch.Tensor, torch.Tensor], None], sums: EpochSums,
+                train_x: torch.Tensor, train_y: torch.Tensor, stop: StopRequest) -> EpochTotals:
+    """Train the epoch under way from its next step, to its end or to a stop request, with `step_fn` adding to
+    `sums`; the totals come back reduced over ranks. On a stop, state.step is the number of steps done (never 0),
+    else it is 0."""
+    config, ctx, epoch, start_step = run.config, run.ctx, state.epoch, state.step
+    sums.restart(state.partial, start_step)
+    seen_before = sums.seen
+    steps = steps_per_epoch(len(train_y), config.batch_size, ctx.world_size)
+    lr = float(state.optimizer.param_groups[0]["lr"])
+    state.model.train()
+    bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+               disable=not run.interactive, dynamic_ncols=True)
+    started = refreshed = time.perf_counter()
+    step, stopping = start_step, False
+    for step, (x, y) in enumerate(_epoch_batches(run, state, train_x, train_y), start=start_step):
+        step_fn(x.contiguous(memory_format=state.memory_format), y)
+        sums.seen += len(y)
+        bar.update(1)
+        now = time.perf_counter()
+        run.threads.poll(now)
+        last = step + 1 == steps
+        if run.interactive and now - refreshed > 1.0 or last or stop:  # reading sums waits for the device
+            refreshed = now
+            _check_finite(run, sums.nonfinite, epoch)
+            bar.set_postfix(loss=f"{sums.loss.item() / sums.seen:.4f}",
+                            acc=f"{100 * sums.correct.item() / sums.seen:.2f}%", lr=f"{lr:.4g}",
+                            ips=f"{(sums.seen - seen_before) / (now - started):.0f}")
+        # Ranks agree on stopping every few steps, so that all of them stop at the same one.
+        if not ctx.distributed:
+            stopping = bool(stop)
+        elif (step + 1) % 8 == 0 or last:
+            stopping = distributed.any_rank(ctx, bool(stop), run.device)
+        if stopping:
+            break
+    bar.close()
+    stopping = stopping and step + 1 < steps  # a stop in the last step ends the epoch whole
+    seconds = sums.seconds + time.perf_counter() - started
+    seen = torch.tensor(float(sums.seen), dtype=sums.loss.dtype, device=run.device)
+    loss, correct, seen = distributed.all_reduce_sum(ctx, sums.loss, sums.correct, seen)
+    state.step = step + 1 if stopping else 0
+    state.partial = ({"loss": loss.cpu(), "correct": correct.cpu(), "seen": int(seen.item()), "seconds": seconds}
+                     if stopping else None)
+    return EpochTotals(loss.item(), correct.item(), int(seen.item()), seconds)
+
+
+def _epoch_batches(run: Run, state: RunState, train_x: torch.Tensor, train_y: torch.Tensor):
+    """The epoch's batches from its next step: augmented batch by batch from the run's stream, or with --compile
+    step a whole epoch at once (its own draws, seeded by seed and epoch)."""
+    config, ctx = run.config, run.ctx
+    common = dict(seed=state.seed, epoch=state.epoch, mode=config.augment, start=state.step, rank=ctx.rank,
+                  world_size=ctx.world_size)
+    if config.compile == "step":
+        return epoch_batches(train_x, train_y, config.batch_size, memory_format=state.memory_format, **common)
+    return train_batches(train_x, train_y, config.batch_size, generator=state.generator, **common)
+
+
+def end_epoch(run: Run, state: RunState, sums: EpochTotals, test_x: torch.Tensor, test_y: torch.Tensor) -> None:
+    """Step the schedule, evaluate when due, and add the epoch to the history."""
+    config, epoch = run.config, state.epoch
+    lr = float(state.optimizer.param_groups[0]["lr"])
+    state.scheduler.step()
+    entry = {"epoch": epoch + 1, "lr": lr, "train_loss": sums.loss / sums.seen,
+             "train_acc": sums.correct / sums.seen, "eval_loss": None, "eval_acc": None,
+             "seconds": sums.seconds, "images_per_sec": sums.seen / sums.seconds,
+             "eval_seconds": None, "eval_precision": None, "threads": torch.get_num_threads(),
+             "thread_ceiling": run.threads.ceiling, "layout": state.layout}
+    if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+        started = time.perf_counter()
+        entry["eval_loss"], entry["eval_acc"] = evaluate(state.model, test_x, test_y, config.eval_batch_size,
+                                                         run.amp_dtype, run.ctx.rank, run.ctx.world_size)
+        entry["eval_seconds"] = time.perf_counter() - started
+        entry["eval_precision"] = precision_label(run.amp_dtype)  # the training's; the final accuracy is fp32's
+    entry.update(lambda_stats(state.model))
+    state.history.append(entry)
+    state.epoch += 1
+    best = max((h["eval_acc"] for h in state.history if h["eval_acc"] is not None), default=None)
+    run.log(format_epoch(entry, config.epochs, best is not None and entry["eval_acc"] == best))
+
+
+def format_epoch(e: dict, epochs: int, best: bool) -> str:
+    line = (f"epoch {e['epoch']:>3}/{epochs}  lr {e['lr']:.4g}  train loss {e['train_loss']:.4f} "
+            f"acc {100 * e['train_acc']:.2f}%")
+    if e["eval_acc"] is not None:
+        line += f"  eval loss {e['eval_loss']:.4f} acc {100 * e['eval_acc']:.2f}%{' (best)' if best else ''}"
+    return line + f"  {e['seconds']:.1f}s  {e['images_per_sec']:.0f} img/s"
+
+
+def lambda_stats(model: nn.Module) -> dict[str, list[float]]:
+    """Per SB block: mean and standard deviation of |lambda|."""
+    lams = [m.lam.detach().abs().float() for m in model.modules() if isinstance(m, ShiftBalance)]
+    if not lams:
+        return {}
+    return {"lambda_abs_mean": [l.mean().item() for l in lams], "lambda_abs_std": [l.std().item() for l in lams]}
+
+
+def _check_finite(run: Run, nonfinite: torch.Tensor, epoch: int) -> None:
+    """Stop on a non-finite loss. Under torchrun the failing rank exits and torchrun stops the others."""
+    bad = nonfinite.item()
+    if bad:
+        checkpoint = run.paths.checkpoint
+        kept = (f"the last good checkpoint is kept at {checkpoint}" if checkpoint.exists()
+                else "no checkpoint had been written yet")
+        raise UserError(f"non-finite loss at epoch {epoch + 1}, step {bad}"
+                        f"{f' on rank {run.ctx.rank}' if run.ctx.distributed else ''}: stopped; {kept}")

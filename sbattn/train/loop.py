@@ -1,0 +1,134 @@
+"""train(): the reference implementation's recipe, exact metrics, and runs that survive interruption.
+
+A run trains under its lock: a finished run is reported and left alone, an unfinished one resumes from its
+checkpoint. The data live on the training device as uint8 and are augmented there in whole batches. A checkpoint
+after every epoch (and on Ctrl-C or SIGTERM, mid-epoch) holds the whole RunState, so a resumed run continues
+exactly where the last checkpoint stood.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from ..config import TrainConfig
+from ..records import FinishedRun, finished_run, provenance
+from ..records.outputs import file_failure, peak_rss_mb, write_finished_run, write_record
+from ..records.rundir import move_aside, prepare_output_dir, remove_stale_temporaries, run_lock
+from ..records.tensorboard_log import epoch_logger
+from ..version import __version__
+from . import distributed
+from .epoch import end_epoch, train_epoch
+from .evaluation import evaluate
+from .precision import precision_label
+from .run import Run, RunResult
+from .signals import StopRequest, alone_signal_handled
+from .start import Ready, make_ready
+from .state import RunState
+
+__all__ = ["train", "RunResult"]
+
+
+def train(config: TrainConfig, quiet: bool = False) -> RunResult:
+    """Train one model as `config` says; returns with exit_code 0 when finished, 130 when interrupted.
+
+    Under torchrun every process calls this; rank 0 alone writes files and shows progress.
+    """
+    ctx, device_name = distributed.setup(config.device)
+    try:
+        return _train(Run.start(config, ctx, device_name, quiet), quiet)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(run: Run, quiet: bool) -> RunResult:
+    """The run under its lock (rank 0 holds it): a finished run is reported and left alone."""
+    ctx, paths = run.ctx, run.paths
+    if ctx.main:
+        prepare_output_dir(paths.output_dir)
+    with run_lock(paths) if ctx.main else contextlib.nullcontext():
+        finished = distributed.gather_objects(ctx, _finished_or_cleared(run) if ctx.main else None)[0]
+        if finished is not None:
+            run.log(f"{paths.name} finished earlier: final test accuracy {finished.final_acc:.2f}%; its files are "
+                    f"{paths.with_suffix('.{pth,json,csv,png}')}; nothing was trained (--overwrite trains it again, "
+                    f"moving these aside)")
+            return RunResult(0, paths, finished.history, finished.summary)
+        return _train_run(run, make_ready(run, quiet))
+
+
+def _finished_or_cleared(run: Run) -> FinishedRun | None:
+    """The record of the run when it finished earlier; else None, the ground cleared for training: the temporary
+    files of a killed save removed, with --overwrite the earlier run's files moved aside, and the run's
+    configuration file written (what its resume command trains)."""
+    config, paths = run.config, run.paths
+    for stale in remove_stale_temporaries(paths):
+        run.log(f"removed {stale}, left behind by a save that was killed")
+    if config.overwrite:
+        folder = move_aside(paths)
+        run.log(f"--overwrite: moved the earlier files of {paths.name} to {folder}") if folder else None
+        record = None
+    else:
+        record = finished_run(paths, config, "use another --output-dir, or --overwrite to replace it")
+    if record is None:
+        with file_failure(paths.config, "nothing was trained: make room or fix the path, then run it again"):
+            write_record(paths.config, config.rerun_options())
+    return record
+
+
+def _train_run(run: Run, ready: Ready) -> RunResult:
+    """Epochs to the last, a checkpoint after each; a stop request checkpoints and returns 130."""
+    config, ctx, paths, state = run.config, run.ctx, run.paths, ready.state
+    stop = StopRequest()
+    events = paths.tensorboard if config.tensorboard and ctx.main else None
+    with stop.installed(), alone_signal_handled(), epoch_logger(events, state.epoch) as log_epoch:
+        while state.epoch < config.epochs:
+            totals = train_epoch(run, state, ready.step, ready.sums, ready.train_x, ready.train_y, stop)
+            if state.step:  # stopped inside the epoch
+                _save(run, state)
+                run.log(f"{stop.name}: stopped at epoch {state.epoch + 1}, step {state.step}; checkpoint saved to "
+                        f"{paths.checkpoint}\nresume with: {run.resume_command}")
+                return RunResult(130, paths, state.history)
+            end_epoch(run, state, totals, ready.test_x, ready.test_y)
+            log_epoch(state.history[-1])
+            _save(run, state)
+            if distributed.any_rank(ctx, bool(stop), run.device):
+                run.log(f"stopped after epoch {state.epoch}; resume with: {run.resume_command}")
+                return RunResult(130, paths, state.history)
+
+    if not ctx.main:
+        return RunResult(0, paths, state.history)
+    summary = _finish(run, ready)
+    run.log(f"final test accuracy {100 * summary['final_eval_acc']:.2f}% in fp32 (best per-epoch "
+            f"{100 * summary['best_eval_acc']:.2f}% at epoch {summary['best_epoch']}, in "
+            f"{precision_label(run.amp_dtype)}); results in {paths.output_dir}")
+    return RunResult(0, paths, state.history, summary)
+
+
+def _save(run: Run, state: RunState) -> None:
+    """Checkpoint the run; a file-system failure (a full disk, ...) is one line, the last good checkpoint kept."""
+    checkpoint = run.paths.checkpoint
+    kept = (f"the last good checkpoint {checkpoint} is kept" if checkpoint.exists()
+            else "no checkpoint had been written yet")
+    with file_failure(checkpoint, f"{kept}; make room, then resume with: {run.resume_command}"):
+        state.save(checkpoint, run.config, run.ctx)
+
+
+def _finish(run: Run, ready: Ready) -> dict:
+    """The run's summary and files. The final accuracy is the final weights' in fp32, as the reference
+    implementation evaluates, on the whole test set in this process alone: what `sbattn evaluate` computes."""
+    state, data = ready.state, ready.data
+    history = state.history
+    best = max((h for h in history if h["eval_acc"] is not None), key=lambda h: h["eval_acc"])
+    final_loss, final_acc = evaluate(state.model, ready.test_x, ready.test_y, run.config.eval_batch_size)
+    summary = {
+        "complete": True, "run": run.paths.name, "version": __version__, "config": run.config.to_dict(),
+        "seed": state.seed, "final_eval_acc": final_acc, "final_eval_loss": final_loss,
+        "final_eval_precision": "fp32", "last_epoch_eval_acc": history[-1]["eval_acc"],
+        "last_epoch_eval_loss": history[-1]["eval_loss"], "best_eval_acc": best["eval_acc"],
+        "best_epoch": best["epoch"], "params": ready.params,
+        "train_seconds": sum(h["seconds"] for h in history), "data": data.source, "classes": data.classes,
+        "device": str(run.device), "precision": precision_label(run.amp_dtype), "finished": provenance.now_iso(),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    summary["provenance"] = {**run.provenance, "finished": summary["finished"]}
+    summary["earlier_sessions"] = state.sessions[:-1]  # the processes that trained the run before a resume
+    write_finished_run(run.config, run.paths, state.model, history, summary, len(data.classes))
+    return summary

@@ -1,0 +1,71 @@
+"""One process's training of a run: what stays fixed through it (the configuration, where it trains and in which
+precision, how it reports, the thread governor), what it returns, and the command that resumes it."""
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..config import TrainConfig
+from ..records import RunPaths, provenance
+from . import distributed
+from .precision import resolve_precision
+from .threads import ThreadGovernor
+
+__all__ = ["Run", "RunResult", "resume_command"]
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    paths: RunPaths
+    history: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What stays fixed through a run: its configuration, where it trains, and how it reports."""
+
+    config: TrainConfig
+    ctx: distributed.Context
+    device: torch.device
+    paths: RunPaths
+    amp_dtype: torch.dtype | None  # the precision asked for, resolved for this device
+    log: Callable[..., None]
+    interactive: bool  # a progress bar on a terminal
+    threads: ThreadGovernor
+    provenance: dict  # this process's (rank 0's; empty on the others), see records/provenance.py
+
+    @classmethod
+    def start(cls, config: TrainConfig, ctx: distributed.Context, device_name: str, quiet: bool) -> "Run":
+        """This process's run of `config` on `device_name`; rank 0 alone reports unless quiet."""
+        quiet = quiet or not ctx.main
+        log = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
+        device = torch.device(device_name)
+        return cls(config, ctx, device, RunPaths.of(config), resolve_precision(config.precision, device), log,
+                   not quiet and sys.stderr.isatty(), ThreadGovernor(device),
+                   provenance.collect(device, ctx.world_size) if ctx.main else {})
+
+    @property
+    def resume_command(self) -> str:
+        return resume_command(self.paths, self.ctx)
+
+
+def resume_command(paths: RunPaths, ctx: distributed.Context = distributed.Context()) -> str:
+    """The command that continues the run: its configuration file (written when it started) with --resume, under
+    torchrun when it runs there, through the program the user started it with."""
+    program = Path(sys.argv[0]).name
+    if ctx.distributed:
+        prefix = ["torchrun", f"--nproc_per_node={ctx.world_size}", "-m", "sbattn", "train"]
+    elif program == "example.py":  # the reference implementation's entry point
+        prefix = ["python", "example.py", "main"]
+    elif program == "__main__.py":
+        prefix = ["python", "-m", "sbattn", "train"]
+    else:
+        prefix = ["sbattn", "train"]
+    return shlex.join([*prefix, "--config", str(paths.config), "--resume"])

@@ -1,0 +1,106 @@
+"""A run made ready to train: its checkpoint when it resumes, its seed, its data on the device as uint8, its
+layout, its model (under DDP when torchrun runs it) and RunState, and the training step that --compile asks for."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..config import LAYOUTS
+from ..data import CIFAR10, load_cifar10, steps_per_epoch, to_device_uint8
+from ..errors import UserError
+from ..models import create_model
+from ..records.checkpoint import load_checkpoint, unwrap
+from ..records.integrity import check_same_data, data_identity
+from . import distributed
+from .evaluation import memory_format
+from .precision import precision_label
+from .run import Run
+from .state import RunState
+from .step import EpochSums, make_step
+from .tuning import LayoutChoice, choose_layout, layout_name
+
+__all__ = ["Ready", "make_ready"]
+
+
+@dataclass
+class Ready:
+    """A run ready for its next step."""
+
+    state: RunState
+    step: Callable[[torch.Tensor, torch.Tensor], None]
+    sums: EpochSums  # what `step` adds to
+    data: CIFAR10
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    params: int
+
+
+def make_ready(run: Run, quiet: bool) -> Ready:
+    config, ctx, device, paths = run.config, run.ctx, run.device, run.paths
+    ckpt = _checkpoint_to_resume(run)
+    seed = config.seed if config.seed is not None else ckpt["seed"] if ckpt else _shared_seed(ctx)
+    torch.manual_seed(seed)
+    data = load_cifar10(config.data_dir, config.dataset, config.download, config.cache_dir, config.resize,
+                        progress=not quiet)
+    identity = data_identity(data)
+    if ckpt:
+        check_same_data(ckpt, identity, paths.checkpoint)
+    train_x, test_x = to_device_uint8(data.train_images, device), to_device_uint8(data.test_images, device)
+    train_y = torch.as_tensor(data.train_labels, device=device)
+    test_y = torch.as_tensor(data.test_labels, device=device)
+
+    layout = _layout(run, ckpt)
+    model = create_model(config.arch, num_classes=len(data.classes), **config.model_options()).to(device)
+    wrapped = distributed.wrap(ctx, model.to(memory_format=LAYOUTS[layout.layout]), device, config.sync_bn)
+    state = RunState.start(config, unwrap(wrapped), device, run.amp_dtype, seed, len(data.classes), ctx.rank,
+                           layout.layout, run.provenance)
+    state.data = identity
+    if ckpt:  # SyncBatchNorm conversion makes new modules: the state holds the ones that train
+        steps = steps_per_epoch(len(train_y), config.batch_size, ctx.world_size)
+        note = state.restore(ckpt, ctx, paths.checkpoint, steps)
+        run.log(note) if note else None
+        run.log(f"resuming {paths.name} at epoch {state.epoch + 1}, step {state.step}")
+    sums = EpochSums.zeros(device)
+    step = make_step(config.compile, wrapped, state.optimizer, state.scaler, run.amp_dtype, sums, device)
+    params = sum(p.numel() for p in state.model.parameters())
+    run.log(f"{paths.name}: {config.arch} attention={config.attention} params={params:,} data={data.source} "
+            f"device={device}{f' x {ctx.world_size} processes' if ctx.distributed else ''} "
+            f"precision={precision_label(run.amp_dtype)} layout={layout.layout} ({layout.how}) seed={seed}"
+            f"{'' if config.compile == 'none' else f' compile={config.compile}'}")
+    return Ready(state, step, sums, data, train_x, train_y, test_x, test_y, params)
+
+
+def _checkpoint_to_resume(run: Run) -> dict | None:
+    """The run's checkpoint when it is to be resumed; refuses to start over one unasked."""
+    config, ctx, checkpoint = run.config, run.ctx, run.paths.checkpoint
+    if not os.path.lexists(checkpoint):
+        if config.resume:
+            run.log(f"no checkpoint at {checkpoint}: starting from the beginning")
+        return None
+    if not config.resume:
+        raise UserError(f"{checkpoint} holds an unfinished run: add --resume to continue it, or --overwrite to "
+                        f"start over (moving it aside)", code=2)
+    ckpt = load_checkpoint(checkpoint, config)
+    if ckpt["world_size"] != ctx.world_size and ckpt["step"] != 0:
+        raise UserError(f"{checkpoint} was written mid-epoch by {ckpt['world_size']} process(es): resume "
+                        f"it with {ckpt['world_size']} (torchrun --nproc_per_node), or from an epoch's end", code=2)
+    return ckpt
+
+
+def _layout(run: Run, ckpt: dict | None) -> LayoutChoice:
+    """A resumed run keeps its layout (runs from before layouts were chosen trained in the device's rule)."""
+    if ckpt:
+        return LayoutChoice(ckpt.get("layout") or layout_name(memory_format(run.device)), "resumed")
+    choice = choose_layout(run.config, run.device, run.amp_dtype)
+    # Every rank trains in rank 0's choice: the measurement may differ between processes.
+    return distributed.gather_objects(run.ctx, choice)[0]
+
+
+def _shared_seed(ctx: distributed.Context) -> int:
+    """A random seed, the same on every rank (rank 0's)."""
+    return distributed.gather_objects(ctx, int.from_bytes(os.urandom(4), "little"))[0]
