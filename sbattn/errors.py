@@ -3,7 +3,7 @@ line and turned into the exit status it carries. The library raises the subclass
 the base class once."""
 from __future__ import annotations
 
-__all__ = ["SbattnError", "ConfigError", "DataError", "CheckpointError", "UserError"]
+__all__ = ["SbattnError", "ConfigError", "DataError", "CheckpointError", "UserError", "one_line"]
 
 
 class SbattnError(Exception):
@@ -16,9 +16,16 @@ class SbattnError(Exception):
     label = "error"
 
     def __init__(self, message: str, code: int | None = None):
-        super().__init__(" ".join(str(message).split()))  # one line, whatever the errors it quotes hold
+        super().__init__(one_line(message))
         if code is not None:
             self.code = code
+
+
+def one_line(text: object) -> str:
+    """`text` as one printable line, whatever the files and errors it quotes hold: white space folded, and every
+    other character a terminal would act on (ESC and the rest, bidirectional overrides) written as its escape."""
+    folded = " ".join(str(text).split())
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in folded)
 
 
 class ConfigError(SbattnError, ValueError):

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["atomic_write", "atomic_path"]
+from .errors import UserError
+
+__all__ = ["atomic_write", "atomic_path", "check_regular"]
 
 
 @contextlib.contextmanager
@@ -19,14 +23,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     An error leaves the previous file intact and nothing behind. The files are created by the writer, so they
     get the permissions the user's umask gives (a file from mkstemp would be readable by its owner alone).
+    A target that exists and is not a regular file is refused before the writer runs and again before the rename
+    (see check_regular): a rename would put a file in place of a device or a FIFO, or of a link the user made.
     """
     path = Path(path)
+    _check_target(path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield staging / path.name
         companions = [p for p in staging.iterdir() if p.name != path.name]
         for written in (*companions, staging / path.name):  # the named file last: companions are in place first
             _fsync(written, os.O_RDONLY)
+            _check_target(path.parent / written.name)
             os.replace(written, path.parent / written.name)
         _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     finally:
@@ -34,10 +42,64 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def atomic_write(path: str | Path, write: Callable) -> None:
-    """Call write(file) on a new binary file, then put it in place of `path` (see atomic_path)."""
+    """Call write(file) on a new binary file, then put it in place of `path` (see atomic_path).
+
+    A write that failed (a full disk, a file-size limit) is raised as its OSError even when the writer reports it
+    as an error of its own (torch.save: RuntimeError "unexpected pos"), so that callers handle it as the write
+    failure it is; a writer's error with no failed write beneath it is raised as it is: a bug still surfaces.
+    """
     with atomic_path(path) as staged:
         with open(staged, "wb") as f:
-            write(f)
+            recorded = _Recorded(f)
+            try:
+                write(recorded)
+            except Exception as e:
+                if recorded.error is None or recorded.error is e:
+                    raise
+                raise recorded.error from e
+
+
+def check_regular(path: str | Path, purpose: str) -> None:
+    """Refuse `path` (UserError) when it exists and is not a regular file: sbattn replaces or appends to regular
+    files only, never a device, a FIFO or a socket, and never writes through a symbolic link to what it points to
+    (nor replaces the link: it is the user's). `purpose` says what sbattn would have done with it."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = next((k for test, k in _KINDS if test(mode)), "not a file")
+        raise UserError(f"{path} is not a regular file (it is {kind}), and {purpose}: move it away or choose "
+                        f"another path", code=2)
+
+
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+
+
+def _check_target(path: Path) -> None:
+    """A folder in the way fails as the rename would (IsADirectoryError: the callers' write failures), before any
+    work is spent; any other file that is not a regular one is refused."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    check_regular(path, "sbattn writes its files as regular files only")
+
+
+class _Recorded:
+    """A file that remembers the OSError of a write that failed, for writers that report it as their own error."""
+
+    def __init__(self, file):
+        self._file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
 
 
 def _fsync(path: Path, flags: int) -> None:

@@ -9,7 +9,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sbattn"
 
 # Rank of each layer: a module may import its own layer's modules (within one subpackage) and lower ranks only.
 LAYERS = {
-    "sbattn.errors": 0, "sbattn.version": 0, "sbattn.files": 0, "sbattn.system": 0,
+    "sbattn.errors": -1,  # the error contract, below the rest of the foundation: files.py raises its errors
+    "sbattn.version": 0, "sbattn.files": 0, "sbattn.system": 0, "sbattn.console": 0,
     "sbattn.nn": 1,
     "sbattn.models": 2, "sbattn.data": 2,
     "sbattn.config": 3,

@@ -149,3 +149,26 @@ def test_mid_epoch_checkpoint_needs_the_same_number_of_processes(two, tmp_path):
                           timeout=300)
     assert proc.returncode != 0
     assert "mid-epoch by 1 process(es)" in proc.stderr
+
+
+def failing(out, *extra):
+    proc = subprocess.run(command(out, 2, *extra), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    return proc.stderr
+
+
+def test_an_error_every_rank_hits_is_printed_once(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"{RUN}.ckpt").write_bytes(b"an unfinished run's checkpoint")  # each rank refuses it, unasked to resume
+    err = failing(out)
+    assert err.count("sbattn train: error:") == 1 and "holds an unfinished run" in err
+    assert "[rank1]: Traceback" not in err and "[rank0]: Traceback" not in err
+
+
+def test_a_rank_left_behind_by_a_failed_peer_adds_no_traceback(tmp_path):
+    out = tmp_path / "out"
+    (out / "results.txt").mkdir(parents=True)  # rank 0 alone refuses it; rank 1 waits for it in a collective
+    err = failing(out)
+    assert err.count("sbattn train: error:") == 1 and "results.txt is not a regular file" in err
+    assert "[rank1]: Traceback" not in err and "RuntimeError" not in err  # torchrun's own summary aside

@@ -23,6 +23,7 @@ from sbattn.records.checkpoint import save_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _datagen import tree_files, write_official_dir, write_tree  # noqa: E402
+from _runs import one_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_IMAGE = "train/airplane/0000.png"  # of tree_files()
@@ -35,12 +36,6 @@ def run_cli(*args: str, memory_gb: int = 3) -> subprocess.CompletedProcess:
     limit = memory_gb << 30
     return subprocess.run([sys.executable, "-m", "sbattn", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip() and "decoding images" not in line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def load(root: Path, tmp_path: Path):
@@ -190,9 +185,9 @@ def test_predict_classifies_a_batch_at_a_time(weights, tmp_path, monkeypatch, ca
 def test_predict_takes_no_field_of_a_file_on_trust(weights, tmp_path, capsys):
     crafted = tmp_path / "crafted.pth"
     record = torch.load(weights, weights_only=True)
-    record.pop("checksum")  # as a file of an earlier version, or one made by hand
-    record.update(summary=["not", "a", "summary"], classes=7)
-    torch.save(record, crafted)
+    record.update(summary=["not", "a", "summary"], classes=7)  # made by hand, and sealed as sbattn seals its files
+    from sbattn.records.integrity import seal
+    torch.save(seal(record), crafted)
     image = write_tree(tmp_path, {FIRST_IMAGE: tree_files()[0][FIRST_IMAGE]}) / FIRST_IMAGE
     assert main(["predict", str(crafted), str(image), "--device", "cpu", "--topk", "1"]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[0].startswith("fake")  # the run's dataset's names

@@ -4,7 +4,6 @@ import errno
 import json
 import os
 import shlex
-import shutil
 import struct
 import subprocess
 import sys
@@ -24,10 +23,9 @@ from sbattn.train.loop import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _datagen import tree_files, write_tree  # noqa: E402
+from _runs import TINY, copy_of, finished_output, one_line, snapshot  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--device=cpu", "--dataset=fake", "--width=0.0625", "--batch_size=32", "--precision=fp32",
-        "--eval-batch-size=256", "--epochs=1", "--milestones=[1]"]
 NAME = "vgg16_0.5_True_False_tanh_w0.0625"
 RUN_FILES = (".pth", ".json", ".csv", ".png")
 
@@ -38,29 +36,10 @@ def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
                           **kwargs)
 
 
-def one_line(err: str) -> str:
-    """The one line a command printed to stderr (progress bars aside), with no traceback."""
-    lines = [line for line in err.splitlines() if line.strip() and "decoding images" not in line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
-def snapshot(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """An output directory holding one finished tiny run without a seed (a random one, as a user's first run)."""
-    out = tmp_path_factory.mktemp("finished")
-    assert main(["train", *TINY, f"--output-dir={out}"]) == 0
-    return out
-
-
-def copy_of(finished: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "out"
-    shutil.copytree(finished, out)
-    return out
+    return finished_output(tmp_path_factory.mktemp("finished"), TINY)
 
 
 # ------------------------------------------------------------------------------ finished work is kept
@@ -333,11 +312,13 @@ def test_weights_with_a_flipped_byte_are_refused_by_evaluate(finished, tmp_path,
 
 
 def rewrite(path: Path, change) -> None:
-    """A crafted file: the record changed and saved without a checksum, as a file of an earlier version."""
+    """A crafted file: the record changed and sealed again with sbattn's own seal(), as a forger would (a file of the
+    current format without its checksum is refused as stripped before any of its fields are read)."""
+    from sbattn.records.integrity import seal
     record = torch.load(path, weights_only=True)
     record.pop("checksum")
     change(record)
-    torch.save(record, path)
+    torch.save(seal(record), path)
 
 
 def crafted_model(record):

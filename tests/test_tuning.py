@@ -83,3 +83,20 @@ def test_the_measurement_leaves_the_random_streams_alone(tmp_path):
     times = tuning._measure(config(tmp_path, batch_size=4), torch.device("cpu"), None, 10)
     assert set(times) == {"channels_last", "contiguous"} and all(t > 0 for t in times.values())
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_under_torchrun_rank_0_alone_measures_and_every_rank_takes_its_choice(monkeypatch):
+    from types import SimpleNamespace
+
+    import sbattn.train.start as start
+    from sbattn.train import distributed
+    from sbattn.train.tuning import LayoutChoice
+    measured = []
+    monkeypatch.setattr(start, "choose_layout",
+                        lambda *a: measured.append(a) or LayoutChoice("contiguous", "measured"))
+    rank0 = LayoutChoice("channels_last", "measured")
+    monkeypatch.setattr(distributed, "gather_objects", lambda ctx, obj: [rank0, obj])  # rank 0's, then this rank's
+    run = SimpleNamespace(ctx=distributed.Context(rank=1, world_size=2), config=None, device=torch.device("cpu"),
+                          amp_dtype=None)
+    assert start._layout(run, None) == rank0
+    assert measured == []  # rank 1 neither measured nor wrote the cache

@@ -13,6 +13,7 @@ from ..errors import UserError
 from ..inference import (EXPORT_INSTALL, FORMATS, PREDICT_BATCH, class_names, export_metadata, export_onnx,
                          export_program, predict, read_images)
 from ..records import load
+from ..records.integrity import printable
 from ..train.evaluation import evaluate
 from ..train.precision import precision_label, resolve_precision
 
@@ -112,14 +113,14 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise UserError(f"--topk must be >= 1, got {args.topk}", 2)
     model = load(args.checkpoint, resolve_device(args.device))
-    names = class_names(args.checkpoint, model.num_classes)
+    names = [printable(n) for n in class_names(args.checkpoint, model.num_classes)]  # from the file: no escapes
     width = max(len(n) for n in names)
     for start in range(0, len(args.images), PREDICT_BATCH):  # read, classify and print a batch at a time
         paths = args.images[start:start + PREDICT_BATCH]
         probs, indices = predict(model, read_images(paths, args.resize)).cpu().topk(
             min(args.topk, model.num_classes), dim=1)
         for path, p_row, i_row in zip(paths, probs.tolist(), indices.tolist()):
-            print(path)
+            print(printable(path))
             for p, i in zip(p_row, i_row):
                 print(f"  {names[i]:<{width}}  {100 * p:6.2f}%")
     return 0

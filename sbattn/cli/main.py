@@ -6,6 +6,7 @@ import sys
 import typing
 from typing import Callable, Sequence
 
+from .. import console
 from ..errors import SbattnError
 from ..version import __version__
 from . import deploy, suites, train
@@ -51,11 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    console.install()  # a closed or broken standard stream stops the printing, never the run
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except SbattnError as e:
-        print(f"sbattn {args.command}: {e.label}: {e}", file=sys.stderr)
+        if not getattr(e, "quiet", False):  # under torchrun, one rank speaks for all that hit the same error
+            print(f"sbattn {args.command}: {e.label}: {e}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
         print(f"sbattn {args.command}: interrupted", file=sys.stderr)

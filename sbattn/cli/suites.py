@@ -8,7 +8,7 @@ from typing import Any
 from ..config import TrainConfig
 from ..config.options import add_config_options, file_options, given_options
 from ..errors import UserError
-from ..experiments.suites import job_count, report, run_suite, suite_config
+from ..experiments.suites import JOBS_PER_CORE, MAX_SEEDS, job_count, report, run_suite, suite_config
 from ..experiments.variants import (ABLATION, COMPARE, PRESET_ALIASES, PRESETS, Suite, ablation_variants,
                                     compare_variants)
 from ..nn import list_attention
@@ -23,7 +23,7 @@ def _add_suite_options(parser: argparse.ArgumentParser, suite: Suite, skip: tupl
     add_config_options(parser, skip=skip, config_help=(
         f"a JSON or TOML file of the options every run shares (a finished run's JSON works as is), over the "
         f"preset's; options given on the command line win over it; {', '.join(skip)}: ignored, the suite sets them "
-        f"for each run; seed: the first seed; TOML for a .toml name"))
+        f"for each run; seed: the first seed; TOML for a .toml name; - reads JSON from standard input"))
     parser.set_defaults(per_run_options=skip)
     for action in parser._actions:
         if action.dest == "seed":
@@ -31,13 +31,15 @@ def _add_suite_options(parser: argparse.ArgumentParser, suite: Suite, skip: tupl
         if action.dest in help_defaults:
             action.help = action.help.rsplit(" (default:", 1)[0] + f" (default: {help_defaults[action.dest]})"
     parser.add_argument("--seeds", type=int, default=1, metavar="N",
-                        help="runs per configuration, seeds 0..N-1 (or SEED..SEED+N-1 with --seed) (default: 1)")
+                        help=f"runs per configuration, seeds 0..N-1 (or SEED..SEED+N-1 with --seed), at most "
+                             f"{MAX_SEEDS} (default: 1)")
     preset_help = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items())
                             for name, values in PRESETS.items())
     aliases = ", ".join(f"{alias} is {name}" for alias, name in PRESET_ALIASES.items())
     parser.add_argument("--jobs", type=int, default=None, metavar="K",
                         help="train K runs at once, each in its own process (on a CPU the cores are shared out; "
-                             "on a GPU small models leave room for several); none given: the preset's, else 1")
+                             f"on a GPU small models leave room for several), at most {JOBS_PER_CORE} per core; none "
+                             f"given: the preset's, else 1")
     parser.add_argument("--preset", choices=(*PRESETS, *PRESET_ALIASES), default=None, metavar="PRESET",
                         help=f"a recipe, one of {', '.join(PRESETS)} ({aliases}); flags given explicitly win over "
                              f"it ({preset_help})")
@@ -85,6 +87,8 @@ def base_config(args: argparse.Namespace, suite: Suite) -> TrainConfig:
 def seed_list(args: argparse.Namespace) -> list[int]:
     if args.seeds < 1:
         raise UserError(f"--seeds {args.seeds}: need at least one run per configuration", code=2)
+    if args.seeds > MAX_SEEDS:  # refused before the configuration file is read or a run planned
+        raise UserError(f"--seeds {args.seeds}: at most {MAX_SEEDS} runs per configuration", code=2)
     start = _explicit(args).get("seed") or 0
     return [start + i for i in range(args.seeds)]
 

@@ -13,6 +13,7 @@ from typing import Sequence
 
 from ..errors import ConfigError
 from .file import read_config_file
+from .recipe import clip, shown
 from .train_config import FALSE_WORDS, TRUE_WORDS, TrainConfig
 
 __all__ = ["add_config_options", "config_from_args", "file_options", "given_options", "parse_bool",
@@ -72,7 +73,7 @@ def parse_value(name: str, text: str):
 
 
 CONFIG_HELP = ("a JSON or TOML file of these options (a finished run's JSON reruns that run, its seed included); "
-               "options given on the command line win over it; TOML for a .toml name")
+               "options given on the command line win over it; TOML for a .toml name; - reads JSON from standard input")
 
 
 def add_config_options(parser: argparse.ArgumentParser, skip: Sequence[str] = (),
@@ -116,12 +117,16 @@ def _file_value(path: str, name: str, value):
     if isinstance(value, str) and str in (hint, *typing.get_args(hint)):
         return value  # as written: a file's strings need no quoting, so none is stripped
     takes_list = typing.get_origin(hint) is list
+    where = f"--config {path}: {name} = {shown(value)}"
     if isinstance(value, dict) or (isinstance(value, list) and not takes_list):
-        raise ConfigError(f"--config {path}: {name} = {value!r}: expected a single value")
+        raise ConfigError(f"{where}: expected a single value")
     try:
         return parse_value(name, value if isinstance(value, str) else json.dumps(value))
     except (argparse.ArgumentTypeError, ValueError) as e:
-        raise ConfigError(f"--config {path}: {name} = {value!r}: {e}") from None
+        raise ConfigError(f"{where}: {clip(str(e))}") from None
+    except (TypeError, RecursionError):  # json.dumps of a TOML date or time, or of lists nested past the stack
+        raise ConfigError(f"{where}: expected a number, a string, True or False, or a list of integers (a TOML "
+                          f"date or time is none of them)") from None
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:

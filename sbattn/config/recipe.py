@@ -7,6 +7,7 @@ defaults. TrainConfig (config/train_config.py) adds where and how this process t
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -21,7 +22,8 @@ from ..errors import ConfigError, SbattnError
 from ..models import PLACEMENTS, create_model, default_placement, list_models
 from ..nn import LAMBDA_INITS, list_activations, list_attention
 
-__all__ = ["Recipe", "RECIPE_FIELDS", "PRECISIONS", "canonical_config", "recipe_differences", "option"]
+__all__ = ["Recipe", "RECIPE_FIELDS", "PRECISIONS", "canonical_config", "recipe_differences", "option", "shown",
+           "clip"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -30,6 +32,7 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the optimiser takes its r
 MAX_SEED = 2**63 - 1  # a seed plus a rank's and an epoch's offset must fit the generators' 64 bits
 MAX_PARAMETERS = 10**9  # 12 GB of weights, gradients and momenta before any activation
 MAX_MULTIPLIER = 64  # width and attn_ratio: beyond it every registered model is past MAX_PARAMETERS
+SHOWN_CHARS = 200  # of a value quoted in a one-line error: enough to recognise it, never a file's megabytes
 
 
 def option(default, help: str, reference: bool = False, choices: Callable[[], list[str]] | None = None,
@@ -116,6 +119,16 @@ class Recipe:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in {**canonical_config(values), **overrides}.items() if k in known})
 
+    def with_seed(self, seed: int):
+        """This configuration with another seed, only the seed checked: a suite's runs of one row differ by seed
+        alone, and validating each again (its model built on the meta device) costs a suite of many seeds
+        minutes."""
+        other = copy.copy(self)
+        other.seed, other.milestones = seed, list(self.milestones)
+        check_fields(other)
+        other._check_seed()
+        return other
+
     def validate(self) -> None:
         check_fields(self)
         if self.attention is None:
@@ -153,6 +166,9 @@ class Recipe:
         for name in ("attn_ratio", "width"):
             if not 0 < getattr(self, name) <= MAX_MULTIPLIER:
                 fail(self, name, f"must be > 0 and at most {MAX_MULTIPLIER}")
+        self._check_seed()
+
+    def _check_seed(self) -> None:
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
             fail(self, "seed", f"must be an integer from 0 to {MAX_SEED} (2**63 - 1)")
 
@@ -179,7 +195,21 @@ RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe))
 
 
 def fail(config, name: str, why: str) -> typing.NoReturn:
-    raise ConfigError(f"{name}={getattr(config, name)!r}: {why}")
+    raise ConfigError(f"{name}={shown(getattr(config, name))}: {why}")
+
+
+def clip(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` cut to `limit` characters, its length said: an error quotes what it refuses, which may be megabytes
+    long, and its one line must stay readable."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def shown(value, limit: int = SHOWN_CHARS) -> str:
+    """repr(value) as an error quotes it: clipped, and a value nested too deeply to repr named by its type."""
+    try:
+        return clip(repr(value), limit)
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deeply to show>"
 
 
 def check_fields(config) -> None:

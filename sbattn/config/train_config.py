@@ -7,13 +7,14 @@ both (config/options.py), so a field added here or there is a flag everywhere.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import ConfigError
 from ..system import TENSORBOARD_HINT, tensorboard_available
-from .recipe import Recipe, option
+from .recipe import Recipe, fail, option, shown
 
 __all__ = ["TrainConfig", "resolve_device", "saved_options", "LAYOUTS", "COMPILE_MODES", "TRUE_WORDS",
            "FALSE_WORDS", "canonical_compile"]
@@ -27,6 +28,10 @@ ACTIONS = ("resume", "overwrite", "download")
 # How booleans are spelled on the command line and in saved configurations; --compile was a boolean before.
 TRUE_WORDS = ("true", "1", "yes", "y", "on")
 FALSE_WORDS = ("false", "0", "no", "n", "off")
+# The folder options, and what none of them may hold: a control character (a newline, an escape, a NUL) is never
+# meant in a folder's name; it breaks the log's lines, drives the terminal, or ends in a traceback from the OS.
+FOLDERS = ("data_dir", "cache_dir", "output_dir")
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -59,7 +64,11 @@ class TrainConfig(Recipe):
         self.compile = canonical_compile(self.compile)  # a boolean before 0.2
         super().validate()
         if self.eval_batch_size < 1:
-            raise ConfigError(f"eval_batch_size={self.eval_batch_size!r}: must be an integer >= 1")
+            fail(self, "eval_batch_size", "must be an integer >= 1")
+        for name in FOLDERS:
+            if getattr(self, name) is not None and CONTROL_CHARACTER.search(getattr(self, name)):
+                fail(self, name, "holds a control character (a newline, an escape, a NUL, ...): name the folder "
+                                 "without one")
         if self.overwrite and self.resume:
             raise ConfigError("overwrite=True and resume=True: --overwrite starts the run afresh, --resume continues "
                               "it; choose one")
@@ -100,15 +109,15 @@ def resolve_device(device: str | None) -> str:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"device={device!r}: not a device name; use cpu, cuda, cuda:N or mps") from None
+        raise ConfigError(f"device={shown(device)}: not a device name; use cpu, cuda, cuda:N or mps") from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device={device!r}: CUDA is not available on this machine; use --device=cpu")
+            raise ConfigError(f"device={shown(device)}: CUDA is not available on this machine; use --device=cpu")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ConfigError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise ConfigError(f"device={shown(device)}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif parsed.type == "mps":
         if not torch.backends.mps.is_available():
-            raise ConfigError(f"device={device!r}: MPS is not available on this machine; use --device=cpu")
+            raise ConfigError(f"device={shown(device)}: MPS is not available on this machine; use --device=cpu")
     elif parsed.type != "cpu":
-        raise ConfigError(f"device={device!r}: unsupported; use cpu, cuda, cuda:N or mps")
+        raise ConfigError(f"device={shown(device)}: unsupported; use cpu, cuda, cuda:N or mps")
     return str(parsed)

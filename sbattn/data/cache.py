@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from ..files import atomic_write
 from .dataset import CIFAR10, _validate
 
@@ -72,6 +73,6 @@ class _Cache:
                 test_images=data.test_images, test_labels=data.test_labels,
                 classes=np.array(data.classes), source=np.array(data.source), stamp=np.array(stamp),
             ))
-        except OSError as e:
+        except (OSError, UserError) as e:  # a full disk, or a FIFO where the file goes: only a miss next time
             warnings.warn(f"could not write the cache {path} ({e}); the data will be decoded again next time",
                           stacklevel=3)

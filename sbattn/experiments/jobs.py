@@ -71,7 +71,9 @@ def _start(job: Job, device: str | None, env: dict, child_setup: Callable[[], No
         write_record(paths.config, job.config.rerun_options())
     command = ["train", "--config", str(paths.config), *job.config.action_flags(),
                f"--device={device or job.config.device}"]
-    with open(paths.log, "ab") as out:
+    with file_failure(paths.log, "the run was not started"):  # never through a link planted at its name
+        out = open(paths.log, "ab", opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW, 0o644))
+    with out:
         return subprocess.Popen([sys.executable, "-m", "sbattn", *command], stdout=out, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True, preexec_fn=child_setup)
 

@@ -8,6 +8,7 @@ alone, which is also what `sbattn report` does.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -19,7 +20,9 @@ from ..config import TrainConfig
 from ..data import load_cifar10
 from ..errors import UserError
 from ..records import FinishedRun, RunPaths, finished_run as finished_record
+from ..records.integrity import printable
 from ..records.outputs import file_failure
+from ..system import available_cores
 from ..train import train
 from .jobs import Job, run_jobs
 from .tables import load_finished_runs, write_lambda_figure, write_suite_outputs
@@ -82,37 +85,33 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
+MAX_SEEDS = 1000  # runs per configuration: a table's interval hardly narrows past a few dozen seeds
+JOBS_PER_CORE = 4  # runs at once per core: a run on a GPU needs a core too, and more only wait on each other
+
+
 def run_suite(suite: Suite, base: TrainConfig, variants: Sequence[Variant], seeds: Sequence[int], jobs: int,
               log: Callable[[str], None] = _log) -> int:
-    """Train (or reuse, or resume) every variant for every seed, then write the tables and figures."""
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        raise UserError("a suite starts its trainings itself and does not run under torchrun: start it without "
-                        "torchrun, or each of its runs with torchrun -m sbattn train", code=2)
-    if jobs < 1:
-        raise UserError(f"--jobs {jobs}: need at least 1", code=2)
-    if not seeds:
-        raise UserError("need at least one run per configuration (--seeds 1 or more)", code=2)
-    plan = [(v, run_config(base, v, seed)) for seed in seeds for v in variants]  # one of each first, then seed 2
+    """Train (or reuse, or resume) every variant for every seed, then write the tables and figures. The plan is
+    said before anything is trained: how many runs, how many finished earlier, how many to train."""
+    _check_suite(seeds, jobs)
+    plan = _plan(base, variants, seeds)
     directory = Path(base.output_dir)
-    missing: list[tuple[str, TrainConfig]] = []
-    for i, (variant, config) in enumerate(plan, 1):
-        tag = f"{suite.name} [{i}/{len(plan)}] {variant.label}, seed {config.seed}"
-        if finished_run(config) is not None:
-            log(f"{tag}: finished earlier, reused {config.run_name}.json")
-        else:
-            missing.append((tag, config))
+    log(f"{suite.name}: {len(plan)} run(s), {len(variants)} configuration(s) x {len(seeds)} seed(s), in {directory}")
+    done, missing = _scan(suite, plan, log)
+    at_once = f", {min(jobs, len(missing))} at a time" if jobs > 1 and missing else ""
+    log(f"{suite.name}: {len(done)} finished earlier, {len(missing)} to train{at_once}")
     code = _train_missing(missing, jobs, log)
     if code == 130:
         log(f"{suite.name}: interrupted; run the same command again to finish the missing runs")
     if code != 0:
         return code
-    done: list[tuple[Variant, FinishedRun]] = []
-    for variant, config in plan:
-        run = finished_run(config)
+    runs: list[tuple[Variant, FinishedRun]] = []
+    for i, (variant, config) in enumerate(plan):
+        run = done[i] if i in done else finished_run(config)
         if run is None:
             raise UserError(f"{config.run_name} ended without a complete summary in {directory}")
-        done.append((variant, run))
-    groups = _group(variants, done)
+        runs.append((variant, run))
+    groups = _group(variants, runs)
     with file_failure(directory, _TABLES_AGAIN.format(directory=directory)):
         written = write_suite_outputs(suite, groups, directory) + write_lambda_figure(groups, directory)
     log(f"\n{(directory / f'{suite.name}.md').read_text()}")
@@ -120,14 +119,55 @@ def run_suite(suite: Suite, base: TrainConfig, variants: Sequence[Variant], seed
     return 0
 
 
+def _check_suite(seeds: Sequence[int], jobs: int) -> None:
+    """Refuse, before any work, a suite that cannot run here or would take longer to plan than is meant."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise UserError("a suite starts its trainings itself and does not run under torchrun: start it without "
+                        "torchrun, or each of its runs with torchrun -m sbattn train", code=2)
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: need at least 1", code=2)
+    cores = available_cores()
+    if jobs > JOBS_PER_CORE * cores:
+        raise UserError(f"--jobs {jobs}: at most {JOBS_PER_CORE * cores} ({JOBS_PER_CORE} per core, of the {cores} "
+                        f"this process may use); more runs at once only wait on each other", code=2)
+    if not seeds:
+        raise UserError("need at least one run per configuration (--seeds 1 or more)", code=2)
+    if len(seeds) > MAX_SEEDS:
+        raise UserError(f"--seeds {len(seeds)}: at most {MAX_SEEDS} runs per configuration", code=2)
+
+
+def _plan(base: TrainConfig, variants: Sequence[Variant], seeds: Sequence[int]) -> list[tuple[Variant, TrainConfig]]:
+    """Every run, one of each variant first, then the next seed. Each variant's configuration is validated once
+    (its model built on the meta device); its seeds' differ by the seed alone, which is all that is checked."""
+    rows = {variant: run_config(base, variant, seeds[0]) for variant in variants}
+    return [(variant, rows[variant].with_seed(seed)) for seed in seeds for variant in variants]
+
+
+def _scan(suite: Suite, plan: list[tuple[Variant, TrainConfig]],
+          log: Callable[[str], None]) -> tuple[dict[int, FinishedRun], list[tuple[str, TrainConfig]]]:
+    """The runs of `plan` finished earlier, by their place in it, and the (tag, config) of the others."""
+    done: dict[int, FinishedRun] = {}
+    missing: list[tuple[str, TrainConfig]] = []
+    for i, (variant, config) in enumerate(plan):
+        tag = f"{suite.name} [{i + 1}/{len(plan)}] {variant.label}, seed {config.seed}"
+        run = finished_run(config)
+        if run is not None:
+            log(f"{tag}: finished earlier, reused {config.run_name}.json")
+            done[i] = run
+        else:
+            missing.append((tag, config))
+    return done, missing
+
+
 def _train_missing(missing: list[tuple[str, TrainConfig]], jobs: int, log: Callable[[str], None]) -> int:
-    """Train each (tag, config): in this process one after another, or `jobs` processes at a time."""
+    """Train each (tag, config): in this process one after another, or `jobs` processes at a time (no more than
+    there are runs, so that the cores are shared out among the runs there are)."""
     if jobs > 1:
         if any(config.download for _, config in missing):  # once here, not once per process into one file
             c = missing[0][1]
             load_cifar10(c.data_dir, c.dataset, True, c.cache_dir, c.resize)
-            missing = [(tag, dataclasses.replace(config, download=False)) for tag, config in missing]
-        return run_jobs([Job(tag, config) for tag, config in missing], jobs, log)
+            missing = [(tag, _without_download(config)) for tag, config in missing]
+        return run_jobs([Job(tag, config) for tag, config in missing], min(jobs, len(missing)), log)
     for tag, config in missing:
         log(f"{tag}: {'resuming' if RunPaths.of(config).checkpoint.exists() else 'training'} {config.run_name}")
         code = train(config).exit_code
@@ -136,13 +176,20 @@ def _train_missing(missing: list[tuple[str, TrainConfig]], jobs: int, log: Calla
     return 0
 
 
+def _without_download(config: TrainConfig) -> TrainConfig:
+    """`config` with --download off, not validated again: an action changes, not the run."""
+    other = copy.copy(config)
+    other.download = False
+    return other
+
+
 def report(directory: Path) -> list[Path]:
     """Rebuild compare.* (baseline or other attention kinds present) and ablation.* (SB runs of 2+ activations)
     from a directory's finished runs; returns the files written."""
     if not directory.is_dir():
         raise UserError(f"{directory}: no such directory", code=2)
     runs = load_finished_runs(directory)
-    unfinished = sorted(p.stem for p in directory.glob("*.ckpt"))
+    unfinished = sorted(printable(p.stem) for p in directory.glob("*.ckpt"))
     if unfinished:
         print(f"report: skipping {len(unfinished)} unfinished run(s) ({', '.join(unfinished)}); re-run their "
               f"suite to finish them", file=sys.stderr)

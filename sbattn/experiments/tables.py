@@ -10,7 +10,9 @@ from typing import Sequence
 
 from ..errors import UserError
 from ..files import atomic_write
-from ..records import FinishedRun, read_finished
+from ..records import FinishedRun, RunPaths
+from ..records.finished import read_run
+from ..records.integrity import printable
 from ..records.outputs import strict_json
 from .figures import has_lambda, plot_lambda, plot_suite
 from .stats import Difference, format_ci, mean, sample_std, welch
@@ -23,7 +25,8 @@ CONFIDENCE = 0.95
 
 
 def load_finished_runs(directory: Path) -> list[FinishedRun]:
-    runs = (read_finished(path) for path in sorted(Path(directory).glob("*.json")))
+    """The finished runs in `directory`; a damaged one (read_run) is a UserError naming its file and field."""
+    runs = (read_run(RunPaths(Path(directory), path.stem)) for path in sorted(Path(directory).glob("*.json")))
     return [run for run in runs if run is not None]
 
 
@@ -140,7 +143,7 @@ def render_markdown(suite: Suite, rows: Sequence[Row]) -> str:
               f"Δ: difference of the mean from {ref_name} ({suite.reference_why}), in percentage points, with the "
               f"{CONFIDENCE:.0%} confidence interval of Welch's t (n/a when a configuration has one run). "
               f"Train time: mean training time per run, evaluation excluded. Bold: the highest mean.", ""]
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))  # the labels and the recipe come from files: no terminal escapes
 
 
 def _row_record(row: Row) -> dict:
@@ -168,8 +171,8 @@ def render_csv(suite: Suite, rows: Sequence[Row]) -> str:
                      "ci_low", "ci_high", "dof", "params", "train_seconds_mean"])
     for row in rows:
         d = row.difference
-        writer.writerow([row.variant.label, row.variant.key, row.n, " ".join(map(str, row.seeds)), _num(row.mean),
-                         _num(row.std), _num(d and d.estimate), _num(d and d.low), _num(d and d.high),
+        writer.writerow([printable(row.variant.label), printable(row.variant.key), row.n, " ".join(map(str, row.seeds)),
+                         _num(row.mean), _num(row.std), _num(d and d.estimate), _num(d and d.low), _num(d and d.high),
                          _num(d and d.dof, 2), row.params, _num(row.train_seconds, 1)])
     return text.getvalue()
 
@@ -196,19 +199,21 @@ def write_suite_outputs(suite: Suite, groups: dict[Variant, list[FinishedRun]], 
     config = rows[0].runs[0].config
     title = (f"{suite.title}: {config.get('arch')}, {config.get('placement')} placement, "
              f"width ×{config.get('width'):g}, {config.get('epochs')} epochs, {config.get('dataset')}")
-    plot_suite({row.variant.label: [r.history for r in row.runs] for row in rows}, directory / f"{suite.name}.png",
-               title, finals={row.variant.label: row.accs for row in rows})
+    labels = [printable(row.variant.label) for row in rows]
+    plot_suite({label: [r.history for r in row.runs] for label, row in zip(labels, rows)},
+               directory / f"{suite.name}.png", printable(title),
+               finals={label: row.accs for label, row in zip(labels, rows)})
     written.append(directory / f"{suite.name}.png")
     return written
 
 
 def write_lambda_figure(groups: dict[Variant, list[FinishedRun]], directory: Path) -> list[Path]:
     """lambda.png from the SB configurations among `groups`; nothing when none has lambda statistics."""
-    runs = {v.label: [r.history for r in rs] for v, rs in groups.items() if v.use_sb and rs}
+    runs = {printable(v.label): [r.history for r in rs] for v, rs in groups.items() if v.use_sb and rs}
     runs = {label: histories for label, histories in runs.items() if has_lambda(histories)}
     if not runs:
         return []
     config = next(rs for v, rs in groups.items() if v.use_sb and rs)[0].config
-    plot_lambda(runs, directory / "lambda.png",
-                f"SB control factor |lambda| per block ({config.get('placement')} placement, mean over seeds)")
+    plot_lambda(runs, directory / "lambda.png", printable(
+        f"SB control factor |lambda| per block ({config.get('placement')} placement, mean over seeds)"))
     return [directory / "lambda.png"]

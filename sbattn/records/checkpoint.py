@@ -12,7 +12,7 @@ from ..errors import CheckpointError
 from ..files import atomic_write
 from ..models import create_model
 from ..version import __version__
-from .integrity import check_container, check_training_fields, check_weights_fit, seal, verify_checksum
+from .integrity import check_container, check_tensors, check_training_fields, check_weights_fit, seal, verify_checksum
 
 __all__ = ["CHECKPOINT_FORMAT", "WEIGHTS_FORMAT", "save_checkpoint", "load_checkpoint", "save_weights", "load",
            "read_record", "unwrap"]
@@ -23,6 +23,9 @@ CHECKPOINT_FORMAT = 2  # 2: every rank's random state, and the number of process
 # earliest without num_classes: 10 classes); 3: numbered apart, the run's provenance in its summary.
 WEIGHTS_FORMAT = 3
 WEIGHTS_FORMATS_READ = (1, 2, 3)
+# The first format of each kind whose every file carries a checksum: a file of it without one was stripped of it.
+# Weights: 3. Checkpoints: the next one, since sbattn 0.1.0 wrote checkpoints of format 2 without a checksum.
+SEALED_SINCE = {"weights": 3, "checkpoint": CHECKPOINT_FORMAT + 1}
 
 
 # What a training checkpoint holds besides its format, version and configuration.
@@ -46,13 +49,15 @@ def read_record(path: str | Path) -> dict:
                               f"move it away to start over") from None
     if not isinstance(obj, dict) or "format" not in obj:
         raise CheckpointError(f"{path} is not an sbattn file; move it away to start over")
-    readable = WEIGHTS_FORMATS_READ if "state_dict" in obj else (CHECKPOINT_FORMAT,)
-    if obj["format"] not in readable:
-        kind = "weights" if "state_dict" in obj else "checkpoint"
-        raise CheckpointError(f"{path} has format {obj['format']}, this sbattn reads {kind} format "
+    kind = "weights" if "state_dict" in obj else "checkpoint"
+    readable = WEIGHTS_FORMATS_READ if kind == "weights" else (CHECKPOINT_FORMAT,)
+    number = obj["format"]
+    if type(number) is not int or number not in readable:  # True == 1, but no file sbattn wrote says True
+        raise CheckpointError(f"{path} has format {number!r}, this sbattn reads {kind} format "
                               f"{', '.join(map(str, readable))} (written by sbattn {obj.get('version', '?')}); use "
                               f"it with that version or move it away")
-    verify_checksum(obj, path)
+    check_tensors(obj, path)
+    verify_checksum(obj, path, required=number >= SEALED_SINCE[kind])
     return obj
 
 

@@ -13,8 +13,8 @@ from torch import nn
 
 from ..errors import CheckpointError
 
-__all__ = ["seal", "verify_checksum", "check_container", "check_weights_fit", "check_training_fields",
-           "data_identity", "check_same_data"]
+__all__ = ["seal", "verify_checksum", "check_container", "check_tensors", "check_weights_fit",
+           "check_training_fields", "entry_ok", "data_identity", "check_same_data", "printable"]
 
 
 def checksum(record: dict) -> str:
@@ -50,9 +50,15 @@ def seal(record: dict) -> dict:
     return {**record, "checksum": checksum(record)}
 
 
-def verify_checksum(record: dict, path: Path) -> None:
-    """Refuse a record whose contents are not what was saved; files of earlier versions carry no checksum."""
-    if "checksum" in record and record["checksum"] != checksum(record):
+def verify_checksum(record: dict, path: Path, required: bool = True) -> None:
+    """Refuse a record whose contents are not what was saved; files of earlier formats carry no checksum (required:
+    the record's format always has one, so a record without it was stripped of it)."""
+    if "checksum" not in record:
+        if required:
+            raise CheckpointError(f"{path} has no checksum, which every file of its format {record.get('format')!r} "
+                                  f"carries: it was edited or damaged; restore it from a copy, or move it away")
+        return
+    if record["checksum"] != checksum(record):
         raise CheckpointError(f"{path} is damaged: its contents do not match the checksum saved with them; "
                               f"restore it from a copy, or move it away")
 
@@ -70,6 +76,31 @@ def check_container(path: Path) -> None:
     if packed:
         raise CheckpointError(f"{path} holds compressed entries ({packed[0]}), which torch.save never writes: it "
                               f"is not a file sbattn wrote; refusing to unpack it")
+
+
+def check_tensors(record, path: Path) -> None:
+    """Before any tensor of a record read from `path` is touched: each claims no more bytes than its storage holds,
+    and its storage no more than the file, so that checking or hashing it allocates no more than the file's size (a
+    stride-0 view, torch.zeros(1).expand(n), claims n elements of a storage of one)."""
+    size = path.stat().st_size
+    for name, t in _tensors(record, ""):
+        held = t.untyped_storage().nbytes() if t.layout == torch.strided else -1  # -1: sparse, no one storage
+        if not 0 <= t.numel() * t.element_size() <= held <= size:
+            raise CheckpointError(f"{path}: {name}, a {tuple(t.shape)} {t.dtype} tensor, claims "
+                                  f"{t.numel() * t.element_size():,} bytes of a storage of {max(held, 0):,} (the "
+                                  f"file has {size:,}): not a file sbattn wrote; refusing to read it")
+
+
+def _tensors(obj, name: str):
+    """(where, tensor) for every tensor in a record, in its dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        yield name or "a tensor", obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _tensors(value, f"{name}.{key}" if name else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f"{name}[{i}]")
 
 
 def check_weights_fit(model: nn.Module, state, path: Path, what: str = "its model") -> None:
@@ -126,7 +157,7 @@ def check_training_fields(ckpt: dict, epochs: int, seed: int | None, path: Path)
         fail("its interrupted epoch's sums are malformed")
     history = ckpt["history"]
     if not (isinstance(history, list) and len(history) == ckpt["epoch"]
-            and all(_entry_ok(h, i + 1) for i, h in enumerate(history))):
+            and all(entry_ok(h, i + 1) for i, h in enumerate(history))):
         fail(f"its history is not {ckpt['epoch']} epoch(s) of losses and accuracies")
     rng = ckpt["rng"]
     if not (isinstance(rng, list) and len(rng) == ckpt["world_size"] and all(
@@ -143,10 +174,12 @@ def _partial_ok(partial) -> bool:
             and _is_count(partial.get("seen"), 1) and is_number(partial.get("seconds")))
 
 
-def _entry_ok(entry, epoch: int) -> bool:
-    return (isinstance(entry, dict) and entry.get("epoch") == epoch
+def entry_ok(entry, epoch: int) -> bool:
+    """A history entry of epoch `epoch` (a checkpoint's or a finished run's): its numbers, accuracies from 0 to 1."""
+    return (isinstance(entry, dict) and _is_count(entry.get("epoch")) and entry["epoch"] == epoch
             and all(is_number(entry.get(k)) for k in HISTORY_NUMBERS)
-            and all(entry.get(k) is None or is_number(entry.get(k)) for k in ("eval_loss", "eval_acc")))
+            and all(entry.get(k) is None or is_number(entry.get(k)) for k in ("eval_loss", "eval_acc"))
+            and all(entry.get(k) is None or 0 <= entry[k] <= 1 for k in ("train_acc", "eval_acc")))
 
 
 def data_identity(data) -> dict:
@@ -170,6 +203,12 @@ def check_same_data(ckpt: dict, identity: dict, path: Path) -> None:
     if saved.get("fingerprint") != identity["fingerprint"]:
         raise CheckpointError(f"{path} was trained on other data ({saved.get('source')}) than {identity['source']}: "
                               f"resume it with the --data-dir it was trained on, or move it away to start over")
+
+
+def printable(text) -> str:
+    """Text read from a file as a terminal shows it harmlessly: control characters (ANSI escapes, carriage returns,
+    bidirectional overrides) written as Python escapes, the rest as it is."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
 def _names(classes) -> str:

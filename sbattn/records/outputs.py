@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import io
 import json
 import math
+import os
 import resource
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +23,10 @@ from .checkpoint import save_weights
 from .figures import plot_history
 from .paths import RunPaths
 
-__all__ = ["results_line", "write_finished_run", "write_record", "strict_json", "file_failure", "peak_rss_mb"]
+__all__ = ["results_line", "write_finished_run", "complete_finished_run", "write_record", "strict_json", "file_failure",
+           "peak_rss_mb"]
+
+RESULTS_ENTRY = "results_txt"  # in a finished run's JSON: where its results.txt line went, and the line
 
 
 @contextlib.contextmanager
@@ -72,21 +77,64 @@ def _write_history(paths: RunPaths, history: list[dict]) -> None:
 
 def write_finished_run(config: TrainConfig, paths: RunPaths, model: nn.Module, history: list[dict],
                        summary: dict, num_classes: int) -> None:
-    """The finished run's files and its line in results.txt; then the JSON summary that marks it finished, and
-    only then are the checkpoint and the configuration file removed (the summary holds the configuration). A failure
-    keeps the checkpoint, from which --resume writes them again."""
-    after = (f"the run's checkpoint {paths.checkpoint} is kept: make room or fix the path, then run the same "
-             f"command with --resume to write the run's files without training again")
+    """The finished run's files; then the JSON summary that marks it finished and its line in results.txt (once,
+    see _append_result), and only then are the checkpoint and the configuration file removed (the summary holds
+    the configuration). A failure keeps the checkpoint, from which --resume writes them again."""
+    after = _AFTER.format(checkpoint=paths.checkpoint)
     with file_failure(paths.weights, after):
         save_weights(paths.weights, model, config, history, summary, num_classes)
     with file_failure(paths.figure, after):
         plot_history(history, paths.figure, paths.name)
     with file_failure(paths.history_csv, after):
         _write_history(paths, history)
-    with file_failure(paths.results, after), open(paths.results, "a") as f:
-        f.write(results_line(config, summary["final_eval_acc"]))
-    with file_failure(paths.summary, after):
-        write_record(paths.summary, {"summary": summary, "history": history})
+    _append_result(paths, {"summary": summary, "history": history}, results_line(config, summary["final_eval_acc"]))
+    _remove_run_state(paths)
+
+
+_AFTER = ("the run's checkpoint {checkpoint} is kept: make room or fix the path, then run the same command with "
+          "--resume to write the run's files without training again")
+
+
+def complete_finished_run(paths: RunPaths) -> bool:
+    """Finish what a finish killed after the JSON summary left undone (its checkpoint or configuration file is still
+    there): the results.txt line appended if it is not there yet, then those files removed. True when there was
+    something to finish. Only under the run's lock."""
+    if not (paths.checkpoint.exists() or paths.config.exists()):
+        return False
+    try:
+        record = json.loads(paths.summary.read_text())
+    except (OSError, ValueError):
+        return False
+    entry = record.get(RESULTS_ENTRY) if isinstance(record, dict) else None
+    if isinstance(entry, dict) and isinstance(entry.get("line"), str):  # else an earlier sbattn's: line appended
+        _append_result(paths, record, entry["line"])
+    _remove_run_state(paths)
+    return True
+
+
+def _append_result(paths: RunPaths, record: dict, line: str) -> None:
+    """Write the JSON `record` that marks the run finished and append `line` to results.txt, once whatever the
+    kill timing: under an exclusive lock of results.txt (other runs append to it too), the record says at which
+    offset the line goes before it is appended; a record whose line is at its offset already is left as it is."""
+    after, data = _AFTER.format(checkpoint=paths.checkpoint), line.encode()
+    with file_failure(paths.results, after):
+        fd = os.open(paths.results, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        with file_failure(paths.results, after):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            offset = (record.get(RESULTS_ENTRY) or {}).get("offset")
+            if isinstance(offset, int) and offset >= 0 and os.pread(fd, len(data), offset) == data:
+                return
+        with file_failure(paths.summary, after):
+            write_record(paths.summary, {**record, RESULTS_ENTRY: {"offset": os.fstat(fd).st_size, "line": line}})
+        with file_failure(paths.results, after):
+            while data:
+                data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
+
+
+def _remove_run_state(paths: RunPaths) -> None:
     paths.checkpoint.unlink(missing_ok=True)
     paths.config.unlink(missing_ok=True)
 

@@ -1,21 +1,29 @@
 """A run's place in its output directory: one process at a time on it (a lock), a finished run recognised and
 left alone, the temporary files of a killed save cleaned up, and the files of an earlier run moved aside when
-the user asks for a fresh one."""
+the user asks for a fresh one (all at once: a move that was killed half-way is undone at the next start)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import os
+import re
+import shutil
+import stat
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import UserError
+from ..files import check_regular
 from .paths import RESULTS, RUN_FILES, RunPaths
 
-__all__ = ["prepare_output_dir", "run_lock", "remove_stale_temporaries", "move_aside"]
+__all__ = ["prepare_output_dir", "run_lock", "remove_stale_temporaries", "move_aside", "undo_interrupted_move"]
+
+MOVING = ".moving"  # the suffix of a folder in replaced/ that --overwrite's move has not finished filling
 
 
 def prepare_output_dir(path: str | Path) -> Path:
@@ -23,9 +31,9 @@ def prepare_output_dir(path: str | Path) -> Path:
     out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out)  # a new file: never one planted there
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise UserError(f"output directory {out} is not writable ({e.strerror or e}); "
                         f"choose another with --output-dir", code=2) from None
@@ -35,14 +43,11 @@ def prepare_output_dir(path: str | Path) -> Path:
 
 def _check_appendable(path: Path) -> None:
     """A file to append to at the end of the run: absent, or a regular file this process may write."""
+    check_regular(path, "the run appends its result line to it")
     if not os.path.lexists(path):
         return
-    if not path.is_file():
-        raise UserError(f"{path} is not a regular file, and the run appends its result line to it: move it away",
-                        code=2)
     try:
-        with open(path, "a"):
-            pass
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK))
     except OSError as e:
         raise UserError(f"{path} is not writable ({e.strerror or e}), and the run appends its result line to it: "
                         f"make it writable or choose another --output-dir", code=2) from None
@@ -55,17 +60,46 @@ def run_lock(paths: RunPaths) -> Iterator[None]:
     fd = _acquire(path, paths)
     try:
         yield
+    except BaseException:
+        _release(path, fd, warn=False)  # the run's own error is the one to report
+        raise
+    _release(path, fd, warn=True)
+
+
+def _release(path: Path, fd: int, warn: bool) -> None:
+    """Remove the lock while still holding it (a process that locks it next sees it gone and retries). A lock left
+    behind is harmless, the next run takes it over, so failing to remove it (a folder turned read-only) never
+    hides how the run ended: silent after an error, one warning line after success."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        if warn:
+            print(f"sbattn: warning: cannot remove the lock file {path} ({e.strerror or e}); it is harmless, the "
+                  f"next run takes it over", file=sys.stderr)
     finally:
-        path.unlink(missing_ok=True)  # while still held: a process that locks it next sees it gone and retries
         os.close(fd)
+
+
+def _open_lock(path: Path) -> int:
+    """The lock file, never through a link (a link planted there would have the run truncate what it points to and
+    write its pid there), and a regular file: anything else there is refused before it is opened."""
+    check_regular(path, "sbattn locks the run with it")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        why = "it is a symbolic link" if e.errno == errno.ELOOP else e.strerror or e  # one made since the check
+        raise UserError(f"cannot create the lock file {path} ({why})", code=2) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped in since the check
+        os.close(fd)
+        raise UserError(f"{path} is not a regular file, and sbattn locks the run with it: move it away", code=2)
+    return fd
 
 
 def _acquire(path: Path, paths: RunPaths) -> int:
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise UserError(f"cannot create the lock file {path} ({e.strerror or e})", code=2) from None
+        fd = _open_lock(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -75,40 +109,99 @@ def _acquire(path: Path, paths: RunPaths) -> int:
                             f"{paths.name} in {paths.output_dir} (it holds {path}); wait for it to finish, or stop "
                             f"it first", code=2) from None
         try:
-            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+            current = os.lstat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             current = False
         if current:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError as e:  # no space at all: the lock, empty, is removed; nothing was started
+                _release(path, fd, warn=False)
+                raise UserError(f"cannot write the lock file {path} ({e.strerror or e}); make room, then run it "
+                                f"again", code=2) from None
             return fd
         os.close(fd)  # its holder removed it between our open and our lock: lock the new one
 
 
 def remove_stale_temporaries(paths: RunPaths) -> list[Path]:
-    """Delete the temporary files (.<name>.<suffix>.*.tmp, as atomic_write names them) that a save killed
-    outright left behind; only under the run's lock, so that no save of this run is under way."""
+    """Delete what a save killed outright left behind: the staging folders of atomic_path (.<name><suffix>.*.tmp,
+    with the half-written file inside) and temporary files of that name; only sbattn's own, by that name, in the
+    run's folder, and only under the run's lock, so that no save of this run is under way. A link of that name is
+    removed itself, never followed."""
     stale = [Path(p) for suffix in RUN_FILES
              for p in glob.glob(os.path.join(glob.escape(str(paths.output_dir)),
                                              f".{glob.escape(paths.name + suffix)}.*.tmp"))]
     for p in stale:
-        p.unlink(missing_ok=True)
+        try:
+            shutil.rmtree(p) if stat.S_ISDIR(os.lstat(p).st_mode) else os.unlink(p)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise UserError(f"cannot remove {p}, left behind by a save that was killed ({e.strerror or e}): remove "
+                            f"it, then run again", code=2) from None
     return stale
 
 
 def move_aside(paths: RunPaths) -> Path | None:
     """Move the run's files into a new folder <output_dir>/replaced/<name>.<time>.*/; returns it, or None when the
-    run has no files."""
+    run has no files. All at once: they are moved into that folder while it is named .<name>.<time>.*.moving, and
+    it is renamed once they are all in, so that a move killed half-way is recognised and undone at the next start
+    (undo_interrupted_move) instead of leaving a run half in place."""
     present = [paths.with_suffix(s) for s in RUN_FILES if paths.with_suffix(s).exists()]
     if not present:
         return None
+    staging = None
     try:
         root = paths.replaced
         root.mkdir(exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix=f"{paths.name}.{time.strftime('%Y%m%d-%H%M%S')}.", dir=root))
+        staging = Path(tempfile.mkdtemp(prefix=f".{paths.name}.{time.strftime('%Y%m%d-%H%M%S')}.", suffix=MOVING,
+                                        dir=root))
         for p in present:
-            os.rename(p, folder / p.name)
+            os.rename(p, staging / p.name)
+        folder = root / staging.name[1:-len(MOVING)]
+        os.rename(staging, folder)
     except OSError as e:
+        if staging is not None:
+            with contextlib.suppress(OSError):
+                _put_back(staging, paths)
         raise UserError(f"cannot move the earlier files of {paths.name} aside into {paths.replaced} "
                         f"({e.strerror or e}); nothing was trained", code=2) from None
     return folder
+
+
+def undo_interrupted_move(paths: RunPaths) -> list[Path]:
+    """Put back the files of an --overwrite move of this run that was killed half-way (its .moving folder in
+    replaced/), so that the run is whole again before anything reads it; returns the files put back. A file whose
+    place has been taken since stays aside, its folder renamed as a finished move. Only under the run's lock."""
+    pattern = re.compile(rf"\.{re.escape(paths.name)}\.\d{{8}}-\d{{6}}\.[a-z0-9_]{{8}}{re.escape(MOVING)}")
+    try:
+        names = sorted(filter(pattern.fullmatch, os.listdir(paths.replaced)))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    restored = []
+    for name in names:
+        staging = paths.replaced / name
+        try:
+            if stat.S_ISDIR(os.lstat(staging).st_mode):  # a folder move_aside made, not a link to one
+                restored += _put_back(staging, paths)
+        except OSError as e:
+            raise UserError(f"cannot move the files of {paths.name} back from {staging}, where a move killed "
+                            f"half-way left them ({e.strerror or e}): move them back, then run again", code=2) from None
+    return restored
+
+
+def _put_back(staging: Path, paths: RunPaths) -> list[Path]:
+    """The run's files in `staging` back in place; the folder removed, or, holding what could not go back, kept."""
+    own = {f"{paths.name}{suffix}" for suffix in RUN_FILES}
+    back = []
+    for name in sorted(os.listdir(staging)):
+        target = paths.output_dir / name
+        if name in own and not os.path.lexists(target):
+            os.rename(staging / name, target)
+            back.append(target)
+    if os.listdir(staging):
+        os.rename(staging, staging.with_name(staging.name[1:-len(MOVING)]))
+    else:
+        os.rmdir(staging)
+    return back

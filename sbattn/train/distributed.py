@@ -6,6 +6,7 @@ is rank 0 of 1 and nothing here does anything.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -16,7 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["Context", "setup", "teardown", "all_reduce_sum", "any_rank", "gather_objects", "wrap",
-           "sync_batchnorm", "CrossRankBatchNorm"]
+           "sync_batchnorm", "CrossRankBatchNorm", "lost_peer", "one_report"]
 
 # A collective that waits longer than this means a rank has died or hung: fail instead of waiting forever.
 TIMEOUT = timedelta(seconds=float(os.environ.get("SBATTN_DIST_TIMEOUT", 600)))
@@ -57,6 +58,42 @@ def setup(device: str) -> tuple[Context, str]:
 def teardown(ctx: Context) -> None:
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# What gloo and NCCL say when the process at the other end of a collective has gone or does not answer.
+_PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out", "timeout",
+              "socket closed", "nccl communicator was aborted")
+REPORT_WAIT = timedelta(seconds=5)  # how long another rank waits to learn whether rank 0 reports the same error
+REPORT_GRACE = timedelta(seconds=1)
+
+
+def lost_peer(error: BaseException) -> bool:
+    """An error of a collective whose peer process died, hung or was cut off (not a bug of this process)."""
+    backend_error = getattr(dist, "DistBackendError", ())
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and (isinstance(error, backend_error) or any(s in text for s in _PEER_LOST))
+
+
+def one_report(ctx: Context, message: str, consequence: bool = False) -> bool:
+    """Whether this rank should print its error `message`, so that an error every rank hits is printed once: rank 0
+    always (and tells the others, through the process group's store); another rank when rank 0 reports no error
+    within REPORT_WAIT or a different one, unless its own is the consequence of rank 0's (a lost peer)."""
+    if not ctx.distributed:
+        return True
+    key = f"sbattn/error/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        if ctx.main:
+            store.set(key, message)
+            return True
+        store.wait([key], REPORT_WAIT)
+        theirs = store.get(key).decode(errors="replace")
+    except Exception:  # no store, rank 0 gone with it, or no report in time: this rank speaks for itself
+        return True
+    if consequence or theirs == message:
+        time.sleep(REPORT_GRACE.total_seconds())  # torchrun stops the others when one exits: let rank 0 print first
+        return False
+    return True
 
 
 def all_reduce_sum(ctx: Context, *values: torch.Tensor) -> list[torch.Tensor]:

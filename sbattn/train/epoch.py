@@ -25,7 +25,7 @@ from .signals import StopRequest
 from .state import RunState
 from .step import EpochSums
 
-__all__ = ["EpochTotals", "train_epoch", "end_epoch", "format_epoch", "lambda_stats"]
+__all__ = ["EpochTotals", "train_epoch", "end_epoch", "epoch_line", "format_epoch", "lambda_stats"]
 
 
 @dataclass
@@ -114,8 +114,13 @@ def end_epoch(run: Run, state: RunState, sums: EpochTotals, test_x: torch.Tensor
     entry.update(lambda_stats(state.model))
     state.history.append(entry)
     state.epoch += 1
-    best = max((h["eval_acc"] for h in state.history if h["eval_acc"] is not None), default=None)
-    run.log(format_epoch(entry, config.epochs, best is not None and entry["eval_acc"] == best))
+
+
+def epoch_line(history: list[dict], epochs: int) -> str:
+    """The line that reports the last epoch of `history`, marked when its evaluation is the best so far."""
+    entry = history[-1]
+    best = max((h["eval_acc"] for h in history if h["eval_acc"] is not None), default=None)
+    return format_epoch(entry, epochs, best is not None and entry["eval_acc"] == best)
 
 
 def format_epoch(e: dict, epochs: int, best: bool) -> str:

@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 
 from ..config import TrainConfig
+from ..errors import SbattnError, UserError
 from ..records import FinishedRun, finished_run, provenance
-from ..records.outputs import file_failure, peak_rss_mb, write_finished_run, write_record
-from ..records.rundir import move_aside, prepare_output_dir, remove_stale_temporaries, run_lock
+from ..records.outputs import complete_finished_run, file_failure, peak_rss_mb, write_finished_run, write_record
+from ..records.rundir import (move_aside, prepare_output_dir, remove_stale_temporaries, run_lock,
+                              undo_interrupted_move)
 from ..records.tensorboard_log import epoch_logger
 from ..version import __version__
 from . import distributed
-from .epoch import end_epoch, train_epoch
+from .epoch import end_epoch, epoch_line, train_epoch
 from .evaluation import evaluate
 from .precision import precision_label
 from .run import Run, RunResult
@@ -35,6 +37,16 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
     ctx, device_name = distributed.setup(config.device)
     try:
         return _train(Run.start(config, ctx, device_name, quiet), quiet)
+    except SbattnError as e:  # under torchrun, an error every rank hits is printed once, by rank 0
+        e.quiet = not distributed.one_report(ctx, str(e))
+        raise
+    except RuntimeError as e:
+        if not (ctx.distributed and distributed.lost_peer(e)):
+            raise
+        error = UserError(f"rank {ctx.rank}: lost another process in a collective ({str(e).splitlines()[0][:200]}); "
+                          f"the last good checkpoint is kept: see the other ranks' errors, then resume")
+        error.quiet = not distributed.one_report(ctx, str(error), consequence=True)
+        raise error from None
     finally:
         distributed.teardown(ctx)
 
@@ -55,10 +67,13 @@ def _train(run: Run, quiet: bool) -> RunResult:
 
 
 def _finished_or_cleared(run: Run) -> FinishedRun | None:
-    """The record of the run when it finished earlier; else None, the ground cleared for training: the temporary
-    files of a killed save removed, with --overwrite the earlier run's files moved aside, and the run's
-    configuration file written (what its resume command trains)."""
+    """The record of the run when it finished earlier (its finish completed, if a kill cut it short); else None,
+    the ground cleared for training: the temporary files of a killed save removed, with --overwrite the earlier
+    run's files moved aside, and the run's configuration file written (what its resume command trains). First a
+    killed --overwrite's half-done move is undone, so that the run is read whole."""
     config, paths = run.config, run.paths
+    for restored in undo_interrupted_move(paths):
+        run.log(f"put {restored} back, where an --overwrite that was killed had moved it from")
     for stale in remove_stale_temporaries(paths):
         run.log(f"removed {stale}, left behind by a save that was killed")
     if config.overwrite:
@@ -67,6 +82,9 @@ def _finished_or_cleared(run: Run) -> FinishedRun | None:
         record = None
     else:
         record = finished_run(paths, config, "use another --output-dir, or --overwrite to replace it")
+        if record is not None and complete_finished_run(paths):
+            run.log(f"completed the finish of {paths.name}, cut short earlier (its results.txt line, its checkpoint "
+                    f"removed)")
     if record is None:
         with file_failure(paths.config, "nothing was trained: make room or fix the path, then run it again"):
             write_record(paths.config, config.rerun_options())
@@ -87,8 +105,9 @@ def _train_run(run: Run, ready: Ready) -> RunResult:
                         f"{paths.checkpoint}\nresume with: {run.resume_command}")
                 return RunResult(130, paths, state.history)
             end_epoch(run, state, totals, ready.test_x, ready.test_y)
+            _save(run, state)  # before the epoch is reported: a reader that has gone must not cost it
             log_epoch(state.history[-1])
-            _save(run, state)
+            run.log(epoch_line(state.history, config.epochs))
             if distributed.any_rank(ctx, bool(stop), run.device):
                 run.log(f"stopped after epoch {state.epoch}; resume with: {run.resume_command}")
                 return RunResult(130, paths, state.history)

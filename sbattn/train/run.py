@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from .. import console
 from ..config import TrainConfig
 from ..records import RunPaths, provenance
 from . import distributed
@@ -47,8 +48,11 @@ class Run:
         quiet = quiet or not ctx.main
         log = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
         device = torch.device(device_name)
-        return cls(config, ctx, device, RunPaths.of(config), resolve_precision(config.precision, device), log,
-                   not quiet and sys.stderr.isatty(), ThreadGovernor(device),
+        paths = RunPaths.of(config)
+        if ctx.main:
+            console.log_to(paths.log)  # where its words go if standard output or error is lost
+        return cls(config, ctx, device, paths, resolve_precision(config.precision, device), log,
+                   not quiet and console.interactive(), ThreadGovernor(device),
                    provenance.collect(device, ctx.world_size) if ctx.main else {})
 
     @property

@@ -96,8 +96,9 @@ def _layout(run: Run, ckpt: dict | None) -> LayoutChoice:
     """A resumed run keeps its layout (runs from before layouts were chosen trained in the device's rule)."""
     if ckpt:
         return LayoutChoice(ckpt.get("layout") or layout_name(memory_format(run.device)), "resumed")
-    choice = choose_layout(run.config, run.device, run.amp_dtype)
-    # Every rank trains in rank 0's choice: the measurement may differ between processes.
+    # Rank 0 alone measures (ranks measuring at once on shared cores would time each other) and writes the cache;
+    # every rank trains in its choice.
+    choice = choose_layout(run.config, run.device, run.amp_dtype) if run.ctx.main else None
     return distributed.gather_objects(run.ctx, choice)[0]
 
 

@@ -18,6 +18,7 @@ import torch
 
 from ..config import LAYOUTS, TrainConfig
 from ..data import default_cache_dir
+from ..errors import UserError
 from ..files import atomic_write
 from ..models import create_model
 from ..system import cpu_model
@@ -98,5 +99,5 @@ def _write(path: Path, data: dict) -> None:
     try:  # a cache: failing to write it costs a measurement next time, nothing more
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
-    except OSError:
+    except (OSError, UserError):  # UserError: something not a regular file where it goes
         pass

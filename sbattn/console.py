@@ -1,0 +1,109 @@
+"""Standard output and error that outlive their reader.
+
+A run's words go to the terminal (or pipe) while it takes them. Once a stream is closed (`2>&-`) or its reader
+has gone (`sbattn train ... | head -1`: EPIPE), they go to the log file the run named (`<run>.log`), and training
+carries on: hours of training are worth more than a reader that left, so a lost stream stops the printing, never
+the run (Python ignores SIGPIPE, so nothing else would stop it either).
+"""
+from __future__ import annotations
+
+import errno
+import io
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["install", "log_to", "interactive"]
+
+_LOST = (errno.EPIPE, errno.EBADF, errno.ECONNRESET)
+_fallback: Path | None = None
+
+
+def log_to(path: str | Path | None) -> None:
+    """Where the words of a lost stream go from now on (None: nowhere)."""
+    global _fallback
+    _fallback = Path(path) if path is not None else None
+
+
+def _to_fallback(text: str) -> None:
+    if _fallback is None or not text:
+        return
+    try:
+        fd = os.open(_fallback, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError:  # nowhere left to write: the exit status still says what happened
+        return
+    try:
+        os.write(fd, text.encode(errors="replace"))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class Stream(io.TextIOBase):
+    """A standard stream's stand-in: the real stream while it takes writes, then the fallback log."""
+
+    def __init__(self, real, fd: int):
+        self.real, self.fd = real, fd
+
+    def _lose(self) -> None:
+        self.real = None
+        try:  # what the real stream still buffers drains into /dev/null, not into an error at exit
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.fd)
+            os.close(null)
+        except OSError:
+            pass
+
+    def write(self, text: str) -> int:
+        if self.real is not None:
+            try:
+                self.real.write(text)
+                return len(text)
+            except (OSError, ValueError) as e:  # ValueError: the stream was closed
+                if isinstance(e, OSError) and e.errno not in _LOST:
+                    raise
+                self._lose()
+        _to_fallback(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.real is not None:
+            try:
+                self.real.flush()
+            except (OSError, ValueError) as e:
+                if isinstance(e, OSError) and e.errno not in _LOST:
+                    raise
+                self._lose()
+
+    def isatty(self) -> bool:
+        try:
+            return self.real is not None and self.real.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def writable(self) -> bool:
+        return True
+
+
+def install() -> None:
+    """Put the stand-ins in place of sys.stdout and sys.stderr (once; a closed stream is None in Python). A closed
+    standard descriptor is held open on /dev/null, so that no file the run opens can take its number and receive
+    what is written to it."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if not isinstance(sys.stdout, Stream):
+        sys.stdout = Stream(sys.stdout, 1)
+    if not isinstance(sys.stderr, Stream):
+        sys.stderr = Stream(sys.stderr, 2)
+
+
+def interactive() -> bool:
+    """Progress bars are for a terminal: standard error is one."""
+    return sys.stderr is not None and sys.stderr.isatty()

@@ -1,0 +1,33 @@
+"""What the reliability tests share: the tiny run they train, and how they read a command's one line of error."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from sbattn.cli import main
+
+TINY = ["--device=cpu", "--dataset=fake", "--width=0.0625", "--batch_size=32", "--precision=fp32",
+        "--eval-batch-size=256", "--epochs=1", "--milestones=[1]"]
+
+
+def one_line(err: str) -> str:
+    """The one line a command printed to stderr (progress bars aside), with no traceback."""
+    lines = [line for line in err.splitlines() if line.strip() and "decoding images" not in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+
+
+def finished_output(out: Path, args: list[str]) -> Path:
+    """`out` holding one finished run of `args`."""
+    assert main(["train", *args, f"--output-dir={out}"]) == 0
+    return out
+
+
+def copy_of(finished: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    return out
