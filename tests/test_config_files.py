@@ -206,6 +206,26 @@ def test_a_suite_validates_each_variant_once_and_says_its_plan_before_training(t
     assert said[1] == "compare: 0 finished earlier, 300 to train"
 
 
+def test_the_plan_estimates_the_time_left_from_the_finished_runs(tmp_path, monkeypatch):
+    from sbattn.experiments import suites, variants
+    from sbattn.records import FinishedRun
+    base = suites.suite_config(suites.COMPARE, None, {"device": "cpu", "dataset": "fake", "width": 0.0625,
+                                                      "output_dir": str(tmp_path)})
+    took = {"none": 600.0, "se": 1200.0}  # seed 0 of these two finished; SB none yet: it takes their mean, 900 s
+
+    def finished(config):
+        if config.seed == 0 and config.attention in took:
+            return FinishedRun(config.run_name, {}, {"train_seconds": took[config.attention]}, [])
+    monkeypatch.setattr(suites, "finished_run", finished)
+    monkeypatch.setattr(suites, "_train_missing", lambda missing, jobs, log: 130)
+    lines: list[str] = []
+    kinds = variants.compare_variants(("none", "se", "sb"), "sigmoid")
+    suites.run_suite(suites.COMPARE, base, kinds, range(3), 1, log=lines.append)
+    assert lines[-2] == "compare: 2 finished earlier, 7 to train; about 1 h 45 min at the pace of the 2 finished"
+    suites.run_suite(suites.COMPARE, base, kinds, range(3), 2, log=lines.append)
+    assert lines[-2].endswith("7 to train, 2 at a time; about 53 min at the pace of the 2 finished")
+
+
 def test_a_suites_seeds_are_checked_without_validating_each_run(tmp_path):
     from sbattn.experiments import suites, variants
     base = TrainConfig(device="cpu", dataset="fake", width=0.0625, output_dir=str(tmp_path))

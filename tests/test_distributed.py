@@ -172,3 +172,22 @@ def test_a_rank_left_behind_by_a_failed_peer_adds_no_traceback(tmp_path):
     err = failing(out)
     assert err.count("sbattn train: error:") == 1 and "results.txt is not a regular file" in err
     assert "[rank1]: Traceback" not in err and "RuntimeError" not in err  # torchrun's own summary aside
+
+
+def test_a_full_disk_on_rank_0_is_one_line_from_every_rank(tmp_path):
+    """Rank 0 alone writes; a file-size limit (Python ignores SIGXFSZ, so the write fails as on a full disk) breaks
+    its first checkpoint: one "make room" line naming the torchrun resume command, no torch or gloo traceback."""
+    import resource
+    out = tmp_path / "out"
+    limit = 100_000  # the checkpoint is ~350 kB
+
+    proc = subprocess.run(command(out, 2), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if "sbattn train: error:" in line]
+    assert len(lines) == 1, proc.stderr
+    assert f"cannot write {out}/{RUN}.ckpt (File too large)" in lines[0] and "make room" in lines[0]
+    assert "torchrun --nproc_per_node=2" in lines[0], lines[0]
+    assert "[rank0]: Traceback" not in proc.stderr and "[rank1]: Traceback" not in proc.stderr  # torchrun's own aside
+    assert "inline_container" not in proc.stderr
+    assert not (out / f"{RUN}.lock").exists() and not (out / f"{RUN}.ckpt").exists()

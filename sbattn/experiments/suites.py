@@ -98,8 +98,10 @@ def run_suite(suite: Suite, base: TrainConfig, variants: Sequence[Variant], seed
     directory = Path(base.output_dir)
     log(f"{suite.name}: {len(plan)} run(s), {len(variants)} configuration(s) x {len(seeds)} seed(s), in {directory}")
     done, missing = _scan(suite, plan, log)
-    at_once = f", {min(jobs, len(missing))} at a time" if jobs > 1 and missing else ""
-    log(f"{suite.name}: {len(done)} finished earlier, {len(missing)} to train{at_once}")
+    at_once = min(jobs, len(missing))
+    pace = f", {at_once} at a time" if at_once > 1 else ""
+    estimate = _estimate(plan, done, missing, at_once)
+    log(f"{suite.name}: {len(done)} finished earlier, {len(missing)} to train{pace}{estimate}")
     code = _train_missing(missing, jobs, log)
     if code == 130:
         log(f"{suite.name}: interrupted; run the same command again to finish the missing runs")
@@ -157,6 +159,30 @@ def _scan(suite: Suite, plan: list[tuple[Variant, TrainConfig]],
         else:
             missing.append((tag, config))
     return done, missing
+
+
+def _estimate(plan: list[tuple[Variant, TrainConfig]], done: dict[int, FinishedRun],
+              missing: list[tuple[str, TrainConfig]], at_once: int) -> str:
+    """How long the missing runs will take at the pace of the finished ones (each configuration's own mean where
+    it has one, else the mean of all), or nothing before any run has finished."""
+    if not done or not missing:
+        return ""
+    seconds: dict[str, list[float]] = {}
+    for i, run in done.items():
+        seconds.setdefault(plan[i][0].label, []).append(run.summary["train_seconds"])
+    overall = sum(map(sum, seconds.values())) / len(done)
+    label = {config.run_name: variant.label for variant, config in plan}
+    total = sum(_mean(seconds.get(label[config.run_name])) or overall for _, config in missing) / at_once
+    return f"; about {_duration(total)} at the pace of the {len(done)} finished"
+
+
+def _mean(values: list[float] | None) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds / 60 + 0.5)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
 
 
 def _train_missing(missing: list[tuple[str, TrainConfig]], jobs: int, log: Callable[[str], None]) -> int:
