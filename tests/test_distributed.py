@@ -1,6 +1,7 @@
 """torchrun with gloo on the CPU: two processes, fake data, a tiny model."""
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -191,3 +192,45 @@ def test_a_full_disk_on_rank_0_is_one_line_from_every_rank(tmp_path):
     assert "[rank0]: Traceback" not in proc.stderr and "[rank1]: Traceback" not in proc.stderr  # torchrun's own aside
     assert "inline_container" not in proc.stderr
     assert not (out / f"{RUN}.lock").exists() and not (out / f"{RUN}.ckpt").exists()
+
+
+def test_sigterm_to_torchrun_checkpoints_every_rank_and_prints_the_users_own_launch(two, tmp_path):
+    """The agent passes SIGTERM to its workers; they agree on a step, checkpoint, and rank 0 prints a resume
+    command carrying the launcher's own flags (here --max-restarts and the rendezvous address), which finishes
+    the run as if it had never stopped."""
+    argv = command(tmp_path, 2)
+    argv.insert(argv.index("--nproc_per_node=2") + 1, "--max-restarts=0")
+    proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt, deadline = tmp_path / f"{RUN}.ckpt", time.time() + 120
+    while not ckpt.exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    resume = next(line for line in out.splitlines() if "resume with: " in line).split("resume with: ")[1]
+    port = next(a for a in argv if a.startswith("--master_port="))
+    assert resume.startswith(f"torchrun --nproc_per_node=2 --max-restarts=0 --master_addr=127.0.0.1 {port} -m "
+                             f"sbattn train --config "), resume
+    assert "[rank0]: Traceback" not in err and "[rank1]: Traceback" not in err
+    words = shlex.split(resume.replace(port, f"--master_port={free_port()}"))
+    subprocess.run([sys.executable, "-W", "ignore", "-m", "torch.distributed.run", *words[1:]], cwd=ROOT, env=ENV,
+                   check=True, capture_output=True, timeout=300)
+    drop = {"seconds", "images_per_sec", "eval_seconds"}
+    strip = lambda h: [{k: v for k, v in e.items() if k not in drop} for e in h]  # noqa: E731
+    assert strip(history(tmp_path)) == strip(history(two[0]))
+
+
+@pytest.mark.parametrize("cmdline, expected", [
+    (["/v/bin/python", "/v/bin/torchrun", "--nnodes=1:2", "--max-restarts", "3", "--rdzv_backend=c10d",
+      "--rdzv_endpoint=127.0.0.1:29400", "-m", "sbattn", "train", "--epochs", "2"],
+     ["torchrun", "--nnodes=1:2", "--max-restarts", "3", "--rdzv_backend=c10d", "--rdzv_endpoint=127.0.0.1:29400",
+      "-m"]),
+    (["python", "-m", "torch.distributed.run", "--nproc_per_node", "2", "/v/bin/sbattn", "train", "-m", "x"],
+     ["torchrun", "--nproc_per_node", "2"]),
+    (["bash", "-c", "sbattn train"], None),
+    (["/v/bin/python", "/v/bin/torchrun", "--no-such-flag"], None),
+])
+def test_the_launch_is_read_up_to_the_training_script(cmdline, expected, capsys):
+    from sbattn.train.launcher import launcher_argv
+    assert launcher_argv(cmdline) == expected
+    assert capsys.readouterr().err == ""

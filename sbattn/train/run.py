@@ -14,6 +14,7 @@ from .. import console
 from ..config import TrainConfig
 from ..records import RunPaths, provenance
 from . import distributed
+from .launcher import launcher_argv
 from .precision import resolve_precision
 from .threads import ThreadGovernor
 
@@ -65,7 +66,8 @@ def resume_command(paths: RunPaths, ctx: distributed.Context = distributed.Conte
     torchrun when it runs there, through the program the user started it with."""
     program = Path(sys.argv[0]).name
     if ctx.distributed:
-        prefix = ["torchrun", f"--nproc_per_node={ctx.world_size}", "-m", "sbattn", "train"]
+        launcher = launcher_argv() or ["torchrun", f"--nproc_per_node={ctx.world_size}"]
+        prefix = [*launcher, *([] if launcher[-1] in ("-m", "--module") else ["-m"]), "sbattn", "train"]
     elif program == "example.py":  # the reference implementation's entry point
         prefix = ["python", "example.py", "main"]
     elif program == "__main__.py":
