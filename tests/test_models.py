@@ -79,3 +79,43 @@ def test_summary_counts_are_computed():
     first_conv = 2 * 3 * 64 * 9 * 32 * 32
     assert base.flops_train == 3 * base.flops_forward - first_conv
     assert 0 < sb.attention_flops_forward < 0.01 * sb.flops_forward
+
+
+def _reference_vgg16_tensors(attention: str | None) -> list[torch.Tensor]:
+    """The state of the reference implementation's VGG16 after torch.manual_seed(0), restated by hand: its layers
+    built in its order (an SB block draws its lambda, then builds its branch), then its weights_init applied."""
+    torch.manual_seed(0)
+    blocks: list[nn.Module] = []
+    channels_in = 3
+    for channels, repeat in ((64, 2), (128, 2), (256, 3), (512, 3)):
+        for i in range(repeat):
+            blocks += [nn.Conv2d(channels_in, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU()]
+            channels_in = channels
+        if attention == "sb":
+            lam = nn.Parameter(torch.randn(1, channels))  # before the branch's layers
+            blocks.append(nn.ParameterList([lam]))
+        if attention is not None:
+            hidden = channels // 2
+            blocks.append(nn.Sequential(nn.Linear(channels, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                                        nn.Linear(hidden, channels), nn.BatchNorm1d(channels)))
+    blocks += [nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10)]
+    model = nn.Sequential(*blocks)
+    for m in model.modules():  # the reference's weights_init, in model.apply's order (children before parents)
+        if isinstance(m, (nn.Linear, nn.BatchNorm1d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            nn.init.constant_(m.bias, 0.0)
+    return list(model.state_dict().values())
+
+
+@pytest.mark.parametrize("attention", [None, "se", "sb"])
+def test_the_reference_vgg16_starts_bit_identical_from_the_same_seed(attention):
+    expected = _reference_vgg16_tensors(attention)
+    torch.manual_seed(0)
+    got = list(sbattn.vgg16(attention=attention).state_dict().values())
+    assert len(got) == len(expected)
+    for tensor in expected:  # each the same bits somewhere: names and nesting differ, values may not
+        match = next((i for i, t in enumerate(got) if t.numel() == tensor.numel() and torch.equal(t.flatten(),
+                                                                                                 tensor.flatten())),
+                     None)
+        assert match is not None, f"no tensor of sbattn's equals the reference's {tuple(tensor.shape)}"
+        got.pop(match)

@@ -88,12 +88,14 @@ def old_forward(block, x):
 
 
 def old_weights(channels: int, sb: bool, ratio: float = 0.5) -> dict[str, torch.Tensor]:
-    """The parameters and buffers the blocks' constructors drew before, in the same order from the same seed."""
+    """The parameters and buffers the blocks' constructors drew before, in the same order from the same seed (SB's
+    lambda first, as the reference implementation draws it)."""
     hidden = int(ratio * channels)
+    lam = torch.randn(channels) if sb else None
     layers = {"0": nn.Linear(channels, hidden), "1": nn.BatchNorm1d(hidden), "3": nn.Linear(hidden, channels),
               "4": nn.BatchNorm1d(channels)}
     weights = {f"branch.{i}.{k}": v for i, layer in layers.items() for k, v in layer.state_dict().items()}
-    return {**weights, "lam": torch.randn(channels)} if sb else weights
+    return {**weights, "lam": lam} if sb else weights
 
 
 @pytest.mark.parametrize("cls", [ShiftBalance, SqueezeExcite])

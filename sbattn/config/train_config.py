@@ -31,6 +31,7 @@ FALSE_WORDS = ("false", "0", "no", "n", "off")
 # The folder options, and what none of them may hold: a control character (a newline, an escape, a NUL) is never
 # meant in a folder's name; it breaks the log's lines, drives the terminal, or ends in a traceback from the OS.
 FOLDERS = ("data_dir", "cache_dir", "output_dir")
+MAX_DIST_TIMEOUT = 86400.0
 CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -51,6 +52,9 @@ class TrainConfig(Recipe):
                                   "augmentation drawn at once (seeded by seed and epoch); True and False stand for "
                                   "model and none",
                           choices=lambda: list(COMPILE_MODES), bare="model")
+    dist_timeout: float = option(300.0, "under torchrun, seconds a collective waits for every rank: a rank that "
+                                        "died or hung then stops the run with one line naming it, the last good "
+                                        "checkpoint kept")
     sync_bn: bool = option(True, "under torchrun, synchronise every BatchNorm (the attention's too) across "
                                  "processes")
     resume: bool = option(False, "continue from the run's last checkpoint in --output-dir")
@@ -65,6 +69,8 @@ class TrainConfig(Recipe):
         super().validate()
         if self.eval_batch_size < 1:
             fail(self, "eval_batch_size", "must be an integer >= 1")
+        if not 0 < self.dist_timeout <= MAX_DIST_TIMEOUT:
+            fail(self, "dist_timeout", f"must be a number of seconds > 0 and at most {MAX_DIST_TIMEOUT:g} (a day)")
         for name in FOLDERS:
             if getattr(self, name) is not None and CONTROL_CHARACTER.search(getattr(self, name)):
                 fail(self, name, "holds a control character (a newline, an escape, a NUL, ...): name the folder "

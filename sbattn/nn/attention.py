@@ -172,9 +172,10 @@ class ShiftBalance(nn.Module):
         super().__init__()
         self.act, self.activation = gate_function(gate_layer, activation)
         hidden = reduced_channels(channels, ratio if rd_ratio is None else rd_ratio, rd_channels, rd_divisor)
+        lam = _init_lambda(channels, lambda_init, device, dtype)  # drawn before the branch, as the reference does
         self.branch = AttentionBranch(channels, use_bn=use_bn, hidden=hidden, act_layer=act_layer, device=device,
                                       dtype=dtype)
-        self.lam = nn.Parameter(_init_lambda(channels, lambda_init, device, dtype))
+        self.lam = nn.Parameter(lam)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.act(self.branch(spatial_mean(x)))

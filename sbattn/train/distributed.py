@@ -5,6 +5,7 @@ is rank 0 of 1 and nothing here does anything.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 __all__ = ["Context", "setup", "teardown", "all_reduce_sum", "any_rank", "gather_objects", "wrap",
            "sync_batchnorm", "CrossRankBatchNorm", "lost_peer", "one_report"]
 
-# A collective that waits longer than this means a rank has died or hung: fail instead of waiting forever.
-TIMEOUT = timedelta(seconds=float(os.environ.get("SBATTN_DIST_TIMEOUT", 600)))
+# Where this rank is, for the error that names a rank that stopped answering: the collective it is in, and the
+# last point every rank reports to the store (every few steps, see `passing`).
+_where = {"collective": "the start of the process group"}
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,9 @@ class Context:
         return self.rank == 0
 
 
-def setup(device: str) -> tuple[Context, str]:
-    """Join the process group torchrun set up, if any; returns the context and this rank's device."""
+def setup(device: str, timeout: float) -> tuple[Context, str]:
+    """Join the process group torchrun set up, if any, whose collectives fail after `timeout` seconds without
+    every rank (a rank that died or hung); returns the context and this rank's device."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     if world_size <= 1:
         return Context(), device
@@ -51,7 +54,7 @@ def setup(device: str) -> tuple[Context, str]:
     else:
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=TIMEOUT)
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
     return ctx, device
 
 
@@ -96,10 +99,72 @@ def one_report(ctx: Context, message: str, consequence: bool = False) -> bool:
     return True
 
 
+def entering(collective: str) -> None:
+    """Say which collective this rank waits in next (the training steps' gradient all-reduce, ...)."""
+    _where["collective"] = collective
+
+
+def passing(ctx: Context, epoch: int, step: int) -> None:
+    """Tell the store where this rank is (every few steps), so that a rank whose peer stops answering can name it."""
+    if ctx.distributed:
+        with _store() as store:
+            store.set(f"{_KEY}/at/{ctx.rank}", f"{epoch} {step}")
+    _where["at"] = (epoch, step)
+
+
+def unanswered(ctx: Context, error: BaseException) -> str:
+    """The one line for a collective that failed because a peer died or hung: which collective, and which rank(s)
+    did not answer, with where each was last seen. Every rank whose collective failed says so in the store; those
+    that have not said so within ANSWER_WAIT are the ones that stopped."""
+    mine, silent = _where.get("at", (0, 0)), []
+    with _store() as store:
+        store.set(f"{_KEY}/failed/{ctx.rank}", "1")
+        others = [r for r in range(ctx.world_size) if r != ctx.rank]
+        deadline = time.monotonic() + ANSWER_WAIT
+        while time.monotonic() < deadline and not all(store.check([f"{_KEY}/failed/{r}"]) for r in others):
+            time.sleep(0.1)
+        for rank in (r for r in others if not store.check([f"{_KEY}/failed/{r}"])):
+            key = f"{_KEY}/at/{rank}"
+            seen = tuple(map(int, store.get(key).split())) if store.check([key]) else None
+            where = "never seen" if seen is None else f"last seen at epoch {seen[0] + 1}, step {seen[1]}"
+            silent.append(f"rank {rank} ({where})")
+    first = (str(error).splitlines() or [type(error).__name__])[0][:160]
+    return (f"rank {ctx.rank}: {', '.join(silent) or 'another rank'} did not answer in {_where['collective']} at "
+            f"epoch {mine[0] + 1}, step {mine[1]} ({first}); the last good checkpoint is kept: resume when every rank "
+            f"can run")
+
+
+ANSWER_WAIT = 2.0  # seconds: how long a failed rank waits to hear which of the others failed too
+_KEY = f"sbattn/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"  # a restarted group's keys are its own
+
+
+@contextlib.contextmanager
+def _store():
+    """The process group's store, or a stand-in that knows nothing when it cannot be reached (the agent gone); an
+    error of the store's ends the block quietly: what it was for is only a better message."""
+    try:
+        store = dist.distributed_c10d._get_default_store()
+    except Exception:
+        store = _NoStore()
+    try:
+        yield store
+    except Exception:
+        pass
+
+
+class _NoStore:
+    def set(self, key: str, value: str) -> None:
+        pass
+
+    def check(self, keys: list[str]) -> bool:
+        return False
+
+
 def all_reduce_sum(ctx: Context, *values: torch.Tensor) -> list[torch.Tensor]:
     """The sums over ranks of scalar tensors of one dtype, in one collective."""
     stacked = torch.stack(values)
     if ctx.distributed:
+        _where["collective"] = "the epoch's sums (all_reduce)"
         dist.all_reduce(stacked)
     return list(stacked.unbind())
 
@@ -109,6 +174,7 @@ def any_rank(ctx: Context, flag: bool, device: torch.device) -> bool:
     if not ctx.distributed:
         return flag
     t = torch.tensor([int(flag)], device=device)
+    _where["collective"] = "the ranks' stop check (all_reduce)"
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
@@ -118,6 +184,7 @@ def gather_objects(ctx: Context, obj):
     if not ctx.distributed:
         return [obj]
     out = [None] * ctx.world_size
+    _where["collective"] = "gathering the ranks' states (all_gather_object)"
     dist.all_gather_object(out, obj)
     return out
 

@@ -53,6 +53,8 @@ def train_epoch(run: Run, state: RunState, step_fn: Callable[[torch.Tensor, torc
                disable=not run.interactive, dynamic_ncols=True)
     started = refreshed = time.perf_counter()
     step, stopping = start_step, False
+    distributed.passing(ctx, state.epoch, start_step)
+    distributed.entering("a training step's gradient all-reduce")
     for step, (x, y) in enumerate(_epoch_batches(run, state, train_x, train_y), start=start_step):
         step_fn(x.contiguous(memory_format=state.memory_format), y)
         sums.seen += len(y)
@@ -70,7 +72,9 @@ def train_epoch(run: Run, state: RunState, step_fn: Callable[[torch.Tensor, torc
         if not ctx.distributed:
             stopping = bool(stop)
         elif (step + 1) % 8 == 0 or last:
+            distributed.passing(ctx, state.epoch, step + 1)
             stopping = distributed.any_rank(ctx, bool(stop), run.device)
+            distributed.entering("a training step's gradient all-reduce")
         if stopping:
             break
     bar.close()

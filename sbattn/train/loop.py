@@ -34,7 +34,7 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
 
     Under torchrun every process calls this; rank 0 alone writes files and shows progress.
     """
-    ctx, device_name = distributed.setup(config.device)
+    ctx, device_name = distributed.setup(config.device, config.dist_timeout)
     try:
         return _train(Run.start(config, ctx, device_name, quiet), quiet)
     except SbattnError as e:  # under torchrun, an error every rank hits is printed once, by rank 0
@@ -43,8 +43,7 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
     except RuntimeError as e:
         if not (ctx.distributed and distributed.lost_peer(e)):
             raise
-        error = UserError(f"rank {ctx.rank}: lost another process in a collective ({str(e).splitlines()[0][:200]}); "
-                          f"the last good checkpoint is kept: see the other ranks' errors, then resume")
+        error = UserError(distributed.unanswered(ctx, e))
         error.quiet = not distributed.one_report(ctx, str(error), consequence=True)
         raise error from None
     finally:
