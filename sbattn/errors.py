@@ -3,7 +3,7 @@ line and turned into the exit status it carries. The library raises the subclass
 the base class once."""
 from __future__ import annotations
 
-__all__ = ["SbattnError", "ConfigError", "DataError", "CheckpointError", "UserError", "one_line"]
+__all__ = ["SbattnError", "ConfigError", "DataError", "CheckpointError", "UserError", "one_line", "printable"]
 
 
 class SbattnError(Exception):
@@ -22,10 +22,15 @@ class SbattnError(Exception):
 
 
 def one_line(text: object) -> str:
-    """`text` as one printable line, whatever the files and errors it quotes hold: white space folded, and every
-    other character a terminal would act on (ESC and the rest, bidirectional overrides) written as its escape."""
-    folded = " ".join(str(text).split())
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in folded)
+    """`text` as one printable line, whatever the files and errors it quotes hold: white space folded, then
+    printable()."""
+    return printable(" ".join(str(text).split()))
+
+
+def printable(text: object) -> str:
+    """Text read from a file as a terminal shows it harmlessly: every character a terminal would act on (ESC and the
+    rest, carriage returns, bidirectional overrides) written as its Python escape, the rest as it is."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
 class ConfigError(SbattnError, ValueError):

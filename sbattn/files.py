@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 from .errors import UserError
 
-__all__ = ["atomic_write", "atomic_path", "check_regular"]
+__all__ = ["atomic_write", "atomic_path", "check_regular", "file_kind"]
 
 
 @contextlib.contextmanager
@@ -68,13 +68,17 @@ def check_regular(path: str | Path, purpose: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISREG(mode):
-        kind = next((k for test, k in _KINDS if test(mode)), "not a file")
-        raise UserError(f"{path} is not a regular file (it is {kind}), and {purpose}: move it away or choose "
-                        f"another path", code=2)
+        raise UserError(f"{path} is not a regular file (it is {file_kind(mode)}), and {purpose}: move it away or "
+                        f"choose another path", code=2)
 
 
-_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
-          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+_KINDS = {stat.S_IFLNK: "a symbolic link", stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO",
+          stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
+
+
+def file_kind(mode: int) -> str:
+    """What a file of stat mode `mode` is, as an error names it: "a FIFO", "a device", "a folder", ..."""
+    return "a regular file" if stat.S_ISREG(mode) else _KINDS.get(stat.S_IFMT(mode), "not a file")
 
 
 def _check_target(path: Path) -> None:

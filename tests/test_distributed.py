@@ -1,6 +1,7 @@
 """torchrun with gloo on the CPU: two processes, fake data, a tiny model."""
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -266,7 +267,8 @@ def test_a_hung_rank_stops_the_run_in_the_timeout_with_one_line_naming_it(tmp_pa
     assert proc.returncode != 0 and time.time() - stopped < 60
     lines = [line for line in err.splitlines() if "sbattn train: error:" in line]
     assert len(lines) == 1, err
-    assert "rank 0: rank 1 (last seen at epoch 2, step " in lines[0] and "did not answer in " in lines[0], lines[0]
+    # Where rank 1 was last seen depends on where the signal caught it: the end of epoch 1 or inside epoch 2.
+    assert re.search(r"rank 0: rank 1 \(last seen at epoch [12], step \d+\) did not answer in ", lines[0]), lines[0]
     assert "the last good checkpoint is kept" in lines[0] and ckpt.exists()
     assert "[rank0]: Traceback" not in err
 

@@ -9,11 +9,10 @@ import torch
 
 from ..config import PRECISIONS, TrainConfig, resolve_device
 from ..data import DATASETS, load_cifar10, to_device_uint8
-from ..errors import UserError
+from ..errors import UserError, printable
 from ..inference import (EXPORT_INSTALL, FORMATS, PREDICT_BATCH, class_names, export_metadata, export_onnx,
                          export_program, predict, read_images)
 from ..records import load
-from ..records.integrity import printable
 from ..train.evaluation import evaluate
 from ..train.precision import precision_label, resolve_precision
 

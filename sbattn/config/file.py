@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..data.limits import read_regular
 from ..errors import ConfigError, DataError
+from ..files import file_kind
 from .recipe import clip, shown
 from .train_config import TrainConfig
 
@@ -28,8 +29,6 @@ __all__ = ["read_config_file", "MAX_CONFIG_BYTES", "STDIN_NAMES"]
 _FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 MAX_CONFIG_BYTES = 2**20  # a run's options are a few hundred bytes, a finished run's JSON a few dozen KB
 STDIN_NAMES = ("-", "/dev/stdin")
-_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
-          (stat.S_ISSOCK, "a socket"))
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -67,8 +66,7 @@ def _read_text(path: Path) -> str:
         else:
             mode = os.stat(path).st_mode  # worded here for --config; read_regular checks it again as it opens
             if not stat.S_ISREG(mode):
-                kind = next((kind for test, kind in _KINDS if test(mode)), "not a file")
-                raise ConfigError(f"--config {path}: {kind}, not a regular file: give a file, or - to read standard "
+                raise ConfigError(f"--config {path}: {file_kind(mode)}, not a regular file: give a file, or - to read standard "
                                   f"input")
             blob = read_regular(path, MAX_CONFIG_BYTES, "--config")
         return blob.decode()

@@ -12,6 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import DataError
+from ..files import file_kind
 
 __all__ = ["MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "MAX_ENTRY_BYTES", "MAX_ARCHIVE_BYTES", "read_regular",
            "check_inside", "check_regular", "open_image", "too_large"]
@@ -21,10 +22,6 @@ MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's own decompre
 MAX_ENTRY_BYTES = 48 * 2**20      # one archive entry: the official archive's largest member is 31 MB
 MAX_ARCHIVE_BYTES = 4 * 2**30     # all the entries read from one archive together
 
-_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
-
-
 def too_large(what: str, size: int, limit: int) -> DataError:
     return DataError(f"{what} is {size:,} bytes, more than the {limit:,} sbattn reads for one; refusing it "
                      f"(remove it, or shrink it)")
@@ -33,8 +30,7 @@ def too_large(what: str, size: int, limit: int) -> DataError:
 def check_regular(path: Path, mode: int) -> None:
     """A DataError unless `mode` (of a stat that followed links) is a regular file's."""
     if not stat.S_ISREG(mode):
-        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
-        raise DataError(f"{path} is {kind}, not a regular file; refusing to read it: remove it from the dataset")
+        raise DataError(f"{path} is {file_kind(mode)}, not a regular file; refusing to read it: remove it from the dataset")
 
 
 def check_inside(path: Path, root: Path) -> None:

@@ -18,9 +18,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..config import TrainConfig
 from ..data import load_cifar10
-from ..errors import UserError
+from ..errors import UserError, printable
 from ..records import FinishedRun, RunPaths, finished_run as finished_record
-from ..records.integrity import printable
 from ..records.outputs import file_failure
 from ..system import available_cores
 from ..train import train

@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import UserError
+from ..errors import UserError, printable
 from ..files import atomic_write
 from ..records import FinishedRun, RunPaths
 from ..records.finished import read_run
-from ..records.integrity import printable
 from ..records.outputs import strict_json
 from .figures import has_lambda, plot_lambda, plot_suite
 from .stats import Difference, format_ci, mean, sample_std, welch

@@ -3,48 +3,34 @@ is read (the one place that reads them), and the one check that a finished run i
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Recipe, canonical_config, recipe_differences
-from ..config.recipe import MAX_SEED
+from ..config.recipe import MAX_SEED, shown
 from ..errors import UserError
 from ..nn import list_attention
-from .integrity import entry_ok
+from .integrity import entry_ok, is_count, is_number
 from .paths import RunPaths
 
 __all__ = ["FinishedRun", "read_finished", "read_run", "finished_run"]
 
 
-def _number(value, low: float = -math.inf, high: float = math.inf) -> bool:
-    """A finite int or float from `low` to `high`; a bool is no number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value) and low <= value <= high
-    except OverflowError:  # an integer past any float
-        return False
-
-
-def _count(value, low: int = 1, high: float = math.inf) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
 _TEXT = (lambda v: isinstance(v, str), "a string")
-_POSITIVE = (_count, "a positive integer")
+_POSITIVE = (lambda v: is_count(v, 1), "a positive integer")
 # Each field of a finished run's summary and configuration that the tables, figures and training read: (check, what
 # it must be). A field a run of any version writes; a missing one is None.
-SUMMARY_FIELDS = {"final_eval_acc": (lambda v: _number(v, 0, 1), "an accuracy from 0 to 1"),
-                  "params": _POSITIVE, "train_seconds": (lambda v: _number(v, 0), "a number of seconds >= 0"),
+SUMMARY_FIELDS = {"final_eval_acc": (lambda v: is_number(v, 0, 1), "an accuracy from 0 to 1"),
+                  "params": _POSITIVE, "train_seconds": (lambda v: is_number(v, 0), "a number of seconds >= 0"),
                   "run": (lambda v: v is None or isinstance(v, str), "the run's name")}
 CONFIG_FIELDS = {**dict.fromkeys(("activation", "arch", "placement", "dataset", "augment", "precision",
                                   "lambda_init"), _TEXT),
                  **dict.fromkeys(("attn_ratio", "width", "init_lr", "gamma", "weight_decay"),
-                                 (_number, "a finite number")),
+                                 (is_number, "a finite number")),
                  **dict.fromkeys(("epochs", "batch_size", "eval_every"), _POSITIVE),
-                 "milestones": (lambda v: isinstance(v, list) and all(map(_count, v)), "a list of positive integers"),
-                 "seed": (lambda v: v is None or _count(v, 0, MAX_SEED), f"null or an integer from 0 to {MAX_SEED}")}
+                 "milestones": (lambda v: isinstance(v, list) and all(is_count(m, 1) for m in v),
+                                "a list of positive integers"),
+                 "seed": (lambda v: v is None or is_count(v, 0, MAX_SEED), f"null or an integer from 0 to {MAX_SEED}")}
 
 
 @dataclass
@@ -82,8 +68,7 @@ def _read(path: Path) -> tuple[FinishedRun | None, str | None]:
 def _problem(summary: dict, history) -> str | None:
     """The first field of a finished run's record that is not what a finished run holds, and what it must be."""
     def wrong(name: str, value, what: str) -> str:
-        shown = repr(value) if len(repr(value)) <= 60 else f"{repr(value)[:57]}..."
-        return f"{name} is {'null or missing' if value is None else shown}, not {what}"
+        return f"{name} is {'null or missing' if value is None else shown(value, 60)}, not {what}"
 
     if not isinstance(summary.get("config"), dict):
         return wrong("summary.config", summary.get("config"), "a run's configuration")
@@ -99,7 +84,7 @@ def _problem(summary: dict, history) -> str | None:
     if not (isinstance(history, list) and len(history) == config["epochs"]):
         return f"history is not a list of {config['epochs']} epoch(s)"
     bad = next((i for i, entry in enumerate(history) if not (entry_ok(entry, i + 1) and all(
-        entry.get(k) is None or isinstance(entry[k], list) and all(map(_number, entry[k]))
+        entry.get(k) is None or isinstance(entry[k], list) and all(map(is_number, entry[k]))
         for k in ("lambda_abs_mean", "lambda_abs_std")))), None)
     if bad is not None:
         return f"history[{bad}] is not epoch {bad + 1}'s record (its numbers, accuracies from 0 to 1)"

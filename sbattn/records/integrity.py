@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import CheckpointError
 
 __all__ = ["seal", "verify_checksum", "check_container", "check_tensors", "check_weights_fit",
-           "check_training_fields", "entry_ok", "data_identity", "check_same_data", "printable"]
+           "check_training_fields", "entry_ok", "is_count", "is_number", "data_identity", "check_same_data"]
 
 
 def checksum(record: dict) -> str:
@@ -123,18 +123,24 @@ def check_weights_fit(model: nn.Module, state, path: Path, what: str = "its mode
         raise CheckpointError(f"{path}: {bad} holds non-finite values (NaN or inf); the file is damaged")
 
 
-def _is_count(value, low: int = 0, high: float = math.inf) -> bool:
+def is_count(value, low: int = 0, high: float = math.inf) -> bool:
+    """An int (not a bool) from `low` to `high`."""
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def is_number(value) -> bool:
-    """A finite int or float (not a bool), or a one-element tensor holding one (--compile step keeps the learning
-    rate in a tensor)."""
+def is_number(value, low: float = -math.inf, high: float = math.inf) -> bool:
+    """A finite int or float (not a bool) from `low` to `high`, or a one-element tensor holding one (--compile step
+    keeps the learning rate in a tensor)."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             return False
         value = value.item()
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value) and low <= value <= high
+    except OverflowError:  # an integer past any float
+        return False
 
 
 HISTORY_NUMBERS = ("lr", "train_loss", "train_acc", "seconds")  # what every history entry holds as a number
@@ -145,13 +151,13 @@ def check_training_fields(ckpt: dict, epochs: int, seed: int | None, path: Path)
     def fail(what: str) -> None:
         raise CheckpointError(f"{path}: {what}; the file is damaged: move it away to start over")
 
-    if not _is_count(ckpt["seed"]) or (seed is not None and ckpt["seed"] != seed):
+    if not is_count(ckpt["seed"]) or (seed is not None and ckpt["seed"] != seed):
         fail(f"its seed {ckpt['seed']!r} is not the run's")
-    if not _is_count(ckpt["world_size"], 1):
+    if not is_count(ckpt["world_size"], 1):
         fail(f"its number of processes {ckpt['world_size']!r} is not a positive integer")
-    if not _is_count(ckpt["epoch"], 0, epochs):
+    if not is_count(ckpt["epoch"], 0, epochs):
         fail(f"its epoch {ckpt['epoch']!r} is not one of 0..{epochs}")
-    if not _is_count(ckpt["step"]) or (ckpt["step"] > 0) != (ckpt["partial"] is not None):
+    if not is_count(ckpt["step"]) or (ckpt["step"] > 0) != (ckpt["partial"] is not None):
         fail(f"its step {ckpt['step']!r} does not go with its epoch's sums")
     if ckpt["partial"] is not None and not _partial_ok(ckpt["partial"]):
         fail("its interrupted epoch's sums are malformed")
@@ -164,19 +170,19 @@ def check_training_fields(ckpt: dict, epochs: int, seed: int | None, path: Path)
             isinstance(r, dict) and all(isinstance(r.get(k), torch.Tensor) and r[k].dtype == torch.uint8
                                         for k in ("torch", "augment")) for r in rng)):
         fail("its random states are malformed")
-    if not _is_count(ckpt["num_classes"], 1):
+    if not is_count(ckpt["num_classes"], 1):
         fail(f"its number of classes {ckpt['num_classes']!r} is not a positive integer")
 
 
 def _partial_ok(partial) -> bool:
     return (isinstance(partial, dict)
             and all(isinstance(partial.get(k), torch.Tensor) and partial[k].numel() == 1 for k in ("loss", "correct"))
-            and _is_count(partial.get("seen"), 1) and is_number(partial.get("seconds")))
+            and is_count(partial.get("seen"), 1) and is_number(partial.get("seconds")))
 
 
 def entry_ok(entry, epoch: int) -> bool:
     """A history entry of epoch `epoch` (a checkpoint's or a finished run's): its numbers, accuracies from 0 to 1."""
-    return (isinstance(entry, dict) and _is_count(entry.get("epoch")) and entry["epoch"] == epoch
+    return (isinstance(entry, dict) and is_count(entry.get("epoch")) and entry["epoch"] == epoch
             and all(is_number(entry.get(k)) for k in HISTORY_NUMBERS)
             and all(entry.get(k) is None or is_number(entry.get(k)) for k in ("eval_loss", "eval_acc"))
             and all(entry.get(k) is None or 0 <= entry[k] <= 1 for k in ("train_acc", "eval_acc")))
@@ -203,12 +209,6 @@ def check_same_data(ckpt: dict, identity: dict, path: Path) -> None:
     if saved.get("fingerprint") != identity["fingerprint"]:
         raise CheckpointError(f"{path} was trained on other data ({saved.get('source')}) than {identity['source']}: "
                               f"resume it with the --data-dir it was trained on, or move it away to start over")
-
-
-def printable(text) -> str:
-    """Text read from a file as a terminal shows it harmlessly: control characters (ANSI escapes, carriage returns,
-    bidirectional overrides) written as Python escapes, the rest as it is."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
 def _names(classes) -> str:

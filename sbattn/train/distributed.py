@@ -18,11 +18,13 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["Context", "setup", "teardown", "all_reduce_sum", "any_rank", "gather_objects", "wrap",
-           "sync_batchnorm", "CrossRankBatchNorm", "lost_peer", "one_report"]
+           "sync_batchnorm", "CrossRankBatchNorm", "lost_peer", "one_report", "entering", "passing", "unanswered"]
 
 # Where this rank is, for the error that names a rank that stopped answering: the collective it is in, and the
 # last point every rank reports to the store (every few steps, see `passing`).
 _where = {"collective": "the start of the process group"}
+# This group's keys in torchrun's store (a restarted group's are its own).
+_KEY = f"sbattn/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def one_report(ctx: Context, message: str, consequence: bool = False) -> bool:
     within REPORT_WAIT or a different one, unless its own is the consequence of rank 0's (a lost peer)."""
     if not ctx.distributed:
         return True
-    key = f"sbattn/error/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    key = f"{_KEY}/error"
     try:
         store = dist.distributed_c10d._get_default_store()
         if ctx.main:
@@ -135,7 +137,6 @@ def unanswered(ctx: Context, error: BaseException) -> str:
 
 
 ANSWER_WAIT = 2.0  # seconds: how long a failed rank waits to hear which of the others failed too
-_KEY = f"sbattn/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"  # a restarted group's keys are its own
 
 
 @contextlib.contextmanager
