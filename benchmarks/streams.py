@@ -89,7 +89,8 @@ def make_runner(name: str, config: TrainConfig, device: torch.device, batch: int
     images = [torch.randint(0, 256, (batch, 3, 32, 32), device=device).float().div_(255)
               .contiguous(memory_format=layout) for _ in range(4)]
     batches = [(x, torch.randint(0, 10, (batch,), device=device)) for x in images]
-    return Runner(name, model, optimizer, EpochSums.zeros(device), batches[0][0].clone(), batches[0][1].clone(),
+    sums = EpochSums.zeros(device, batch, batch)
+    return Runner(name, model, optimizer, sums, batches[0][0].clone(), batches[0][1].clone(),
                   batches, resolve_precision(config.precision, device))
 
 

@@ -1,8 +1,11 @@
 """What the reliability tests share: the tiny run they train, and how they read a command's one line of error."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from pathlib import Path
+from typing import Callable
 
 from sbattn.cli import main
 
@@ -31,3 +34,18 @@ def copy_of(finished: Path, tmp_path: Path) -> Path:
     out = tmp_path / "out"
     shutil.copytree(finished, out)
     return out
+
+
+def ctrl_c_at_step(make_step: Callable, n: int) -> Callable:
+    """A stand-in for train.start.make_step whose step sends this process a SIGINT after its `n`-th call, counted
+    over the run (the stop then comes at that step's end, as a Ctrl-C would)."""
+    def make(*args, **kwargs):
+        step, calls = make_step(*args, **kwargs), []
+
+        def interrupted(x, y):
+            step(x, y)
+            calls.append(1)
+            if len(calls) == n:
+                os.kill(os.getpid(), signal.SIGINT)
+        return interrupted
+    return make

@@ -235,10 +235,10 @@ def test_results_txt_failing_at_the_end_keeps_the_checkpoint_and_resume_finishes
 
 
 def test_run_json_is_strict_even_when_a_loss_is_not_finite(tmp_path, monkeypatch):
-    import sbattn.train.loop as loop
-    import sbattn.train.epoch as epoch
-    for module in (loop, epoch):  # the final evaluation and the epoch's
-        monkeypatch.setattr(module, "evaluate", lambda *a, **k: (float("nan"), 0.25))
+    import sbattn.train.pipeline as pipeline
+    from sbattn.train.evaluation import Evaluation
+    # Every evaluation (the epoch's and the final one) with a non-finite loss.
+    monkeypatch.setattr(pipeline, "evaluate_run", lambda *a, **k: Evaluation(float("nan"), 0.25, float("inf"), 0.25))
     config = TrainConfig(device="cpu", dataset="fake", width=0.0625, batch_size=32, precision="fp32", epochs=1,
                          milestones=[1], output_dir=str(tmp_path))
     assert train(config, quiet=True).exit_code == 0
@@ -248,6 +248,7 @@ def test_run_json_is_strict_even_when_a_loss_is_not_finite(tmp_path, monkeypatch
 
     record = json.loads((tmp_path / f"{NAME}.json").read_text(), parse_constant=refuse)
     assert record["history"][0]["eval_loss"] is None and record["summary"]["final_eval_loss"] is None
+    assert record["history"][0]["eval_loss_batch_mean"] is None and record["summary"]["final_eval_loss_batch_mean"] is None
 
 
 def test_a_suite_table_that_cannot_be_written_is_one_line(tmp_path, capsys):

@@ -330,9 +330,9 @@ def test_a_crashed_suite_trains_only_what_is_missing(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_mid_run_then_rerun_resumes_from_the_checkpoint(tmp_path, monkeypatch):
-    import sbattn.train.epoch as epoch_module
+    import sbattn.train.pipeline as pipeline_module
     import sbattn.train.start as start_module
-    real_batches = epoch_module.train_batches
+    real_batches = pipeline_module.train_batches
     sent = []
 
     def interrupt_after_first_batch(*args, **kwargs):
@@ -342,7 +342,7 @@ def test_ctrl_c_mid_run_then_rerun_resumes_from_the_checkpoint(tmp_path, monkeyp
                 sent.append(True)
                 os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(epoch_module, "train_batches", interrupt_after_first_batch)
+    monkeypatch.setattr(pipeline_module, "train_batches", interrupt_after_first_batch)
     args = parse("ablate", TINY + ["--output-dir", str(tmp_path)])
     first = CountingTrain()
     monkeypatch.setattr(suites, "train", first)

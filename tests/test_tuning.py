@@ -33,14 +33,21 @@ def history(result):
 
 
 def test_auto_measures_once_then_reads_the_cache(tmp_path, measured):
-    first = train(config(tmp_path), quiet=True)
+    first = train(config(tmp_path, precision="bf16"), quiet=True)  # fp32 has its rule (the next test)
     assert measured == ["vgg16"] and first.history[0]["layout"] == "contiguous"
     cached = json.loads((tmp_path / "cache" / "tuning.json").read_text())
     assert [v["layout"] for v in cached.values()] == ["contiguous"]
-    second = train(config(tmp_path, seed=1), quiet=True)
+    second = train(config(tmp_path, seed=1, precision="bf16"), quiet=True)
     assert measured == ["vgg16"] and second.history[0]["layout"] == "contiguous"  # no second measurement
-    train(config(tmp_path, seed=2, width=0.125), quiet=True)
+    train(config(tmp_path, seed=2, width=0.125, precision="bf16"), quiet=True)
     assert measured == ["vgg16", "vgg16"]  # another model: measured anew
+
+
+def test_fp32_on_a_cpu_trains_contiguous_without_measuring(tmp_path, monkeypatch):
+    """docs/fp32.md: channels-last's fp32 gradients stray from float64's; fp32 takes contiguous by rule."""
+    monkeypatch.setattr(tuning, "_measure", lambda *a: {"channels_last": 0.1, "contiguous": 0.2})  # faster, unasked
+    result = train(config(tmp_path), quiet=True)
+    assert result.history[0]["layout"] == "contiguous" and not (tmp_path / "cache" / "tuning.json").exists()
 
 
 def test_a_given_layout_is_used_and_the_weights_are_in_it(tmp_path, measured):
@@ -58,7 +65,7 @@ def test_the_layout_changes_nothing_but_rounding(tmp_path, measured):
 
 def test_resume_keeps_the_checkpoints_layout(tmp_path, measured, monkeypatch):
     import sbattn.train.loop as loop
-    c = config(tmp_path, epochs=2, milestones=[1])
+    c = config(tmp_path, epochs=2, milestones=[1], precision="bf16")
     with pytest.MonkeyPatch.context() as mp:  # stop after the first epoch, its checkpoint left
         mp.setattr(loop, "_finish", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
         real_end = loop.end_epoch

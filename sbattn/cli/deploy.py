@@ -13,7 +13,7 @@ from ..errors import UserError, printable
 from ..inference import (EXPORT_INSTALL, FORMATS, PREDICT_BATCH, class_names, export_metadata, export_onnx,
                          export_program, predict, read_images)
 from ..records import load
-from ..train.evaluation import evaluate
+from ..train.evaluation import evaluate_run, reference_evaluate
 from ..train.precision import precision_label, resolve_precision
 
 __all__ = ["add_export_options", "run_export", "add_evaluate_options", "run_evaluate", "add_predict_options",
@@ -94,8 +94,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     images = to_device_uint8(data.test_images, device)
     labels = torch.from_numpy(data.test_labels).to(device)
     amp_dtype = resolve_precision(args.precision, device)
-    loss, acc = evaluate(model, images, labels, args.batch_size or trained["eval_batch_size"], amp_dtype)
-    print(f"test loss {loss:.4f}  accuracy {100 * acc:.2f}%  ({len(labels)} images, {data.source}, "
+    batch = model.config.batch_size  # the reference's figure groups the test set into batches of the training's
+    if model.config.rng == "reference":  # evaluated as it was trained: the model itself, the reference's batches
+        result = reference_evaluate(model, images, labels, args.batch_size or batch, amp_dtype)
+    else:
+        result = evaluate_run(model, images, labels, args.batch_size or trained["eval_batch_size"], amp_dtype,
+                              reference_batch=batch)
+    print(f"test loss {result.loss:.4f}  accuracy {100 * result.acc:.2f}%  (the reference's figure, the mean of "
+          f"batches of {batch}: {100 * result.batch_mean_acc:.2f}%; {len(labels)} images, {data.source}, "
           f"{precision_label(amp_dtype)})")
     return 0
 

@@ -51,9 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, defaults: dict | None = None) -> int:
+    """Run `sbattn` with `argv`; `defaults`: the training options an entry point sets where neither the command
+    line nor --config does (example.py's: the reference's arithmetic)."""
     console.install()  # a closed or broken standard stream stops the printing, never the run
     args = build_parser().parse_args(argv)
+    args.entry_defaults = dict(defaults or {})
     try:
         return args.run(args)
     except SbattnError as e:

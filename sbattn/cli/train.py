@@ -14,7 +14,13 @@ add_train_options = add_config_options
 
 
 def run_train(args: argparse.Namespace) -> int:
-    return train(config_from_args(args)).exit_code
+    config = config_from_args(args)
+    defaults = getattr(args, "entry_defaults", {})
+    if defaults and all(getattr(config, name) == value for name, value in defaults.items()):
+        flags = " ".join(f"--{name}={value}" for name, value in defaults.items())
+        print(f"the reference's arithmetic ({flags}: fp32, its random draws, Pillow's augmentation one image at a "
+              f"time); the fast path: --precision=auto --rng=sbattn", flush=True)
+    return train(config).exit_code
 
 
 def add_summary_options(p: argparse.ArgumentParser) -> None:

@@ -130,6 +130,7 @@ def _file_value(path: str, name: str, value):
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
-    """The configuration: the fields' defaults, then --config's file, then the options given."""
+    """The configuration: the fields' defaults, then the entry point's (`args.entry_defaults`: example.py's),
+    then --config's file, then the options given."""
     from_file = file_options(args.config) if getattr(args, "config", None) else {}
-    return TrainConfig(**{**from_file, **given_options(args), **overrides})
+    return TrainConfig(**{**getattr(args, "entry_defaults", {}), **from_file, **given_options(args), **overrides})

@@ -22,10 +22,14 @@ from ..errors import ConfigError, SbattnError
 from ..models import PLACEMENTS, create_model, default_placement, list_models
 from ..nn import LAMBDA_INITS, list_activations, list_attention
 
-__all__ = ["Recipe", "RECIPE_FIELDS", "PRECISIONS", "canonical_config", "recipe_differences", "option", "shown",
+__all__ = ["Recipe", "RECIPE_FIELDS", "PRECISIONS", "RNG_MODES", "canonical_config", "recipe_differences", "option", "shown",
            "clip"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Where a run's random draws come from: sbattn's own streams (per run, epoch and rank; augmentation batched on the
+# device), or the reference implementation's (the global torch generator, through its DataLoader and torchvision
+# transforms, one image at a time; data/reference_draws.py).
+RNG_MODES = ("sbattn", "reference")
 
 # Limits of what a run can take, checked when the recipe is built rather than after the data has loaded.
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the optimiser takes its rates in float32
@@ -80,6 +84,10 @@ class Recipe:
     eval_every: int = option(1, "evaluate every N epochs (the last epoch always)")
     precision: str = option("auto", "auto: bf16 where the device has it, else fp16 on CUDA, else fp32",
                             choices=lambda: list(PRECISIONS))
+    rng: str = option("sbattn", "random draws: sbattn (streams per seed, epoch and rank; augmentation batched on "
+                                "the device) or reference (the reference implementation's: its DataLoader's and "
+                                "torchvision's draws from the global torch generator, Pillow's augmentation, one "
+                                "image at a time; one process, slower)", choices=lambda: list(RNG_MODES))
 
     def __post_init__(self) -> None:
         if isinstance(self.milestones, tuple):
@@ -230,12 +238,13 @@ def check_choices(config) -> None:
 
 def canonical_config(saved: dict) -> dict:
     """A saved configuration in today's spelling: earlier versions had no attention field and called the
-    reference's augmentation "seed"."""
+    reference's augmentation "seed", and no rng field."""
     saved = dict(saved)
     if saved.get("attention") is None:
         saved["attention"] = "sb" if saved.get("use_sb") else "se" if saved.get("use_se") else "none"
     if isinstance(saved.get("augment"), str):
         saved["augment"] = canonical_augment(saved["augment"])
+    saved.setdefault("rng", "sbattn")  # runs saved before --rng existed drew from sbattn's streams
     return saved
 
 

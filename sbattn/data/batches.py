@@ -158,6 +158,13 @@ def epoch_batches(
     return zip(xs[start:], ys[start:])
 
 
+def eval_shard(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The first and past-the-last sample of rank's contiguous part of `n` samples (sizes differ by at most one)."""
+    per, extra = divmod(n, world_size)
+    start = rank * per + min(rank, extra)
+    return start, start + per + (1 if rank < extra else 0)
+
+
 def eval_batches(
     images_u8: torch.Tensor,
     labels: torch.Tensor | np.ndarray,
@@ -179,9 +186,7 @@ def eval_batches(
     n = images_u8.shape[0]
     if y_all.shape[0] != n:
         raise ValueError(f"{n} images but {y_all.shape[0]} labels")
-    per, extra = divmod(n, world_size)
-    start = rank * per + min(rank, extra)
-    stop = start + per + (1 if rank < extra else 0)
+    start, stop = eval_shard(n, rank, world_size)
     step = max(1, batch_size // world_size)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

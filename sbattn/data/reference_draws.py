@@ -16,6 +16,7 @@ augmentation.py is the fast default; this one is for runs that must be the refer
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,8 @@ from PIL import Image
 
 from .augmentation import MAX_ANGLE, PAD
 
-__all__ = ["ReferenceEpoch", "draw_epoch", "draw_eval_pass", "pillow_augment", "reference_normalize"]
+__all__ = ["ReferenceEpoch", "draw_epoch", "draw_eval_pass", "pillow_augment", "reference_normalize",
+           "reference_batches"]
 
 
 @dataclass
@@ -90,3 +92,14 @@ def reference_normalize(images_u8: torch.Tensor) -> torch.Tensor:
     """uint8 -> float32 as ToTensor then Normalize(0.5, 0.5) compute it: x / 255, then (x - 0.5) / 0.5 (which
     rounds differently from normalize()'s x * (2/255) - 1 in some last bits)."""
     return images_u8.to(torch.float32).div_(255).sub_(0.5).div_(0.5)
+
+
+def reference_batches(images_nhwc: np.ndarray, labels: np.ndarray, batch_size: int, epoch: ReferenceEpoch,
+                      start: int, steps: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches `start` to `steps - 1` of the drawn `epoch`: (normalised images, labels) on `device`;
+    the last may be smaller."""
+    all_labels = torch.as_tensor(labels, dtype=torch.int64)
+    for step in range(start, steps):
+        lo, hi = step * batch_size, min((step + 1) * batch_size, len(epoch.order))
+        x = torch.from_numpy(pillow_augment(images_nhwc, epoch, lo, hi)).permute(0, 3, 1, 2)
+        yield reference_normalize(x.contiguous()).to(device), all_labels[epoch.order[lo:hi]].to(device)

@@ -1,4 +1,5 @@
-"""Figures: the reference implementation's per-run "Training and eval statistics" (Losses and Accs panels)."""
+"""Figures: the reference implementation's per-run "Training and eval statistics" (Losses and Accs panels), with
+its definitions of the figures beside the exact ones."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,14 +25,23 @@ def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
+# Each panel's curves: (history key's ending, line style, legend's ending). Solid: the exact figures (every sample
+# counted once); dashed: the reference implementation's definitions, where the history has them.
+CURVES = {"train": (("", "-o", ""), ("_sampled", "--", ", the reference's (sampled batches)")),
+          "eval": (("", "-s", ""), ("_batch_mean", "--", ", the reference's (mean of batches)"))}
+
+
 def plot_history(history: list[dict], path: str | Path, title: str = "") -> None:
     fig, (losses, accs) = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, metric, label in ((losses, "loss", "Losses"), (accs, "acc", "Accs")):
-        for split, style in (("train", "-o"), ("eval", "-s")):
-            x, y = _series(history, f"{split}_{metric}")
-            if metric == "acc":
-                y = [100 * v for v in y]
-            ax.plot(x, y, style, markersize=3, label=f"{split} {metric}")
+        for split, curves in CURVES.items():
+            for ending, style, legend in curves:
+                x, y = _series(history, f"{split}_{metric}{ending}")
+                if not x:
+                    continue
+                if metric == "acc":
+                    y = [100 * v for v in y]
+                ax.plot(x, y, style, markersize=3, linewidth=1 if ending else 1.5, label=f"{split} {metric}{legend}")
         ax.set_title(label)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5 on short runs

@@ -144,6 +144,11 @@ def is_number(value, low: float = -math.inf, high: float = math.inf) -> bool:
 
 
 HISTORY_NUMBERS = ("lr", "train_loss", "train_acc", "seconds")  # what every history entry holds as a number
+# What an entry may hold as a number or None: the evaluation (not every epoch evaluates), the reference
+# implementation's figures (entries of 0.2 and earlier have none).
+OPTIONAL_NUMBERS = ("eval_loss", "eval_acc", "train_loss_sampled", "train_acc_sampled", "eval_loss_batch_mean",
+                    "eval_acc_batch_mean")
+ACCURACIES = ("train_acc", "eval_acc", "train_acc_sampled", "eval_acc_batch_mean")
 
 
 def check_training_fields(ckpt: dict, epochs: int, seed: int | None, path: Path) -> None:
@@ -175,8 +180,11 @@ def check_training_fields(ckpt: dict, epochs: int, seed: int | None, path: Path)
 
 
 def _partial_ok(partial) -> bool:
-    return (isinstance(partial, dict)
-            and all(isinstance(partial.get(k), torch.Tensor) and partial[k].numel() == 1 for k in ("loss", "correct"))
+    """An interrupted epoch's sums: loss and correct, the sampled figures (checkpoints since 0.3), seen, seconds."""
+    if not isinstance(partial, dict):
+        return False
+    sums = ["loss", "correct", *(k for k in ("sampled_loss", "sampled_acc") if k in partial)]
+    return (all(isinstance(partial.get(k), torch.Tensor) and partial[k].numel() == 1 for k in sums)
             and is_count(partial.get("seen"), 1) and is_number(partial.get("seconds")))
 
 
@@ -184,8 +192,8 @@ def entry_ok(entry, epoch: int) -> bool:
     """A history entry of epoch `epoch` (a checkpoint's or a finished run's): its numbers, accuracies from 0 to 1."""
     return (isinstance(entry, dict) and is_count(entry.get("epoch")) and entry["epoch"] == epoch
             and all(is_number(entry.get(k)) for k in HISTORY_NUMBERS)
-            and all(entry.get(k) is None or is_number(entry.get(k)) for k in ("eval_loss", "eval_acc"))
-            and all(entry.get(k) is None or 0 <= entry[k] <= 1 for k in ("train_acc", "eval_acc")))
+            and all(entry.get(k) is None or is_number(entry.get(k)) for k in OPTIONAL_NUMBERS)
+            and all(entry.get(k) is None or 0 <= entry[k] <= 1 for k in ACCURACIES))
 
 
 def data_identity(data) -> dict:

@@ -58,9 +58,9 @@ def _finite(obj):
 
 
 def results_line(config: TrainConfig, acc: float) -> str:
-    """One line of the reference implementation's results.txt."""
-    stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    return (f"{stamp} ::: [attn_ratio : {config.attn_ratio}, use_sb : {config.use_sb}, use_se : {config.use_se}, "
+    """One line of the reference implementation's results.txt, as it writes it (`acc`: its figure, the mean of
+    the test batches' accuracies)."""
+    return (f"{datetime.now()} ::: [attn_ratio : {config.attn_ratio}, use_sb : {config.use_sb}, use_se : {config.use_se}, "
             f"activation : {config.activation}] --> acc : {100 * acc:.2f}%.\n")
 
 
@@ -87,7 +87,8 @@ def write_finished_run(config: TrainConfig, paths: RunPaths, model: nn.Module, h
         plot_history(history, paths.figure, paths.name)
     with file_failure(paths.history_csv, after):
         _write_history(paths, history)
-    _append_result(paths, {"summary": summary, "history": history}, results_line(config, summary["final_eval_acc"]))
+    line = results_line(config, summary["final_eval_acc_batch_mean"])
+    _append_result(paths, {"summary": summary, "history": history}, line)
     _remove_run_state(paths)
 
 

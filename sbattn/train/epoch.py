@@ -14,16 +14,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..data import epoch_batches, steps_per_epoch, train_batches
+from ..data import steps_per_epoch
 from ..errors import UserError
 from ..nn import ShiftBalance
 from . import distributed
-from .evaluation import evaluate
 from .precision import precision_label
 from .run import Run
+from .pipeline import Pipeline
 from .signals import StopRequest
 from .state import RunState
-from .step import EpochSums
+from .step import SUM_NAMES, EpochSums
 
 __all__ = ["EpochTotals", "train_epoch", "end_epoch", "epoch_line", "format_epoch", "lambda_stats"]
 
@@ -36,17 +36,20 @@ class EpochTotals:
     correct: float
     seen: int
     seconds: float
+    sampled_loss: float  # the reference's figures: the sum over its sampled batches (EpochSums)
+    sampled_acc: float
+    sampled: int  # how many batches they hold
 
 
 def train_epoch(run: Run, state: RunState, step_fn: Callable[[torch.Tensor, torch.Tensor], None], sums: EpochSums,
-                train_x: torch.Tensor, train_y: torch.Tensor, stop: StopRequest) -> EpochTotals:
+                pipeline: Pipeline, stop: StopRequest) -> EpochTotals:
     """Train the epoch under way from its next step, to its end or to a stop request, with `step_fn` adding to
     `sums`; the totals come back reduced over ranks. On a stop, state.step is the number of steps done (never 0),
     else it is 0."""
     config, ctx, epoch, start_step = run.config, run.ctx, state.epoch, state.step
     sums.restart(state.partial, start_step)
     seen_before = sums.seen
-    steps = steps_per_epoch(len(train_y), config.batch_size, ctx.world_size)
+    steps = steps_per_epoch(len(pipeline.train_y), config.batch_size, ctx.world_size)
     lr = float(state.optimizer.param_groups[0]["lr"])
     state.model.train()
     bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
@@ -55,7 +58,7 @@ def train_epoch(run: Run, state: RunState, step_fn: Callable[[torch.Tensor, torc
     step, stopping = start_step, False
     distributed.passing(ctx, state.epoch, start_step)
     distributed.entering("a training step's gradient all-reduce")
-    for step, (x, y) in enumerate(_epoch_batches(run, state, train_x, train_y), start=start_step):
+    for step, (x, y) in enumerate(pipeline.batches(state), start=start_step):
         step_fn(x.contiguous(memory_format=state.memory_format), y)
         sums.seen += len(y)
         bar.update(1)
@@ -81,40 +84,38 @@ def train_epoch(run: Run, state: RunState, step_fn: Callable[[torch.Tensor, torc
     stopping = stopping and step + 1 < steps  # a stop in the last step ends the epoch whole
     seconds = sums.seconds + time.perf_counter() - started
     seen = torch.tensor(float(sums.seen), dtype=sums.loss.dtype, device=run.device)
-    loss, correct, seen = distributed.all_reduce_sum(ctx, sums.loss, sums.correct, seen)
+    *reduced, seen = distributed.all_reduce_sum(ctx, *(getattr(sums, name) for name in SUM_NAMES), seen)
+    totals = dict(zip(SUM_NAMES, reduced))
     state.step = step + 1 if stopping else 0
-    state.partial = ({"loss": loss.cpu(), "correct": correct.cpu(), "seen": int(seen.item()), "seconds": seconds}
-                     if stopping else None)
-    return EpochTotals(loss.item(), correct.item(), int(seen.item()), seconds)
+    state.partial = ({**{name: t.cpu() for name, t in totals.items()}, "seen": int(seen.item()),
+                      "seconds": seconds} if stopping else None)
+    return EpochTotals(totals["loss"].item(), totals["correct"].item(), int(seen.item()), seconds,
+                       totals["sampled_loss"].item(), totals["sampled_acc"].item(), sums.sampled_batches(steps))
 
 
-def _epoch_batches(run: Run, state: RunState, train_x: torch.Tensor, train_y: torch.Tensor):
-    """The epoch's batches from its next step: augmented batch by batch from the run's stream, or with --compile
-    step a whole epoch at once (its own draws, seeded by seed and epoch)."""
-    config, ctx = run.config, run.ctx
-    common = dict(seed=state.seed, epoch=state.epoch, mode=config.augment, start=state.step, rank=ctx.rank,
-                  world_size=ctx.world_size)
-    if config.compile == "step":
-        return epoch_batches(train_x, train_y, config.batch_size, memory_format=state.memory_format, **common)
-    return train_batches(train_x, train_y, config.batch_size, generator=state.generator, **common)
-
-
-def end_epoch(run: Run, state: RunState, sums: EpochTotals, test_x: torch.Tensor, test_y: torch.Tensor) -> None:
-    """Step the schedule, evaluate when due, and add the epoch to the history."""
+def end_epoch(run: Run, state: RunState, sums: EpochTotals, pipeline: Pipeline) -> None:
+    """Evaluate when due, step the schedule, and add the epoch to the history: the exact figures (every sample
+    counted once), then the reference implementation's (its sampled batches' training figures, the mean of its
+    test batches')."""
     config, epoch = run.config, state.epoch
     lr = float(state.optimizer.param_groups[0]["lr"])
-    state.scheduler.step()
     entry = {"epoch": epoch + 1, "lr": lr, "train_loss": sums.loss / sums.seen,
              "train_acc": sums.correct / sums.seen, "eval_loss": None, "eval_acc": None,
              "seconds": sums.seconds, "images_per_sec": sums.seen / sums.seconds,
              "eval_seconds": None, "eval_precision": None, "threads": torch.get_num_threads(),
-             "thread_ceiling": run.threads.ceiling, "layout": state.layout}
+             "thread_ceiling": run.threads.ceiling, "layout": state.layout,
+             "train_loss_sampled": sums.sampled_loss / sums.sampled,
+             "train_acc_sampled": sums.sampled_acc / sums.sampled,
+             "eval_loss_batch_mean": None, "eval_acc_batch_mean": None}
     if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
         started = time.perf_counter()
-        entry["eval_loss"], entry["eval_acc"] = evaluate(state.model, test_x, test_y, config.eval_batch_size,
-                                                         run.amp_dtype, run.ctx.rank, run.ctx.world_size)
+        result = pipeline.evaluate(state.model)
+        entry.update(eval_loss=result.loss, eval_acc=result.acc, eval_loss_batch_mean=result.batch_mean_loss,
+                     eval_acc_batch_mean=result.batch_mean_acc)
         entry["eval_seconds"] = time.perf_counter() - started
         entry["eval_precision"] = precision_label(run.amp_dtype)  # the training's; the final accuracy is fp32's
+    pipeline.epoch_ended()
+    state.scheduler.step()
     entry.update(lambda_stats(state.model))
     state.history.append(entry)
     state.epoch += 1

@@ -6,6 +6,7 @@ CPU, runs channels-last, where oneDNN's convolutions are fastest for inference.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -13,9 +14,11 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..data import eval_batches
+from ..data import eval_batches, eval_shard
+from ..data.reference_draws import reference_normalize
 
-__all__ = ["evaluate", "fold_batchnorm", "inference_copy", "memory_format", "sum_dtype"]
+__all__ = ["Evaluation", "evaluate", "evaluate_run", "reference_evaluate", "fold_batchnorm",
+           "inference_copy", "memory_format", "sum_dtype"]
 
 
 def sum_dtype(device: torch.device) -> torch.dtype:
@@ -51,21 +54,83 @@ def inference_copy(model: nn.Module, device: torch.device) -> tuple[nn.Module, t
     return fold_batchnorm(model).to(memory_format=fmt), fmt
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A pass over the test set: the exact figures (every sample counted once) and the reference
+    implementation's (the mean of its per-batch figures at the training batch size, the last, smaller batch
+    weighing as much as a full one)."""
+
+    loss: float
+    acc: float
+    batch_mean_loss: float
+    batch_mean_acc: float
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
              amp_dtype: torch.dtype | None = None, rank: int = 0, world_size: int = 1) -> tuple[float, float]:
     """(mean loss, accuracy) over every sample, each counted once (across ranks under torchrun)."""
+    result = evaluate_run(model, images_u8, labels, batch_size, amp_dtype, rank, world_size)
+    return result.loss, result.acc
+
+
+@torch.no_grad()
+def evaluate_run(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+                 amp_dtype: torch.dtype | None = None, rank: int = 0, world_size: int = 1,
+                 reference_batch: int = 64) -> Evaluation:
+    """Both figures on the inference copy, `batch_size` images at a time; the reference's figures group the
+    samples into batches of `reference_batch`, as its test loader did."""
     device = images_u8.device
     fast, fmt = inference_copy(model, device)
-    loss_sum, correct, seen = torch.zeros(3, dtype=sum_dtype(device), device=device).unbind()
+    n = images_u8.shape[0]
+    chunks = -(-n // reference_batch)
+    totals = torch.zeros(2, chunks, dtype=sum_dtype(device), device=device)  # per reference batch: loss, correct
+    shard_start = eval_shard(n, rank, world_size)[0]
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        for x, y in eval_batches(images_u8, labels, batch_size, rank=rank, world_size=world_size):
+        for i, (x, y) in enumerate(eval_batches(images_u8, labels, batch_size, rank=rank, world_size=world_size)):
             out = fast(x.contiguous(memory_format=fmt)).float()
-            loss_sum += F.cross_entropy(out, y, reduction="sum")
-            correct += (out.argmax(1) == y).sum()
-            seen += len(y)
-    totals = torch.stack([loss_sum, correct, seen])
+            first = shard_start + i * max(1, batch_size // world_size)
+            chunk = torch.arange(first, first + len(y), device=device) // reference_batch
+            totals[0].index_add_(0, chunk, F.cross_entropy(out, y, reduction="none").to(totals.dtype))
+            totals[1].index_add_(0, chunk, (out.argmax(1) == y).to(totals.dtype))
     if world_size > 1:
         torch.distributed.all_reduce(totals)
-    loss_sum, correct, seen = totals.tolist()
-    return loss_sum / seen, correct / seen
+    sizes = (n - torch.arange(chunks, device=device) * reference_batch).clamp(max=reference_batch)
+    loss_sum, correct = totals.sum(1).tolist()
+    batch_loss, batch_acc = (totals / sizes).mean(1).tolist()
+    return Evaluation(loss_sum / n, correct / n, batch_loss, batch_acc)
+
+
+@torch.no_grad()
+def reference_evaluate(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                       amp_dtype: torch.dtype | None = None) -> Evaluation:
+    """The reference implementation's evaluation, as its arithmetic goes: the model itself in eval mode (no
+    folded copy, the input contiguous), its test loader's batches of `batch_size`, each normalised as ToTensor
+    and Normalize compute it, and its figures: the mean of the batches' mean losses and of their accuracies,
+    summed as Python floats. The exact figures come from the same outputs. One process."""
+    was_training = model.training
+    model.eval()
+    loss_sum = correct = 0.0
+    batch_losses, batch_accs = [], []
+    try:
+        with torch.autocast(images_u8.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            for i in range(0, images_u8.shape[0], batch_size):
+                x, y = reference_normalize(images_u8[i:i + batch_size]), labels[i:i + batch_size]
+                out = model(x.contiguous())
+                hits = (out.argmax(1) == y).sum()
+                batch_losses.append(F.cross_entropy(out, y).item())
+                batch_accs.append((hits.float() / len(y)).item())
+                loss_sum += F.cross_entropy(out.float(), y, reduction="sum").item()
+                correct += hits.item()
+    finally:
+        model.train(was_training)
+    n = images_u8.shape[0]
+    return Evaluation(loss_sum / n, correct / n, _python_mean(batch_losses), _python_mean(batch_accs))
+
+
+def _python_mean(values: list[float]) -> float:
+    """Summed left to right and divided by the count, as the reference's loop adds them up."""
+    total = 0.0
+    for v in values:
+        total += v
+    return total / len(values)

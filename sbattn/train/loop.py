@@ -19,7 +19,6 @@ from ..records.tensorboard_log import epoch_logger
 from ..version import __version__
 from . import distributed
 from .epoch import end_epoch, epoch_line, train_epoch
-from .evaluation import evaluate
 from .precision import precision_label
 from .run import Run, RunResult
 from .signals import StopRequest, alone_signal_handled
@@ -36,6 +35,10 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
     """
     ctx, device_name = distributed.setup(config.device, config.dist_timeout)
     try:
+        if config.rng == "reference" and ctx.distributed:
+            raise UserError(f"--rng reference is the reference implementation's single-process run (one process "
+                            f"draws every image from the global generator); under torchrun ({ctx.world_size} "
+                            f"processes) use --rng sbattn", code=2)
         return _train(Run.start(config, ctx, device_name, quiet), quiet)
     except SbattnError as e:  # under torchrun, an error every rank hits is printed once, by rank 0
         e.quiet = not distributed.one_report(ctx, str(e))
@@ -97,13 +100,13 @@ def _train_run(run: Run, ready: Ready) -> RunResult:
     events = paths.tensorboard if config.tensorboard and ctx.main else None
     with stop.installed(), alone_signal_handled(), epoch_logger(events, state.epoch) as log_epoch:
         while state.epoch < config.epochs:
-            totals = train_epoch(run, state, ready.step, ready.sums, ready.train_x, ready.train_y, stop)
+            totals = train_epoch(run, state, ready.step, ready.sums, ready.pipeline, stop)
             if state.step:  # stopped inside the epoch
                 _save(run, state)
                 run.log(f"{stop.name}: stopped at epoch {state.epoch + 1}, step {state.step}; checkpoint saved to "
                         f"{paths.checkpoint}\nresume with: {run.resume_command}")
                 return RunResult(130, paths, state.history)
-            end_epoch(run, state, totals, ready.test_x, ready.test_y)
+            end_epoch(run, state, totals, ready.pipeline)
             _save(run, state)  # before the epoch is reported: a reader that has gone must not cost it
             log_epoch(state.history[-1])
             run.log(epoch_line(state.history, config.epochs))
@@ -135,10 +138,11 @@ def _finish(run: Run, ready: Ready) -> dict:
     state, data = ready.state, ready.data
     history = state.history
     best = max((h for h in history if h["eval_acc"] is not None), key=lambda h: h["eval_acc"])
-    final_loss, final_acc = evaluate(state.model, ready.test_x, ready.test_y, run.config.eval_batch_size)
+    final = ready.pipeline.evaluate(state.model, final=True)
     summary = {
         "complete": True, "run": run.paths.name, "version": __version__, "config": run.config.to_dict(),
-        "seed": state.seed, "final_eval_acc": final_acc, "final_eval_loss": final_loss,
+        "seed": state.seed, "final_eval_acc": final.acc, "final_eval_loss": final.loss,
+        "final_eval_acc_batch_mean": final.batch_mean_acc, "final_eval_loss_batch_mean": final.batch_mean_loss,
         "final_eval_precision": "fp32", "last_epoch_eval_acc": history[-1]["eval_acc"],
         "last_epoch_eval_loss": history[-1]["eval_loss"], "best_eval_acc": best["eval_acc"],
         "best_epoch": best["epoch"], "params": ready.params,

@@ -5,7 +5,7 @@ import torch
 
 from ..system import cpu_has_bf16
 
-__all__ = ["resolve_precision", "precision_label"]
+__all__ = ["resolve_precision", "precision_label", "use_true_fp32"]
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -26,3 +26,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 def precision_label(amp_dtype: torch.dtype | None) -> str:
     """"fp32", "bfloat16" or "float16", as the run's files and benchmarks name the arithmetic."""
     return "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
+
+
+def use_true_fp32(device: torch.device) -> None:
+    """fp32 convolutions in fp32: on CUDA, cuDNN would otherwise round their inputs to TF32's 10-bit mantissa on
+    Ampere and later GPUs (PyTorch's default), which the reference's GPU (a 2070) never did."""
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False

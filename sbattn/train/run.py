@@ -15,7 +15,7 @@ from ..config import TrainConfig
 from ..records import RunPaths, provenance
 from . import distributed
 from .launcher import launcher_argv
-from .precision import resolve_precision
+from .precision import resolve_precision, use_true_fp32
 from .threads import ThreadGovernor
 
 __all__ = ["Run", "RunResult", "resume_command"]
@@ -52,7 +52,10 @@ class Run:
         paths = RunPaths.of(config)
         if ctx.main:
             console.log_to(paths.log)  # where its words go if standard output or error is lost
-        return cls(config, ctx, device, paths, resolve_precision(config.precision, device), log,
+        amp_dtype = resolve_precision(config.precision, device)
+        if amp_dtype is None:
+            use_true_fp32(device)
+        return cls(config, ctx, device, paths, amp_dtype, log,
                    not quiet and console.interactive(), ThreadGovernor(device),
                    provenance.collect(device, ctx.world_size) if ctx.main else {})
 

@@ -17,6 +17,7 @@ from ..records.integrity import check_same_data, data_identity
 from . import distributed
 from .evaluation import memory_format
 from .precision import precision_label
+from .pipeline import Pipeline, make_pipeline
 from .run import Run
 from .state import RunState
 from .step import EpochSums, make_step
@@ -32,12 +33,12 @@ class Ready:
     state: RunState
     step: Callable[[torch.Tensor, torch.Tensor], None]
     sums: EpochSums  # what `step` adds to
-    data: CIFAR10
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
+    pipeline: Pipeline  # the data, its batches and evaluations
     params: int
+
+    @property
+    def data(self) -> CIFAR10:
+        return self.pipeline.data
 
 
 def make_ready(run: Run, quiet: bool) -> Ready:
@@ -65,14 +66,15 @@ def make_ready(run: Run, quiet: bool) -> Ready:
         note = state.restore(ckpt, ctx, paths.checkpoint, steps)
         run.log(note) if note else None
         run.log(f"resuming {paths.name} at epoch {state.epoch + 1}, step {state.step}")
-    sums = EpochSums.zeros(device)
+    sums = EpochSums.zeros(device, config.batch_size, len(train_y))
     step = make_step(config.compile, wrapped, state.optimizer, state.scaler, run.amp_dtype, sums, device)
     params = sum(p.numel() for p in state.model.parameters())
     run.log(f"{paths.name}: {config.arch} attention={config.attention} params={params:,} data={data.source} "
             f"device={device}{f' x {ctx.world_size} processes' if ctx.distributed else ''} "
             f"precision={precision_label(run.amp_dtype)} layout={layout.layout} ({layout.how}) seed={seed}"
-            f"{'' if config.compile == 'none' else f' compile={config.compile}'}")
-    return Ready(state, step, sums, data, train_x, train_y, test_x, test_y, params)
+            f"{'' if config.compile == 'none' else f' compile={config.compile}'}"
+            f"{' rng=reference' if config.rng == 'reference' else ''}")
+    return Ready(state, step, sums, make_pipeline(run, data, train_x, train_y, test_x, test_y), params)
 
 
 def _checkpoint_to_resume(run: Run) -> dict | None:

@@ -27,8 +27,11 @@ from .optimizer import reference_schedule
 __all__ = ["RunState"]
 
 
-def _rng_state(generator: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "augment": generator.get_state()}
+def _rng_state(generator: torch.Generator, global_state: torch.Tensor | None = None) -> dict:
+    """The random state to save: the global generator's (`global_state` when given), the augmentation stream's,
+    CUDA's."""
+    state = {"torch": torch.get_rng_state() if global_state is None else global_state,
+             "augment": generator.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -57,6 +60,9 @@ class RunState:
     partial: dict | None = None  # the sums of the epoch under way, when stopped inside it (rank 0's: global)
     sessions: list[dict] = field(default_factory=list)  # provenance of each process that trained it, this one last
     data: dict = field(default_factory=dict)  # the identity of the data it trains on (integrity.data_identity)
+    # The global generator's state where the epoch under way drew its batches from it (--rng reference draws an
+    # epoch whole at its start): what a checkpoint inside the epoch saves, so that a resumed run draws it again.
+    epoch_rng: torch.Tensor | None = None
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -75,7 +81,8 @@ class RunState:
 
     def save(self, path: Path, config: TrainConfig, ctx: distributed.Context) -> None:
         """Write the checkpoint (rank 0); a collective, so every rank calls it."""
-        rng = distributed.gather_objects(ctx, _rng_state(self.generator))
+        inside = self.epoch_rng if self.step else None
+        rng = distributed.gather_objects(ctx, _rng_state(self.generator, inside))
         if ctx.main:
             save_checkpoint(path, {
                 "version": __version__, "config": config.to_dict(), "num_classes": self.num_classes,

@@ -19,33 +19,51 @@ from torch import nn
 
 from .evaluation import sum_dtype
 
-__all__ = ["EpochSums", "train_step", "make_step", "compile_mode", "compile_step", "set_lr_form",
+__all__ = ["EpochSums", "SUM_NAMES", "train_step", "make_step", "compile_mode", "compile_step", "set_lr_form",
            "make_momentum_buffers"]
+
+
+# The sums that carry an interrupted epoch's figures into its resumption (RunState.partial), each a 0-dim tensor.
+SUM_NAMES = ("loss", "correct", "sampled_loss", "sampled_acc")
 
 
 @dataclass
 class EpochSums:
     """The running sums of an epoch, on the device: one set per run, reset in place each epoch, so that a compiled
-    step always updates the same tensors."""
+    step always updates the same tensors.
+
+    Besides the exact sums over every sample, the reference implementation's figures: the loss and accuracy of
+    the batches whose index is a multiple of `sample_every` (the reference prints, and averages, every
+    batch_size-th batch), each batch weighing one: sampled_batches() of them in an epoch."""
 
     loss: torch.Tensor
     correct: torch.Tensor
+    sampled_loss: torch.Tensor  # the sampled batches' mean losses, summed (this rank's share of each)
+    sampled_acc: torch.Tensor  # their accuracies, summed (this rank's share)
     nonfinite: torch.Tensor  # the first step with a non-finite loss, counted from 1; 0: none yet
     steps: torch.Tensor  # steps done in the epoch
+    sample_every: int  # the run's batch size
+    samples: int  # the training set's size: the last global batch may be smaller
     seen: int = 0
     seconds: float = 0.0  # training time of the epoch before this stretch of it (nonzero after a mid-epoch resume)
 
     @classmethod
-    def zeros(cls, device: torch.device) -> "EpochSums":
+    def zeros(cls, device: torch.device, batch_size: int, samples: int) -> "EpochSums":
         dtype = sum_dtype(device)
-        return cls(torch.zeros((), dtype=dtype, device=device), torch.zeros((), dtype=dtype, device=device),
-                   torch.zeros((), dtype=torch.int64, device=device), torch.zeros((), dtype=torch.int64, device=device))
+        sums = [torch.zeros((), dtype=dtype, device=device) for _ in SUM_NAMES]
+        counters = [torch.zeros((), dtype=torch.int64, device=device) for _ in range(2)]
+        return cls(*sums, *counters, sample_every=batch_size, samples=samples)
+
+    def sampled_batches(self, steps: int) -> int:
+        """How many of an epoch's `steps` batches the sampled figures hold."""
+        return -(-steps // self.sample_every)
 
     def restart(self, partial: dict | None, step: int) -> None:
         """Start the epoch at `step`, from the sums an interrupted epoch had reached (`partial`), or from zero."""
         with torch.no_grad():
-            for name in ("loss", "correct"):
-                getattr(self, name).zero_() if partial is None else getattr(self, name).copy_(partial[name])
+            for name in SUM_NAMES:
+                known = partial is not None and name in partial  # checkpoints of 0.2 had no sampled figures
+                getattr(self, name).copy_(partial[name]) if known else getattr(self, name).zero_()
             self.nonfinite.zero_()
             self.steps.fill_(step)
         self.seen = 0 if partial is None else partial["seen"]
@@ -55,7 +73,15 @@ class EpochSums:
         self.steps += 1
         self.nonfinite += (~torch.isfinite(loss)).long() * (self.nonfinite == 0) * self.steps
         self.loss += loss.to(self.loss.dtype) * len(y)
-        self.correct += (out.argmax(1) == y).sum()
+        hits = (out.argmax(1) == y).sum()
+        self.correct += hits
+        index = self.steps - 1
+        batch = (self.samples - index * self.sample_every).clamp(max=self.sample_every)  # the global batch's size
+        taken = index % self.sample_every == 0
+        # One process: the batch's loss as is, its accuracy as the reference divides it (in float32).
+        share = len(y) / batch.to(self.loss.dtype)
+        self.sampled_loss += torch.where(taken, loss.to(self.loss.dtype) * share, 0)
+        self.sampled_acc += torch.where(taken, (hits.float() / batch.float()).to(self.loss.dtype), 0)
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
@@ -121,7 +147,7 @@ def make_step(mode: str, model: nn.Module, optimizer: torch.optim.Optimizer, sca
         make_momentum_buffers(optimizer)
         state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
         lrs = [g["lr"] for g in optimizer.param_groups]
-        for t in (sums.loss, sums.correct, sums.nonfinite, sums.steps, *state, *lrs):
+        for t in (*(getattr(sums, name) for name in SUM_NAMES), sums.nonfinite, sums.steps, *state, *lrs):
             torch._dynamo.mark_static_address(t)  # the same tensors every step and epoch: CUDA graphs update them
         body = partial(compile_step(train_step, device), model, optimizer, scaling, amp_dtype, sums)
     else:

@@ -32,7 +32,7 @@ WARMUP, TIMED, ROUNDS = 2, 3, 2  # steps per layout and round; rounds alternate 
 @dataclass(frozen=True)
 class LayoutChoice:
     layout: str  # a key of LAYOUTS
-    how: str  # "given", "rule", "measured" or "cached"
+    how: str  # "given", "rule", "fp32 rule", "measured" or "cached"
     step_seconds: dict | None = None  # per layout, when measured
 
     @property
@@ -46,9 +46,13 @@ def layout_name(fmt: torch.memory_format) -> str:
 
 def choose_layout(config: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None,
                   num_classes: int = 10) -> LayoutChoice:
-    """The layout `config.layout` names, else the one measured fastest on this CPU, else the device's rule."""
+    """The layout `config.layout` names; in fp32 on a CPU contiguous, whose gradients stay within fp32's rounding
+    of float64's where channels-last's do not (docs/fp32.md); else the one measured fastest on this CPU, else the
+    device's rule."""
     if config.layout != "auto":
         return LayoutChoice(config.layout, "given")
+    if device.type == "cpu" and amp_dtype is None:
+        return LayoutChoice("contiguous", "fp32 rule")
     if device.type != "cpu":
         return LayoutChoice(layout_name(memory_format(device)), "rule")
     cache = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
@@ -72,7 +76,7 @@ def _measure(config: TrainConfig, device: torch.device, amp_dtype: torch.dtype |
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
         x = torch.randn(config.batch_size, 3, 32, 32, device=device)
         y = torch.randint(0, num_classes, (config.batch_size,), device=device)
-        sums = EpochSums.zeros(device)
+        sums = EpochSums.zeros(device, config.batch_size, config.batch_size)
         times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
         for _ in range(ROUNDS):
             for name, fmt in LAYOUTS.items():

@@ -1,32 +1,22 @@
 """The reference's data pipeline, bit for bit: torchvision's own transforms and torch's DataLoader over a tiny
 in-memory dataset, composed exactly as the reference implementation composes them, against
 sbattn.data.reference_draws. Run in the interoperability environment (torchvision)."""
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 tv = pytest.importorskip("torchvision")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _reference import InMemory  # noqa: E402
 
 from sbattn.data.reference_draws import (draw_epoch, draw_eval_pass, pillow_augment,  # noqa: E402
                                          reference_normalize)
 
 N, BATCH = 70, 32  # a last, partial batch, which the reference keeps
-
-
-class InMemory(torch.utils.data.Dataset):
-    """What torchvision's CIFAR10 returns: a PIL image from a uint8 HWC array, transformed, and its label."""
-
-    def __init__(self, images, labels, transform):
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
-
-
 TRANSFORMS = {"reference": ("crop", "flip", "rotate"), "standard": ("crop", "flip"), "none": ()}
 
 
