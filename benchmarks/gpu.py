@@ -1,4 +1,13 @@
-"""Issue #18's measurement on one GPU, in two parts that each fit one device command (docs/gpu.md).
+"""The GPU measurements (docs/gpu.md): issue #23's one call, and issue #18's two parts; each fits one device
+command.
+
+    benchmarks/gpu.sh OUT_DIR call       # issue #23, in this order: the table's seven runs at once as processes and
+                                         # as one process of CUDA streams (--pack); the CUDA tests; then the
+                                         # fp32-vs-bf16 pair and the table at --seeds seeds, as many whole runs as
+                                         # the budget allows, skipping those docs/reference-table holds; finished
+                                         # runs' JSON and CSV into OUT_DIR/reference-runs.tar.gz
+    benchmarks/gpu.sh OUT_DIR merge      # here, after the call: those runs into docs/reference-table (checked by
+                                         # checksum and recipe), its tables rebuilt
 
     benchmarks/gpu.sh OUT_DIR speed      # environment; one run of the reference's recipe in each --compile mode
                                          # (none, model, step); the fp32-vs-bf16 pair at full length, both at once
@@ -24,6 +33,8 @@ import signal
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,15 +45,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sbattn.data import load_cifar10  # noqa: E402
+from sbattn.config.recipe import recipe_differences  # noqa: E402
+from sbattn.errors import UserError  # noqa: E402
 from sbattn.records.checkpoint import read_record  # noqa: E402
+from sbattn.records.finished import read_finished  # noqa: E402
+from sbattn.records.outputs import record_checksum  # noqa: E402
 from sbattn.config import TrainConfig  # noqa: E402
-from sbattn.experiments.jobs import Job, run_jobs  # noqa: E402
+from sbattn.experiments.jobs import PACKS, Job, run_jobs, run_together  # noqa: E402
 from sbattn.cli.suites import COMPARE_DEFAULT  # noqa: E402
 from sbattn.experiments.suites import report, run_config  # noqa: E402
 from sbattn.experiments.variants import ablation_variants, compare_variants  # noqa: E402
 from sbattn.files import atomic_write  # noqa: E402
 
-PARTS = ("speed", "table", "all")
+PARTS = ("speed", "table", "all", "call", "merge")
 MODES = ("none", "model", "step")
 TARGET_RUN_S, TARGET_TABLE_S = 120, 600  # the issue's targets: one run in 2 minutes, the table in 10
 EPOCH_LINE = re.compile(r"^epoch\s+(\d+)/\d+\s")  # a run's line at the end of each epoch (format_epoch)
@@ -154,11 +169,12 @@ class Watch:
                     self.epochs.setdefault(job.label, {}).setdefault(int(m.group(1)), now)
 
 
-def train_together(jobs: list[Job], deadline: float) -> tuple[int, Watch]:
-    """Train `jobs` all at once (run_jobs, as `sbattn compare --jobs K`) in fresh output directories; at
-    `deadline` (perf_counter) each is stopped as Ctrl-C would stop it, with its checkpoint. Returns run_jobs'
-    status and the epochs' times."""
-    for directory in {Path(job.config.output_dir) for job in jobs}:
+def train_jobs(jobs: list[Job], deadline: float, scheme: str = "process", at_once: int | None = None,
+               fresh: bool = True) -> tuple[int, Watch]:
+    """Train `jobs`, `at_once` at a time (all by default), as `sbattn compare --pack SCHEME --jobs K` does, in
+    fresh output directories unless not `fresh`; at `deadline` (perf_counter) each is stopped as Ctrl-C would
+    stop it, with its checkpoint. Returns the suite's status and the epochs' times."""
+    for directory in {Path(job.config.output_dir) for job in jobs} if fresh else ():
         shutil.rmtree(directory, ignore_errors=True)  # an earlier try's logs and runs would be taken for these
     if not USER_COMPILE_THREADS:  # K runs compiling at once share the cores, as their threads do
         os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(jobs)))
@@ -174,8 +190,11 @@ def train_together(jobs: list[Job], deadline: float) -> tuple[int, Watch]:
     previous = signal.signal(signal.SIGINT, lambda *a: None)  # a late stop after run_jobs returned: ignored
     thread = threading.Thread(target=watching, daemon=True)
     thread.start()
+    runner = run_together if scheme == "stream" else run_jobs
     try:
-        status = run_jobs(jobs, len(jobs), lambda line: print(f"  {line}", flush=True))
+        status = runner(jobs, at_once or len(jobs), lambda line: print(f"  {line}", flush=True))
+    except KeyboardInterrupt:  # the watcher's second stop: the runs had not stopped 30 s after the first
+        status = 130
     finally:
         done.set()
         thread.join()
@@ -250,7 +269,7 @@ def measure_single_runs(setup: Setup, rec: Recorder, decode_s: float, deadline: 
     for mode in setup.modes:
         job = Job(f"one run, --compile {mode}", setup.config(setup.work / f"speed-{mode}", mode,
                                                               epochs=setup.speed_epochs))
-        status, watch = train_together([job], min(deadline, time.perf_counter() + setup.speed_limit_s))
+        status, watch = train_jobs([job], min(deadline, time.perf_counter() + setup.speed_limit_s))
         figures = {"status": status, **run_figures(job, watch, setup.epochs)}
         if figures.get("projected_s"):
             figures["projected_with_decoding_s"] = figures["projected_s"] + decode_s
@@ -278,7 +297,7 @@ def train_part(setup: Setup, rec: Recorder, key: str, jobs_of, deadline: float) 
         return None
     for mode in [setup.mode] + (["model"] if setup.mode == "step" else []):
         jobs = jobs_of(mode)
-        status, watch = train_together(jobs, deadline)
+        status, watch = train_jobs(jobs, deadline)
         runs = {job.label: run_figures(job, watch, setup.epochs) for job in jobs}
         result = {"mode": mode, "status": status, "runs": runs, "elapsed_s": time.perf_counter() - watch.started,
                   "finished": all(r.get("finished") for r in runs.values())}
@@ -327,12 +346,12 @@ def part_speed(setup: Setup, rec: Recorder, deadline: float) -> None:
 # ------------------------------------------------------------------------------------------------ part 2
 
 
-def table_jobs(setup: Setup, directory: Path, mode: str) -> list[Job]:
+def table_jobs(setup: Setup, directory: Path, mode: str, seed: int = 0, **values) -> list[Job]:
     """The reference's two tables as seven runs in one directory: baseline, SE and SB(Sigmoid), then SB with the
     other activations (the ablation's sigmoid row is the comparison's run)."""
-    base = setup.config(directory, mode)
+    base = setup.config(directory, mode, **values)
     variants = {v.key: v for v in compare_variants(COMPARE_DEFAULT, "sigmoid") + ablation_variants()}
-    return [Job(key, run_config(base, v, 0)) for key, v in variants.items()]
+    return [Job(key if seed == 0 else f"{key} seed {seed}", run_config(base, v, seed)) for key, v in variants.items()]
 
 
 def part_table(setup: Setup, rec: Recorder, deadline: float, single_runs: dict[str, dict]) -> None:
@@ -360,6 +379,178 @@ def part_table(setup: Setup, rec: Recorder, deadline: float, single_runs: dict[s
         print("\n".join(result["tables"].values()), flush=True)
 
 
+# ------------------------------------------------------------------------- part call: issue #23's one device call
+
+
+def measure_schemes(setup: Setup, rec: Recorder, seconds: float) -> str:
+    """One run alone, then the table's seven runs at once as K processes and as one process stepping them in
+    turn on CUDA streams, each for `seconds`: aggregate images/s, each against one run alone. Returns the faster
+    scheme."""
+    short = dict(epochs=setup.speed_epochs, milestones=[setup.speed_epochs])
+    alone = Job("one run alone", setup.config(setup.work / "schemes-alone", setup.mode, **short))
+    status, watch = train_jobs([alone], time.perf_counter() + seconds)
+    alone_img_s = run_figures(alone, watch, setup.epochs).get("epoch_img_s")
+    result = {"mode": setup.mode, "seconds_each": seconds, "one_run_alone_img_s": alone_img_s}
+    for scheme in PACKS:
+        jobs = table_jobs(setup, setup.work / f"schemes-{scheme}", setup.mode, **short)
+        status, watch = train_jobs(jobs, time.perf_counter() + seconds, scheme)
+        runs = {job.label: run_figures(job, watch, setup.epochs) for job in jobs}
+        aggregate = sum(r.get("epoch_img_s") or 0 for r in runs.values())
+        result[scheme] = {"status": status, "aggregate_img_s": aggregate, "runs": runs,
+                          "vs_one_run_alone": aggregate / alone_img_s if alone_img_s else None}
+        rec.put("schemes", result, f"7 runs at once, --pack {scheme}: {aggregate:.0f} img/s together"
+                + (f", {aggregate / alone_img_s:.2f}x one run alone" if alone_img_s else ""))
+    faster = max(PACKS, key=lambda k: result[k]["aggregate_img_s"])
+    rec.put("schemes", {**result, "faster": faster}, f"faster: --pack {faster}")
+    return faster
+
+
+def measure_cuda_tests(rec: Recorder, seconds: float) -> None:
+    """The test suite's CUDA tests (`-k cuda`: CUDA against the CPU, the whole step under CUDA graphs)."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda", "tests"]
+    try:
+        proc = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                              timeout=seconds)
+        result = {"returncode": proc.returncode, "tail": (proc.stdout + proc.stderr)[-1500:]}
+    except subprocess.TimeoutExpired:
+        result = {"returncode": None, "tail": f"stopped after {seconds:.0f} s"}
+    rec.put("cuda_tests", result, f"cuda tests: exit status {result['returncode']}; "
+            f"{result['tail'].strip().splitlines()[-1] if result['tail'].strip() else ''}")
+
+
+def reference_jobs(setup: Setup, directory: Path, mode: str, seeds: int) -> list[Job]:
+    """The fp32 run of the reference's command (its own folder: its files' names are the bf16 run's), then the
+    table's seven runs seed by seed; the bf16 half of the fp32-vs-bf16 pair is the table's Tanh run of seed 0."""
+    tanh = next(job for job in table_jobs(setup, directory, mode) if job.config.activation == "tanh"
+                and job.config.attention == "sb")
+    fp32 = Job("reference command, fp32", TrainConfig.from_dict(tanh.config.to_dict(), precision="fp32",
+                                                                output_dir=str(directory / "fp32")))
+    return [fp32, *(job for seed in range(seeds) for job in table_jobs(setup, directory, mode, seed))]
+
+
+def train_reference_runs(setup: Setup, rec: Recorder, deadline: float, scheme: str, args) -> None:
+    """Every run of reference_jobs that args.runs_dir does not hold finished, `args.at_once` at a time, until
+    the deadline; the finished ones' JSON and CSV (no weights) into OUT_DIR/reference-runs.tar.gz."""
+    directory = setup.work / "reference-table"
+    shutil.rmtree(directory, ignore_errors=True)
+    held = _finished_names(Path(args.runs_dir))
+    jobs = [job for job in reference_jobs(setup, directory, setup.mode, args.seeds)
+            if _archive_name(job) not in held]
+    rec.put("reference_runs", {"scheme": scheme, "held_before": sorted(held), "to_train": len(jobs)},
+            f"reference runs: {len(held)} held in {args.runs_dir}, {len(jobs)} to train, {args.at_once} at a "
+            f"time, --pack {scheme}")
+    if deadline - time.perf_counter() < MIN_TRAINING_S or not jobs:
+        return
+    status, watch = train_jobs(jobs, deadline, scheme, args.at_once, fresh=False)
+    runs = {job.label: run_figures(job, watch, setup.epochs) for job in jobs}
+    finished = [job for job in jobs if runs[job.label].get("finished")]
+    archive = args.out_dir / "reference-runs.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for job in finished:
+            for path in (job.paths.summary, job.paths.history_csv):
+                tar.add(path, arcname=_archive_name(job, path.name))
+    pair = {p: runs[label].get("final_eval_acc") for p, label in (("fp32", jobs[0].label), ("bf16", "sb-tanh"))
+            if label in runs} if jobs[0].config.precision == "fp32" else {}
+    rec.put("reference_runs", {**rec.data["reference_runs"], "status": status, "runs": runs,
+                               "finished": [job.config.run_name for job in finished], "archive": archive.name,
+                               "pair_final_eval_acc": pair},
+            f"reference runs: {len(finished)} of {len(jobs)} finished, in {archive.name}")
+
+
+def _archive_name(job: Job, file: str | None = None) -> str:
+    """A run's place in the archive and in the runs folder: fp32/ for the fp32 run, its stem otherwise."""
+    folder = "fp32/" if Path(job.config.output_dir).name == "fp32" else ""
+    return f"{folder}{file or job.config.run_name}"
+
+
+def _finished_names(runs_dir: Path) -> set[str]:
+    names = set()
+    for path in [*runs_dir.glob("*.json"), *runs_dir.glob("fp32/*.json")]:
+        try:
+            run = read_finished(path)
+        except UserError:
+            continue
+        if run is not None:
+            names.add(f"{'fp32/' if path.parent.name == 'fp32' else ''}{path.stem}")
+    return names
+
+
+def part_call(setup: Setup, rec: Recorder, deadline: float, args) -> None:
+    """In this order: the schemes side by side, the CUDA tests, then the fp32-vs-bf16 pair and the table's runs
+    at args.seeds seeds that args.runs_dir lacks, for the rest of the budget."""
+    scheme = "process"
+    if "schemes" not in args.skip:
+        scheme = measure_schemes(setup, rec, args.scheme_seconds)
+    if "tests" not in args.skip:
+        measure_cuda_tests(rec, args.tests_seconds)
+    train_reference_runs(setup, rec, deadline, args.pack or scheme, args)
+
+
+def merge(archive: Path, into: Path, setup: Setup) -> int:
+    """Bring the runs of a device's reference-runs.tar.gz into `into` (docs/reference-table): each one only when
+    it is a finished run whose checksum matches its contents and whose recipe is the reference's run of its row
+    and seed; then rebuild the tables there."""
+    expected: dict[int, dict[str, Job]] = {}  # by seed: the runs of that seed, by their name in the archive
+
+    def job_of(name: str, seed) -> Job | None:
+        if not isinstance(seed, int) or not 0 <= seed < MAX_MERGED_SEEDS:
+            return None
+        if seed not in expected:
+            jobs = reference_jobs(setup, into, setup.mode, 1) if seed == 0 else table_jobs(setup, into, setup.mode,
+                                                                                             seed)
+            expected[seed] = {_archive_name(job): job for job in jobs}
+        return expected[seed].get(name)
+
+    added = 0
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(archive) as tar:
+        tar.extractall(tmp, filter="data")
+        for path in sorted(Path(tmp).rglob("*.json")):
+            name = str(path.relative_to(tmp).with_suffix(""))
+            problem = _merge_problem(path, job_of(name, _saved_seed(path)))
+            if problem:
+                print(f"merge: {name}: {problem}; left out")
+                continue
+            target = into / f"{name}.json"
+            if target.exists():
+                print(f"merge: {name}: already there; kept")
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for part in (path, path.with_suffix(".csv")):
+                if part.exists():
+                    shutil.copyfile(part, target.with_suffix(part.suffix))
+            added += 1
+    print(f"merge: {added} run(s) added to {into}")
+    if added or any(into.glob("*.json")):
+        report(into)
+    return 0
+
+
+MAX_MERGED_SEEDS = 1000  # as a suite's --seeds
+
+
+def _saved_seed(path: Path):
+    try:
+        return json.loads(path.read_text())["summary"]["config"]["seed"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _merge_problem(path: Path, job: Job | None) -> str | None:
+    if job is None:
+        return "not a run of the reference's tables"
+    try:
+        run = read_finished(path)
+    except UserError as e:
+        return str(e)
+    if run is None:
+        return "not a finished run"
+    record = json.loads(path.read_text())
+    if record.get("checksum") != record_checksum(record):
+        return "its checksum does not match its contents (edited or damaged on the way)"
+    differences = recipe_differences(run.config, job.config)
+    return f"another recipe ({'; '.join(differences)})" if differences else None
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -379,12 +570,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="--compile mode of the pair and the table (default: the fastest single run of part speed "
                         "in OUT_DIR, else step)")
     p.add_argument("--no-pair", action="store_true", help="part speed: the single runs only")
+    p.add_argument("--seeds", type=int, default=3, help="part call: the table's runs at seeds 0..N-1 (default: 3)")
+    p.add_argument("--at-once", type=int, default=4, help="part call: runs trained at once (default: 4)")
+    p.add_argument("--pack", choices=PACKS, help="part call: the scheme of the runs (default: the faster measured)")
+    p.add_argument("--skip", default="", help="part call: steps left out, of schemes,tests (done in an earlier call)")
+    p.add_argument("--scheme-seconds", type=float, default=75, help="part call: seconds per scheme (default: 75)")
+    p.add_argument("--tests-seconds", type=float, default=90, help="part call: the CUDA tests' limit (default: 90)")
+    p.add_argument("--runs-dir", default="docs/reference-table",
+                   help="parts call and merge: the finished runs kept (default: docs/reference-table)")
     args = p.parse_args(argv)
     setup = make_setup(args)
     setup.pair = not args.no_pair
     args.out_dir.mkdir(parents=True, exist_ok=True)
     setup.work.mkdir(parents=True, exist_ok=True)
     os.environ["SBATTN_CACHE"] = str(setup.work / "cache")  # a cold cache: decoding is measured, once
+    if args.part == "merge":  # here, after the call: the runs' recipes rebuilt on this machine's device
+        setup.device = setup.device if torch.cuda.is_available() else "cpu"
+        return merge(args.out_dir / "reference-runs.tar.gz", Path(args.runs_dir), setup)
+    args.skip = set(filter(None, args.skip.split(",")))
     for part in ("speed", "table") if args.part == "all" else (args.part,):
         started = time.perf_counter()
         rec = Recorder(args.out_dir / f"gpu-{part}.json", {
@@ -394,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         deadline = started + setup.budget_s - 15  # time to stop the runs and write their figures
         if part == "speed":
             part_speed(setup, rec, deadline)
+        elif part == "call":
+            part_call(setup, rec, deadline, args)
         else:
             single = _single_runs_of(args.out_dir)
             if setup.mode == "fastest":

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["install", "log_to", "interactive"]
+__all__ = ["install", "log_to", "append_to_log", "interactive"]
 
 _LOST = (errno.EPIPE, errno.EBADF, errno.ECONNRESET)
 _fallback: Path | None = None
@@ -26,11 +26,16 @@ def log_to(path: str | Path | None) -> None:
 
 
 def _to_fallback(text: str) -> None:
-    if _fallback is None or not text:
-        return
+    if _fallback is not None and text:
+        append_to_log(_fallback, text)
+
+
+def append_to_log(path: str | Path, text: str) -> None:
+    """Append `text` to the log file `path`, never through a link planted at its name; what cannot be written is
+    dropped (nowhere left to write: the exit status still says what happened)."""
     try:
-        fd = os.open(_fallback, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    except OSError:  # nowhere left to write: the exit status still says what happened
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError:
         return
     try:
         os.write(fd, text.encode(errors="replace"))

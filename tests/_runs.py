@@ -36,11 +36,14 @@ def copy_of(finished: Path, tmp_path: Path) -> Path:
     return out
 
 
-def ctrl_c_at_step(make_step: Callable, n: int) -> Callable:
+def ctrl_c_at_step(make_step: Callable, n: int, across_runs: bool = False) -> Callable:
     """A stand-in for train.start.make_step whose step sends this process a SIGINT after its `n`-th call, counted
-    over the run (the stop then comes at that step's end, as a Ctrl-C would)."""
+    over the run, or with `across_runs` over every run's steps in this process (the stop then comes at that step's
+    end, as a Ctrl-C would)."""
+    shared: list[int] = []
+
     def make(*args, **kwargs):
-        step, calls = make_step(*args, **kwargs), []
+        step, calls = make_step(*args, **kwargs), shared if across_runs else []
 
         def interrupted(x, y):
             step(x, y)

@@ -217,7 +217,7 @@ def test_the_plan_estimates_the_time_left_from_the_finished_runs(tmp_path, monke
         if config.seed == 0 and config.attention in took:
             return FinishedRun(config.run_name, {}, {"train_seconds": took[config.attention]}, [])
     monkeypatch.setattr(suites, "finished_run", finished)
-    monkeypatch.setattr(suites, "_train_missing", lambda missing, jobs, log: 130)
+    monkeypatch.setattr(suites, "_train_missing", lambda missing, jobs, scheme, log: 130)
     lines: list[str] = []
     kinds = variants.compare_variants(("none", "se", "sb"), "sigmoid")
     suites.run_suite(suites.COMPARE, base, kinds, range(3), 1, log=lines.append)

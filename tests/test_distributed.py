@@ -128,6 +128,78 @@ def test_killed_two_process_run_resumes_identically(two, tmp_path):
     assert strip(history(tmp_path)) == strip(history(two[0]))
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (torchrun's agent: its workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def test_a_worker_killed_mid_epoch_is_restarted_by_torchrun_and_the_run_resumes_by_itself(two, tmp_path):
+    """torchrun --max-restarts=1: one worker SIGKILLed in epoch 2; the agent restarts both, which continue from the
+    epoch-1 checkpoint without being told (TORCHELASTIC_RESTART_COUNT) and finish as the uninterrupted run."""
+    argv = command(tmp_path, 2)
+    argv.insert(argv.index("--nproc_per_node=2") + 1, "--max-restarts=1")
+    proc, ckpt = started_until_its_checkpoint(argv, tmp_path)
+    time.sleep(0.3)  # into epoch 2
+    workers = children(proc.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[-1], signal.SIGKILL)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out[-2000:] + err[-2000:]
+    assert "torchrun restarted the workers (restart 1): continuing from the last checkpoint" in out
+    drop = {"seconds", "images_per_sec", "eval_seconds"}
+    strip = lambda h: [{k: v for k, v in e.items() if k not in drop} for e in h]  # noqa: E731
+    assert strip(history(tmp_path)) == strip(history(two[0]))
+    a, b = (torch.load(d / f"{RUN}.pth", weights_only=True)["state_dict"] for d in (tmp_path, two[0]))
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert len((tmp_path / "results.txt").read_text().splitlines()) == 1
+
+
+def two_agents(out: Path, node_flags=((), ())) -> list[subprocess.CompletedProcess]:
+    """Two torchrun agents on loopback, one process each, meeting at a c10d rendezvous: two "nodes" of one
+    machine; `node_flags`: each node's extra sbattn options."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    procs = []
+    for node, flags in enumerate(node_flags):
+        argv = [sys.executable, "-W", "ignore", "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
+                "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}", "--rdzv_id=sbattn-test",
+                "-m", "sbattn", "train", *ARGS, f"--output-dir={out}", *flags]
+        procs.append(subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    done = []
+    for proc in procs:
+        out_text, err_text = proc.communicate(timeout=240)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out_text, err_text))
+    return done
+
+
+def test_two_agents_on_loopback_train_as_the_two_process_run(two, tmp_path):
+    nodes = two_agents(tmp_path)
+    assert all(p.returncode == 0 for p in nodes), [p.stdout[-1500:] + p.stderr[-1500:] for p in nodes]
+    drop = {"seconds", "images_per_sec", "eval_seconds"}
+    strip = lambda h: [{k: v for k, v in e.items() if k not in drop} for e in h]  # noqa: E731
+    assert strip(history(tmp_path)) == strip(history(two[0]))
+    assert sum(p.stdout.count("final test accuracy") for p in nodes) == 1  # rank 0 speaks, on one of the nodes
+
+
+def test_ranks_started_with_different_recipes_stop_at_the_start_with_one_line(tmp_path):
+    nodes = two_agents(tmp_path, node_flags=((), ("--init_lr=0.03",)))
+    assert all(p.returncode != 0 for p in nodes)
+    said = [line for p in nodes for line in p.stderr.splitlines() if line.startswith("sbattn train: ")]
+    # which node's process is rank 0 is the rendezvous' choice
+    either = ("was started differently from rank 0 (init_lr 0.03 there, 0.02 on rank 0",
+              "was started differently from rank 0 (init_lr 0.02 there, 0.03 on rank 0")
+    assert len(said) == 1 and any(words in said[0] for words in either), said
+    assert not (tmp_path / f"{RUN}.ckpt").exists() and not (tmp_path / f"{RUN}.json").exists()
+
+
 def test_suites_refuse_torchrun_with_a_message(monkeypatch, capsys):
     from sbattn.cli import main
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -154,6 +226,24 @@ def test_mid_epoch_checkpoint_needs_the_same_number_of_processes(two, tmp_path):
                           timeout=300)
     assert proc.returncode != 0
     assert "mid-epoch by 1 process(es)" in proc.stderr
+
+
+def test_a_run_checkpointed_at_an_epochs_end_by_one_process_continues_with_two(tmp_path):
+    """As an elastic job that comes back with another number of processes: the same recipe continues, with fresh
+    augmentation streams, and says so."""
+    proc = subprocess.Popen(command(tmp_path, 1), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt, deadline = tmp_path / f"{RUN}.ckpt", time.time() + 120
+    while not ckpt.exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert torch.load(ckpt, weights_only=True)["step"] == 0  # an epoch's end
+    done = run(tmp_path, 2, "--resume")
+    assert "resuming with 2 process(es) a run checkpointed with 1: the same recipe, other augmentation draws" in \
+        done.stdout
+    assert [h["epoch"] for h in history(tmp_path)] == [1, 2, 3]
 
 
 def failing(out, *extra):

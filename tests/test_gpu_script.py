@@ -126,3 +126,46 @@ def test_a_step_replayed_as_a_cuda_graph_trains_as_the_eager_step():
     check = streams.graph_vs_eager(config, torch.device("cuda"), 64, compiled=False)
     assert check["loss_rel_diff"] < 1e-2
     assert check["weights_rel_diff"] < 0.05 * check["weights_moved"]
+
+
+def test_the_call_dry_run_brings_back_finished_runs_that_merge_checks_and_keeps(tmp_path):
+    """Part call on the CPU: the schemes side by side, the CUDA tests, then the pair and the table's runs, finished
+    ones archived; merge takes a run only when its checksum and recipe hold, and a second call trains nothing the
+    runs folder holds."""
+    out, runs, work = tmp_path / "out", tmp_path / "runs", tmp_path / "work"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    common = ["--dry-run", "--mode", "none", "--work-dir", str(work), "--runs-dir", str(runs)]
+
+    def gpu(*args):
+        proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(out), *args, *common], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    gpu("call", "--seeds", "1", "--at-once", "8", "--scheme-seconds", "60", "--tests-seconds", "120")
+    call = json.loads((out / "gpu-call.json").read_text())
+    schemes = call["schemes"]
+    assert all(schemes[k]["aggregate_img_s"] > 0 for k in ("process", "stream")) and schemes["faster"]
+    assert call["cuda_tests"]["returncode"] == 0
+    assert len(call["reference_runs"]["finished"]) == 8  # the fp32 run and the table's seven
+
+    import tarfile
+    archive = out / "reference-runs.tar.gz"
+    with tarfile.open(archive) as tar:
+        names = sorted(m.name for m in tar.getmembers())
+        tar.extractall(tmp_path / "x", filter="data")
+    assert len(names) == 16 and not any(n.endswith(".pth") for n in names)
+    edited = tmp_path / "x" / "vgg16_0.5_False_True_tanh_w0.0625_seed0.json"  # SE's accuracy raised on the way
+    record = json.loads(edited.read_text())
+    record["summary"]["final_eval_acc"] = 0.99
+    edited.write_text(json.dumps(record))
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in names:
+            tar.add(tmp_path / "x" / name, arcname=name)
+
+    said = gpu("merge")
+    assert "vgg16_0.5_False_True_tanh_w0.0625_seed0: its checksum does not match its contents" in said
+    assert "merge: 7 run(s) added" in said and (runs / "compare.md").exists() and (runs / "fp32").is_dir()
+    assert not (runs / edited.name).exists()
+    gpu("call", "--seeds", "1", "--skip", "schemes,tests")
+    assert json.loads((out / "gpu-call.json").read_text())["reference_runs"]["to_train"] == 1  # SE alone

@@ -8,7 +8,9 @@ from typing import Any
 from ..config import TrainConfig
 from ..config.options import add_config_options, file_options, given_options
 from ..errors import UserError
-from ..experiments.suites import JOBS_PER_CORE, MAX_SEEDS, job_count, report, run_suite, suite_config
+from ..experiments.jobs import PACKS
+from ..experiments.suites import (CUDA_RUNS_AT_ONCE, JOBS_PER_CORE, MAX_SEEDS, job_count, report, run_suite,
+                                  suite_config)
 from ..experiments.variants import (ABLATION, COMPARE, PRESET_ALIASES, PRESETS, Suite, ablation_variants,
                                     compare_variants)
 from ..nn import list_attention
@@ -37,9 +39,13 @@ def _add_suite_options(parser: argparse.ArgumentParser, suite: Suite, skip: tupl
                             for name, values in PRESETS.items())
     aliases = ", ".join(f"{alias} is {name}" for alias, name in PRESET_ALIASES.items())
     parser.add_argument("--jobs", type=int, default=None, metavar="K",
-                        help="train K runs at once, each in its own process (on a CPU the cores are shared out; "
-                             f"on a GPU small models leave room for several), at most {JOBS_PER_CORE} per core; none "
-                             f"given: the preset's, else 1")
+                        help="train K runs at once (see --pack; on a CPU the cores are shared out; on a GPU small "
+                             f"models leave room for several), at most {JOBS_PER_CORE} per core; none given: the "
+                             f"preset's, else {CUDA_RUNS_AT_ONCE} on CUDA, else 1")
+    parser.add_argument("--pack", choices=("auto", *PACKS), default="auto", metavar="PACK",
+                        help="how the runs at once share the device: process (each its own sbattn train process), "
+                             "stream (all in this process, a step of each in turn, on CUDA each on its own stream); "
+                             "auto: process, the scheme measured fastest so far (default: auto)")
     parser.add_argument("--preset", choices=(*PRESETS, *PRESET_ALIASES), default=None, metavar="PRESET",
                         help=f"a recipe, one of {', '.join(PRESETS)} ({aliases}); flags given explicitly win over "
                              f"it ({preset_help})")
@@ -96,12 +102,13 @@ def seed_list(args: argparse.Namespace) -> list[int]:
 def run_compare(args: argparse.Namespace) -> int:
     base = base_config(args, COMPARE)
     return run_suite(COMPARE, base, compare_variants(args.attention, base.activation), seed_list(args),
-                     job_count(args.preset, args.jobs))
+                     job_count(args.preset, args.jobs, base.device), pack=args.pack)
 
 
 def run_ablate(args: argparse.Namespace) -> int:
-    return run_suite(ABLATION, base_config(args, ABLATION), ablation_variants(), seed_list(args),
-                     job_count(args.preset, args.jobs))
+    base = base_config(args, ABLATION)
+    return run_suite(ABLATION, base, ablation_variants(), seed_list(args),
+                     job_count(args.preset, args.jobs, base.device), pack=args.pack)
 
 
 def run_report(args: argparse.Namespace) -> int:

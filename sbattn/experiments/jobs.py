@@ -29,9 +29,14 @@ from ..config import TrainConfig
 from ..records import RunPaths
 from ..records.outputs import file_failure, write_record
 from ..system import thread_budget
+from ..train.pack import Outcome, train_together
 from ..train.signals import ALONE_SIGNAL, ALONE_THREADS
 
-__all__ = ["Job", "run_jobs", "threads_per_job", "run_devices"]
+__all__ = ["Job", "run_jobs", "run_together", "threads_per_job", "run_devices", "PACKS"]
+
+# How a suite's runs share a device: "process", each its own `sbattn train` process (run_jobs); "stream", all in
+# this process, a step of each in turn, on CUDA each on its own stream (run_together, train/pack.py).
+PACKS = ("process", "stream")
 
 
 @dataclass
@@ -164,7 +169,8 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
                 job, started, _ = running.pop(proc)
-                status = status or _ended(job, proc.returncode, time.perf_counter() - started, log)
+                code = _ended(job, proc.returncode, time.perf_counter() - started, log)
+                status = status or code  # every end reported, the first failure kept
             if not told_alone and len(running) == 1 and not more_to_start():
                 told_alone = True
                 next(iter(running)).send_signal(ALONE_SIGNAL)
@@ -174,3 +180,26 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
     if pending:
         log(f"{len(pending)} run(s) not started")
     return status or (130 if pending else 0)  # a signal after the last run finished stops nothing
+
+
+def run_together(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> int:
+    """Train `jobs` in this process, `parallel` at a time, a step of each in turn (train/pack.py); reported and
+    ended as run_jobs reports and ends them: 0 when all finished, else the first failure's exit status."""
+    started: dict[int, float] = {}
+    status = 0
+
+    def ended(i: int, outcome: Outcome) -> None:
+        nonlocal status
+        code = _ended(jobs[i], outcome.exit_code, time.perf_counter() - started.get(i, 0.0), log)
+        status = status or code
+
+    def began(i: int) -> None:
+        started[i] = time.perf_counter()
+        verb = "resuming" if jobs[i].paths.checkpoint.exists() else "started"
+        log(f"{jobs[i].label}: {verb} {jobs[i].config.run_name} in this process (log: {jobs[i].paths.log})")
+
+    outcomes = train_together([job.config for job in jobs], parallel, ended, began)
+    left = sum(o.result is None and o.error is None for o in outcomes)
+    if left:
+        log(f"{left} run(s) not started")
+    return status or (130 if left else 0)

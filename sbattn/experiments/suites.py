@@ -23,7 +23,7 @@ from ..records import FinishedRun, RunPaths, finished_run as finished_record
 from ..records.outputs import file_failure
 from ..system import available_cores
 from ..train import train
-from .jobs import Job, run_jobs
+from .jobs import Job, run_jobs, run_together
 from .tables import load_finished_runs, write_lambda_figure, write_suite_outputs
 from .variants import (ABLATION, ACTIVATION_LABELS, COMPARE, PRESET_ALIASES, PRESETS, SHARED_FIELDS, Suite, Variant,
                        variant_of, variant_order)
@@ -46,11 +46,18 @@ def suite_config(suite: Suite, preset: str | None, explicit: dict[str, Any]) -> 
     return TrainConfig(**{**values, "resume": True})
 
 
-def job_count(preset: str | None, jobs: int | None) -> int:
-    """--jobs when given, else the preset's, else 1."""
+def job_count(preset: str | None, jobs: int | None, device: str = "cpu") -> int:
+    """--jobs when given, else the preset's, else on CUDA CUDA_RUNS_AT_ONCE (the suite shares the GPU among its
+    runs unasked), else 1."""
     if jobs is not None:
         return jobs
-    return PRESETS.get(PRESET_ALIASES.get(preset, preset) or "", {}).get("jobs", 1)
+    preset_jobs = PRESETS.get(PRESET_ALIASES.get(preset, preset) or "", {}).get("jobs")
+    return preset_jobs or (CUDA_RUNS_AT_ONCE if str(device).startswith("cuda") else 1)
+
+
+def pack_scheme(pack: str) -> str:
+    """--pack: auto is "process" until a GPU measurement shows "stream" ahead (docs/gpu.md)."""
+    return "process" if pack == "auto" else pack
 
 
 def run_config(base: TrainConfig, variant: Variant, seed: int) -> TrainConfig:
@@ -86,10 +93,13 @@ def _log(message: str) -> None:
 
 MAX_SEEDS = 1000  # runs per configuration: a table's interval hardly narrows past a few dozen seeds
 JOBS_PER_CORE = 4  # runs at once per core: a run on a GPU needs a core too, and more only wait on each other
+# Runs sharing one GPU when --jobs is not given: on an H200 seven processes trained 2.43x one run's images/s
+# (docs/gpu.md), and the reference's table has seven distinct runs.
+CUDA_RUNS_AT_ONCE = 8
 
 
 def run_suite(suite: Suite, base: TrainConfig, variants: Sequence[Variant], seeds: Sequence[int], jobs: int,
-              log: Callable[[str], None] = _log) -> int:
+              log: Callable[[str], None] = _log, pack: str = "auto") -> int:
     """Train (or reuse, or resume) every variant for every seed, then write the tables and figures. The plan is
     said before anything is trained: how many runs, how many finished earlier, how many to train."""
     _check_suite(seeds, jobs)
@@ -98,10 +108,11 @@ def run_suite(suite: Suite, base: TrainConfig, variants: Sequence[Variant], seed
     log(f"{suite.name}: {len(plan)} run(s), {len(variants)} configuration(s) x {len(seeds)} seed(s), in {directory}")
     done, missing = _scan(suite, plan, log)
     at_once = min(jobs, len(missing))
-    pace = f", {at_once} at a time" if at_once > 1 else ""
+    scheme = pack_scheme(pack)
+    pace = f", {at_once} at a time" + (" in this process" if scheme == "stream" else "") if at_once > 1 else ""
     estimate = _estimate(plan, done, missing, at_once)
     log(f"{suite.name}: {len(done)} finished earlier, {len(missing)} to train{pace}{estimate}")
-    code = _train_missing(missing, jobs, log)
+    code = _train_missing(missing, jobs, scheme, log)
     if code == 130:
         log(f"{suite.name}: interrupted; run the same command again to finish the missing runs")
     if code != 0:
@@ -184,15 +195,18 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
 
 
-def _train_missing(missing: list[tuple[str, TrainConfig]], jobs: int, log: Callable[[str], None]) -> int:
-    """Train each (tag, config): in this process one after another, or `jobs` processes at a time (no more than
-    there are runs, so that the cores are shared out among the runs there are)."""
-    if jobs > 1:
-        if any(config.download for _, config in missing):  # once here, not once per process into one file
+def _train_missing(missing: list[tuple[str, TrainConfig]], jobs: int, scheme: str, log: Callable[[str], None]) -> int:
+    """Train each (tag, config): in this process one after another, or `jobs` at a time (no more than there are
+    runs, so that the cores are shared out among the runs there are), as processes or (scheme "stream") stepped
+    in turn by this process."""
+    if jobs > 1 or scheme == "stream":
+        if any(config.download for _, config in missing):  # once here, not once per run into one file
             c = missing[0][1]
             load_cifar10(c.data_dir, c.dataset, True, c.cache_dir, c.resize)
             missing = [(tag, _without_download(config)) for tag, config in missing]
-        return run_jobs([Job(tag, config) for tag, config in missing], min(jobs, len(missing)), log)
+        jobs_ = [Job(tag, config) for tag, config in missing]
+        run = run_together if scheme == "stream" else run_jobs
+        return run(jobs_, min(jobs, len(missing)), log)
     for tag, config in missing:
         log(f"{tag}: {'resuming' if RunPaths.of(config).checkpoint.exists() else 'training'} {config.run_name}")
         code = train(config).exit_code

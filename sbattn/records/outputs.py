@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import hashlib
 import io
 import json
 import math
@@ -23,10 +24,11 @@ from .checkpoint import save_weights
 from .figures import plot_history
 from .paths import RunPaths
 
-__all__ = ["results_line", "write_finished_run", "complete_finished_run", "write_record", "strict_json", "file_failure",
+__all__ = ["results_line", "record_checksum", "write_finished_run", "complete_finished_run", "write_record", "strict_json", "file_failure",
            "peak_rss_mb"]
 
 RESULTS_ENTRY = "results_txt"  # in a finished run's JSON: where its results.txt line went, and the line
+CHECKSUM_ENTRY = "checksum"  # in a finished run's JSON: record_checksum of its summary and history
 
 
 @contextlib.contextmanager
@@ -64,6 +66,13 @@ def results_line(config: TrainConfig, acc: float) -> str:
             f"activation : {config.activation}] --> acc : {100 * acc:.2f}%.\n")
 
 
+def record_checksum(record: dict) -> str:
+    """SHA-256 of a finished run's summary and history as strict, key-sorted JSON: what a run brought back from
+    another machine is checked against (benchmarks/gpu.py merge) before its figures join a table."""
+    body = strict_json({"summary": record.get("summary"), "history": record.get("history")}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
 def _write_history(paths: RunPaths, history: list[dict]) -> None:
     scalar_keys = [k for k in history[0] if not isinstance(history[0][k], list)] if history else []
     def write_csv(f):
@@ -88,7 +97,8 @@ def write_finished_run(config: TrainConfig, paths: RunPaths, model: nn.Module, h
     with file_failure(paths.history_csv, after):
         _write_history(paths, history)
     line = results_line(config, summary["final_eval_acc_batch_mean"])
-    _append_result(paths, {"summary": summary, "history": history}, line)
+    record = {"summary": summary, "history": history}
+    _append_result(paths, {**record, CHECKSUM_ENTRY: record_checksum(record)}, line)
     _remove_run_state(paths)
 
 

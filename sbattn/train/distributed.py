@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["Context", "setup", "teardown", "all_reduce_sum", "any_rank", "gather_objects", "wrap",
+__all__ = ["Context", "setup", "teardown", "restart_count", "disagreement", "all_reduce_sum", "any_rank", "gather_objects", "wrap",
            "sync_batchnorm", "CrossRankBatchNorm", "lost_peer", "one_report", "entering", "passing", "unanswered"]
 
 # Where this rank is, for the error that names a rank that stopped answering: the collective it is in, and the
@@ -56,8 +56,22 @@ def setup(device: str, timeout: float) -> tuple[Context, str]:
     else:
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+        limit = timedelta(seconds=timeout)
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=limit))
+        # torchrun's agent keeps its store through the restarts of --max-restarts: each attempt's keys apart, or a
+        # restarted group reads the dead attempt's addresses and cannot connect.
+        store = dist.PrefixStore(f"sbattn/attempt_{restart_count()}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=limit)
     return ctx, device
+
+
+def restart_count() -> int:
+    """How many times torchrun's elastic agent has restarted this job's workers (--max-restarts): 0 on the first
+    start and outside torchrun."""
+    try:
+        return max(0, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
+    except ValueError:
+        return 0
 
 
 def teardown(ctx: Context) -> None:
@@ -188,6 +202,19 @@ def gather_objects(ctx: Context, obj):
     _where["collective"] = "gathering the ranks' states (all_gather_object)"
     dist.all_gather_object(out, obj)
     return out
+
+
+def disagreement(ctx: Context, facts: dict) -> str | None:
+    """Where the ranks' `facts` (what must be the same on every rank: the recipe, the data, the version) differ
+    from rank 0's, said in one line, the same on every rank; None when they agree. A collective."""
+    every = gather_objects(ctx, facts)
+    for rank, theirs in enumerate(every[1:], start=1):
+        keys = [k for k in every[0] if theirs.get(k) != every[0][k]]
+        if keys:
+            shown = "; ".join(f"{k} {theirs.get(k)!r} there, {every[0][k]!r} on rank 0" for k in keys[:3])
+            return (f"rank {rank} was started differently from rank 0 ({shown}): start every rank with the same "
+                    f"command, sbattn version and data")
+    return None
 
 
 class _SumOverRanks(torch.autograd.Function):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Generator
 
 import torch
 from torch import nn
@@ -42,10 +42,10 @@ class EpochTotals:
 
 
 def train_epoch(run: Run, state: RunState, step_fn: Callable[[torch.Tensor, torch.Tensor], None], sums: EpochSums,
-                pipeline: Pipeline, stop: StopRequest) -> EpochTotals:
+                pipeline: Pipeline, stop: StopRequest) -> Generator[None, None, EpochTotals]:
     """Train the epoch under way from its next step, to its end or to a stop request, with `step_fn` adding to
-    `sums`; the totals come back reduced over ranks. On a stop, state.step is the number of steps done (never 0),
-    else it is 0."""
+    `sums`, yielding after each step; the totals come back reduced over ranks. On a stop, state.step is the number
+    of steps done (never 0), else it is 0."""
     config, ctx, epoch, start_step = run.config, run.ctx, state.epoch, state.step
     sums.restart(state.partial, start_step)
     seen_before = sums.seen
@@ -62,6 +62,7 @@ def train_epoch(run: Run, state: RunState, step_fn: Callable[[torch.Tensor, torc
         step_fn(x.contiguous(memory_format=state.memory_format), y)
         sums.seen += len(y)
         bar.update(1)
+        yield  # to the driver: other runs of this process may step now (train/pack.py); a stop is seen below
         now = time.perf_counter()
         run.threads.poll(now)
         last = step + 1 == steps

@@ -8,6 +8,8 @@ exactly where the last checkpoint stood.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from typing import Generator
 
 from ..config import TrainConfig
 from ..errors import SbattnError, UserError
@@ -25,7 +27,7 @@ from .signals import StopRequest, alone_signal_handled
 from .start import Ready, make_ready
 from .state import RunState
 
-__all__ = ["train", "RunResult"]
+__all__ = ["train", "run_steps", "to_the_end", "RunResult"]
 
 
 def train(config: TrainConfig, quiet: bool = False) -> RunResult:
@@ -39,7 +41,13 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
             raise UserError(f"--rng reference is the reference implementation's single-process run (one process "
                             f"draws every image from the global generator); under torchrun ({ctx.world_size} "
                             f"processes) use --rng sbattn", code=2)
-        return _train(Run.start(config, ctx, device_name, quiet), quiet)
+        if ctx.distributed and distributed.restart_count() and not config.resume:
+            # Restarted by torchrun's agent after a worker died: the same command, which must now continue the run
+            # from its last checkpoint (neither refuse it nor, with --overwrite, move it aside again).
+            config = dataclasses.replace(config, resume=True, overwrite=False)
+        stop = StopRequest()
+        with stop.installed(), alone_signal_handled():
+            return to_the_end(run_steps(Run.start(config, ctx, device_name, quiet), quiet, stop))
     except SbattnError as e:  # under torchrun, an error every rank hits is printed once, by rank 0
         e.quiet = not distributed.one_report(ctx, str(e))
         raise
@@ -53,8 +61,22 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
         distributed.teardown(ctx)
 
 
-def _train(run: Run, quiet: bool) -> RunResult:
-    """The run under its lock (rank 0 holds it): a finished run is reported and left alone."""
+Steps = Generator[None, None, RunResult]
+
+
+def to_the_end(steps: Steps) -> RunResult:
+    """Drive a run's steps (run_steps) to its end."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def run_steps(run: Run, quiet: bool, stop: StopRequest) -> Steps:
+    """The run under its lock (rank 0 holds it), yielding after each training step so that a driver can step
+    several runs in turn (train/pack.py); a finished run is reported and left alone. `stop` is the process's stop
+    request, its signals installed by the driver."""
     ctx, paths = run.ctx, run.paths
     if ctx.main:
         prepare_output_dir(paths.output_dir)
@@ -65,7 +87,7 @@ def _train(run: Run, quiet: bool) -> RunResult:
                     f"{paths.with_suffix('.{pth,json,csv,png}')}; nothing was trained (--overwrite trains it again, "
                     f"moving these aside)")
             return RunResult(0, paths, finished.history, finished.summary)
-        return _train_run(run, make_ready(run, quiet))
+        return (yield from _epochs(run, make_ready(run, quiet), stop))
 
 
 def _finished_or_cleared(run: Run) -> FinishedRun | None:
@@ -93,14 +115,13 @@ def _finished_or_cleared(run: Run) -> FinishedRun | None:
     return record
 
 
-def _train_run(run: Run, ready: Ready) -> RunResult:
+def _epochs(run: Run, ready: Ready, stop: StopRequest) -> Steps:
     """Epochs to the last, a checkpoint after each; a stop request checkpoints and returns 130."""
     config, ctx, paths, state = run.config, run.ctx, run.paths, ready.state
-    stop = StopRequest()
     events = paths.tensorboard if config.tensorboard and ctx.main else None
-    with stop.installed(), alone_signal_handled(), epoch_logger(events, state.epoch) as log_epoch:
+    with epoch_logger(events, state.epoch) as log_epoch:
         while state.epoch < config.epochs:
-            totals = train_epoch(run, state, ready.step, ready.sums, ready.pipeline, stop)
+            totals = yield from train_epoch(run, state, ready.step, ready.sums, ready.pipeline, stop)
             if state.step:  # stopped inside the epoch
                 _save(run, state)
                 run.log(f"{stop.name}: stopped at epoch {state.epoch + 1}, step {state.step}; checkpoint saved to "

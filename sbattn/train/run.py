@@ -44,14 +44,17 @@ class Run:
     provenance: dict  # this process's (rank 0's; empty on the others), see records/provenance.py
 
     @classmethod
-    def start(cls, config: TrainConfig, ctx: distributed.Context, device_name: str, quiet: bool) -> "Run":
-        """This process's run of `config` on `device_name`; rank 0 alone reports unless quiet."""
+    def start(cls, config: TrainConfig, ctx: distributed.Context, device_name: str, quiet: bool,
+              log: Callable[[str], None] | None = None) -> "Run":
+        """This process's run of `config` on `device_name`; rank 0 alone reports unless quiet, on standard output or
+        through `log` (one of several runs in one process: its lines go to its own log file)."""
         quiet = quiet or not ctx.main
-        log = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
-        device = torch.device(device_name)
         paths = RunPaths.of(config)
-        if ctx.main:
-            console.log_to(paths.log)  # where its words go if standard output or error is lost
+        if log is None:
+            log = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
+            if ctx.main:
+                console.log_to(paths.log)  # where its words go if standard output or error is lost
+        device = torch.device(device_name)
         amp_dtype = resolve_precision(config.precision, device)
         if amp_dtype is None:
             use_true_fp32(device)

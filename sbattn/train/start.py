@@ -14,6 +14,7 @@ from ..errors import UserError
 from ..models import create_model
 from ..records.checkpoint import load_checkpoint, unwrap
 from ..records.integrity import check_same_data, data_identity
+from ..version import __version__
 from . import distributed
 from .evaluation import memory_format
 from .precision import precision_label
@@ -49,6 +50,10 @@ def make_ready(run: Run, quiet: bool) -> Ready:
     data = load_cifar10(config.data_dir, config.dataset, config.download, config.cache_dir, config.resize,
                         progress=not quiet)
     identity = data_identity(data)
+    facts = {**config.recipe.to_dict(), "sbattn": __version__, "data": identity["fingerprint"]}
+    disagreement = distributed.disagreement(ctx, {k: facts[k] for k in sorted(facts)})
+    if disagreement:
+        raise UserError(disagreement, code=2)
     if ckpt:
         check_same_data(ckpt, identity, paths.checkpoint)
     train_x, test_x = to_device_uint8(data.train_images, device), to_device_uint8(data.test_images, device)
@@ -87,6 +92,9 @@ def _checkpoint_to_resume(run: Run) -> dict | None:
     if not config.resume:
         raise UserError(f"{checkpoint} holds an unfinished run: add --resume to continue it, or --overwrite to "
                         f"start over (moving it aside)", code=2)
+    if distributed.restart_count():
+        run.log(f"torchrun restarted the workers (restart {distributed.restart_count()}): continuing from the last "
+                f"checkpoint")
     ckpt = load_checkpoint(checkpoint, config)
     if ckpt["world_size"] != ctx.world_size and ckpt["step"] != 0:
         raise UserError(f"{checkpoint} was written mid-epoch by {ckpt['world_size']} process(es): resume "

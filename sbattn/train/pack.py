@@ -1,0 +1,128 @@
+"""Several runs trained by one process on one device, a step of each in turn.
+
+Each run is exactly what a lone `sbattn train` of it is: its own model, optimiser, schedule, random streams, lock,
+checkpoint and files, its words in its own log (<run>.log), resumed, stopped and refused as a lone run would be.
+Only the driving is shared: one Ctrl-C or SIGTERM stops every run at its next step's end, each with its checkpoint.
+On CUDA each run steps on a CUDA stream of its own, so that one run's kernels can fill the gaps another's leave
+(the host queues run A's step while the GPU still works on run B's); on a CPU they simply take turns.
+
+A run's own failure (a non-finite loss, a full disk: an SbattnError) ends that run with its one line, and the
+others go on. Any other error stops every other run at its next step, checkpointed, and is raised.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from .. import console
+from ..config import TrainConfig
+from ..errors import SbattnError, UserError
+from ..records import RunPaths
+from . import distributed
+from .loop import Steps, run_steps
+from .run import Run, RunResult
+from .signals import StopRequest, alone_signal_handled
+
+__all__ = ["Outcome", "train_together"]
+
+
+@dataclass
+class Outcome:
+    """How one run of a pack ended: its result, or the error that ended it."""
+
+    config: TrainConfig
+    result: RunResult | None = None
+    error: SbattnError | None = None
+    steps: Steps | None = field(default=None, repr=False)  # while it trains
+    stream: object = field(default=None, repr=False)  # its CUDA stream, on CUDA
+
+    @property
+    def exit_code(self) -> int:
+        return self.result.exit_code if self.result is not None else self.error.code if self.error else 1
+
+
+def train_together(configs: Sequence[TrainConfig], at_once: int | None = None,
+                   ended: Callable[[int, Outcome], None] = lambda i, outcome: None,
+                   began: Callable[[int], None] = lambda i: None) -> list[Outcome]:
+    """Train `configs` in this process on their one device, a step of each in turn, `at_once` of them at a time
+    (all by default; the next starts as one ends); `began(i)` is called as the i-th starts, `ended(i, outcome)`
+    as it ends. After a stop
+    request or an error no new run starts (its outcome stays empty). Under torchrun, and with --rng reference
+    (whose draws come from the one global generator), it is refused."""
+    _check_pack(configs)
+    outcomes = [Outcome(config) for config in configs]
+    pending, active = list(range(len(configs))), []
+    stop = StopRequest()
+    failure: BaseException | None = None
+    with stop.installed(), alone_signal_handled():
+        while pending or active:
+            while pending and len(active) < (at_once or len(configs)) and not stop and failure is None:
+                i = pending.pop(0)
+                began(i)
+                try:
+                    _start(outcomes[i], stop)
+                    active.append(i)
+                except SbattnError as e:
+                    outcomes[i].error = e
+                    ended(i, outcomes[i])
+            if not active:
+                break
+            for i in list(active):
+                outcome = outcomes[i]
+                try:
+                    with _on(outcome.stream):
+                        next(outcome.steps)
+                    continue
+                except StopIteration as done:
+                    outcome.result = done.value
+                except SbattnError as e:
+                    outcome.error = e
+                    _log_file(RunPaths.of(outcome.config))(f"sbattn train: {e.label}: {e}")
+                except Exception as e:  # noqa: BLE001  (raised once the other runs have checkpointed)
+                    failure = failure or e
+                    stop.signal = signal.SIGTERM
+                outcome.steps = None
+                active.remove(i)
+                ended(i, outcome)
+    if failure is not None:
+        raise failure
+    return outcomes
+
+
+def _start(outcome: Outcome, stop: StopRequest) -> None:
+    """The run's steps, ready to be driven (nothing runs before the first), and its stream on CUDA."""
+    run = Run.start(outcome.config, distributed.Context(), outcome.config.device, quiet=True,
+                    log=_log_file(RunPaths.of(outcome.config)))
+    outcome.steps = run_steps(run, True, stop)
+    outcome.stream = torch.cuda.Stream(run.device) if run.device.type == "cuda" else None
+
+
+def _check_pack(configs: Sequence[TrainConfig]) -> None:
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise UserError("several runs in one process (--pack stream) is a single process: not under torchrun", code=2)
+    devices = {str(torch.device(c.device)) for c in configs}
+    if len(devices) > 1:
+        raise UserError(f"several runs in one process train on one device, not {', '.join(sorted(devices))}", code=2)
+    reference = [c.run_name for c in configs if c.rng == "reference"]
+    if reference and len(configs) > 1:
+        raise UserError(f"{reference[0]}: --rng reference draws from the process's one global generator, so its "
+                        f"run cannot share a process with others; use --pack process", code=2)
+
+
+@contextlib.contextmanager
+def _on(stream) -> Iterator[None]:
+    if stream is None:
+        yield
+    else:
+        with torch.cuda.stream(stream):
+            yield
+
+
+def _log_file(paths: RunPaths) -> Callable[..., None]:
+    """A run's log lines, appended to <run>.log, as a lone run's process output is in a suite."""
+    return lambda *parts, **_: console.append_to_log(paths.log, " ".join(str(p) for p in parts) + "\n")
