@@ -3,13 +3,13 @@ from .config import Recipe, TrainConfig
 from .errors import CheckpointError, ConfigError, DataError, SbattnError, UserError
 from .models import ResNet, VGG, create_model, list_models, register_model, resnet18, resnet20, resnet56, vgg16
 from .nn import (ShiftBalance, SqueezeExcite, WithAttention, attach, attached, create_attention, detach,
-                 list_activations, list_attention, register_attention)
+                 list_activations, list_attention, load_pretrained, register_attention, replace_attention)
 from .records import load
 from .version import __version__
 
 __all__ = [
     "ShiftBalance", "SqueezeExcite", "create_attention", "register_attention", "list_attention", "list_activations",
-    "WithAttention", "attach", "attached", "detach", "load", "Recipe", "TrainConfig", "SbattnError", "ConfigError",
+    "WithAttention", "attach", "attached", "detach", "replace_attention", "load_pretrained", "load", "Recipe", "TrainConfig", "SbattnError", "ConfigError",
     "DataError", "CheckpointError", "UserError", "VGG", "create_model", "list_models", "register_model", "vgg16",
     "ResNet", "resnet18", "resnet20", "resnet56", "__version__",
 ]

@@ -49,7 +49,7 @@ def test_act_layer_is_the_hidden_activation(cls, act_layer, expected):
 def test_gate_layer_is_sbs_activation_by_name_or_module_class():
     torch.manual_seed(0)
     by_name = ShiftBalance(8, gate_layer="sigmoid").eval()
-    assert by_name.activation == "sigmoid" and by_name.act is torch.sigmoid
+    assert by_name.activation == "sigmoid" and isinstance(by_name.act, nn.Sigmoid)
     by_class = ShiftBalance(8, gate_layer=nn.Hardsigmoid).eval()
     x = torch.randn(2, 8, 4, 4)
     a = nn.functional.hardsigmoid(by_class.branch(x.mean((2, 3))))
@@ -82,11 +82,12 @@ def test_the_zoo_is_listed_without_timm():
 @pytest.fixture
 def no_timm(monkeypatch):
     """As on a machine without timm, whether or not this one has it."""
-    for name in ("timm", "timm.layers", "timm.layers.eca", "timm.layers.cbam", "timm.layers.global_context"):
+    for name in ("timm", "timm.layers", "timm.layers.eca", "timm.layers.cbam", "timm.layers.global_context",
+                 "timm.layers.squeeze_excite"):
         monkeypatch.setitem(sys.modules, name, None)
 
 
-@pytest.mark.parametrize("kind", ["eca", "cbam", "gc", "gca"])
+@pytest.mark.parametrize("kind", ["eca", "cbam", "gc", "gca", "timm:se"])
 def test_a_zoo_block_without_timm_is_one_line_naming_the_extra(kind, no_timm):
     with pytest.raises(ConfigError) as error:
         create_attention(kind, 16, ratio=0.5)

@@ -23,7 +23,7 @@ PRESET_ALIASES = {"seed": "reference"}  # the name the reference's recipe had be
 ABLATION_ACTIVATIONS = ("tanh", "sigmoid", "relu", "softmax", "linear")  # the reference's table order
 ACTIVATION_LABELS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "ReLU", "softmax": "Softmax", "linear": "Linear"}
 # Kinds not named here print upper-cased (ECA, CBAM); global context says which of its two forms it is.
-ATTENTION_LABELS = {"none": "baseline", "se": "SE", "gc": "GC(scale)", "gca": "GC(add)"}
+ATTENTION_LABELS = {"none": "baseline", "se": "SE", "gc": "GC(scale)", "gca": "GC(add)", "timm:se": "SE(timm)"}
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 # Rows other than SB ignore the activation; pinning it keeps their run names (the reference's) the same whatever
 # --activation.

@@ -7,11 +7,13 @@
 
 Each selected module is replaced, in its parent, by `WithAttention(module, block)`, which computes
 block(module(x)); this works inside any parent, not only nn.Sequential. The selected module's parameters
-then live under `<name>.module.` in the state dict, so load pretrained weights before attaching.
+then live under `<name>.module.` in the state dict; a state dict saved before attach loads all the same (its
+keys are mapped as it loads), and sbattn.load_pretrained(model, state_dict) loads it strictly but for the new
+blocks, saying which keys those are.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Union
+from typing import Any, Callable, Iterable, Union
 
 import torch
 import torch.fx
@@ -38,21 +40,55 @@ class WithAttention(nn.Module):
     H, W) before the block takes it, with an error naming `place` (the module's name and type) when it is not.
     """
 
-    channels: int | None = None  # class defaults: a WithAttention pickled before these existed still runs
-    place: str = ""
-
     def __init__(self, module: nn.Module, attention: nn.Module, channels: int | None = None, place: str = ""):
         super().__init__()
         self.module = module
         self.attention = attention
         self.channels = channels
         self.place = place or type(module).__name__
+        self.register_load_state_dict_pre_hook(_keys_before_attach)
+
+    def __setstate__(self, state: dict) -> None:
+        # A WithAttention pickled before these existed still runs. (Not class attributes: torch.jit.script would
+        # read their annotations, and cannot.)
+        state.setdefault("channels", None)
+        state.setdefault("place", "")
+        super().__setstate__(state)
 
     def forward(self, *args, **kwargs):
         y = self.module(*args, **kwargs)
         if self.channels is not None:
             y = _expect_nchw(y, self.channels, self.place)
         return self.attention(y)
+
+    def __prepare_scriptable__(self) -> "WithAttention":
+        # torch.jit.script cannot compile *args: it scripts the one-tensor form, which torch puts in this one's
+        # place in the model (the same module and block; still a WithAttention for attached() and detach()).
+        return _OneTensor(self.module, self.attention, self.channels, self.place)
+
+
+class _OneTensor(WithAttention):
+    """WithAttention for a module of one tensor, as torch.jit.script compiles it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        y = self.module(x)
+        channels = self.channels
+        if channels is not None and (y.dim() != 4 or y.shape[1] != channels):
+            raise ValueError("attention after " + self.place + " takes (N, " + str(channels) + ", H, W) tensors")
+        return self.attention(y)
+
+    def __prepare_scriptable__(self) -> "WithAttention":
+        return self
+
+
+def _keys_before_attach(self: WithAttention, state_dict: dict, prefix: str, *_: Any) -> None:
+    """A state dict saved before attach loads after it: the wrapped module's keys, `<name>.weight` then, are
+    `<name>.module.weight` now (a load's pre-hook, on the copy load_state_dict makes)."""
+    own = {f"module.{k}" for k in self.module.state_dict()} | {f"attention.{k}" for k in self.attention.state_dict()}
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix):]
+        if rest not in own and f"module.{rest}" in own:
+            state_dict[f"{prefix}module.{rest}"] = state_dict.pop(key)
 
 
 def _expect_nchw(y, channels: int, place: str):

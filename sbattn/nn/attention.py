@@ -1,180 +1,81 @@
 """Channel attention blocks: Shift-and-Balance (SB) and Squeeze-and-Excitation (SE).
 
-Both squeeze x (N, C, H, W) to z = mean over H and W, then run the same two-layer branch
+Both squeeze x (N, C, H, W) to z = mean over H and W, then run the same two-layer branch (branch.py)
 
     a = act(BN_C(Linear(h -> C)(ReLU(BN_h(Linear(C -> h)(z))))))      h = int(ratio * C)
 
 SB shifts the trunk by the branch, balanced by a learned per-channel factor: y = x + lambda * a.
 SE scales the trunk by the branch through a sigmoid gate:                   y = x * a.
 
-Both take timm's layer arguments as well (rd_ratio, rd_channels, rd_divisor, act_layer, gate_layer, device,
-dtype), so that timm builds them wherever it takes an attention or SE layer; and both trace: torch.fx (the
-layout-dependent operations and the batch check are leaves, decided as the graph runs), torch.export and ONNX.
+Both take timm's SE layer arguments as well (rd_ratio, rd_channels, rd_divisor, rd_round_fn, act_layer,
+force_act_layer, gate_layer, norm_layer, device, dtype), so that timm builds them wherever it takes an attention or
+SE layer; and both trace: torch.fx (the layout-dependent operations and the batch check are leaves, decided as the
+graph runs), torch.export, ONNX and torch.jit.script.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import torch
 import torch.fx
 from torch import nn
 
+from .branch import (AttentionBranch, branch_layout, gate_module, get_activation, hidden_channels,
+                     list_activations, reduced_channels)
 from .ops import add_per_channel, spatial_mean
 
 __all__ = [
     "AttentionBranch", "ShiftBalance", "SqueezeExcite", "LAMBDA_INITS", "create_attention", "register_attention",
-    "list_attention", "list_activations", "get_attention", "is_attention", "hidden_channels", "reduced_channels",
+    "list_attention", "list_activations", "get_activation", "get_attention", "is_attention", "hidden_channels",
+    "reduced_channels",
 ]
-
-
-def _softmax_over_channels(a: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(a, dim=1)
-
-
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "relu": torch.relu,
-    "softmax": _softmax_over_channels,
-    "linear": lambda a: a,
-}
-
-
-def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    try:
-        return _ACTIVATIONS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown activation {name!r}: choose one of {', '.join(_ACTIVATIONS)}") from None
-
-
-def list_activations() -> list[str]:
-    """SB's activations by name, in the reference implementation's table order."""
-    return list(_ACTIVATIONS)
-
-
-def hidden_channels(channels: int, ratio: float) -> int:
-    """Width of the branch's hidden layer, h = int(ratio * C); at least 1 or a ValueError."""
-    hidden = int(ratio * channels)
-    if hidden < 1:
-        raise ValueError(f"ratio {ratio} leaves no hidden unit for {channels} channels "
-                         f"(int(ratio * channels) = {hidden}); use ratio >= {1 / channels:.4g}")
-    return hidden
-
-
-def reduced_channels(channels: int, ratio: float, rd_channels: int | None = None,
-                     rd_divisor: int | None = None) -> int:
-    """The hidden width under timm's names: rd_channels when given; else int(ratio * C), or, with rd_divisor,
-    ratio * C rounded to a multiple of it as timm's SEModule rounds (never below the divisor)."""
-    if rd_channels:
-        return int(rd_channels)
-    if rd_divisor is None:
-        return hidden_channels(channels, ratio)
-    return max(rd_divisor, int(ratio * channels + rd_divisor / 2) // rd_divisor * rd_divisor)
-
-
-_HIDDEN_ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "swish": nn.SiLU, "gelu": nn.GELU,
-                       "mish": nn.Mish, "hard_swish": nn.Hardswish, "leaky_relu": nn.LeakyReLU}
-
-
-def hidden_activation(act_layer: str | type[nn.Module] | nn.Module | None) -> nn.Module:
-    """The branch's hidden activation as a module: ReLU (in place) by default, as timm's act_layer otherwise."""
-    if act_layer is None:
-        return nn.ReLU(inplace=True)
-    if isinstance(act_layer, nn.Module):
-        return act_layer
-    if isinstance(act_layer, str):
-        if act_layer.lower() not in _HIDDEN_ACTIVATIONS:
-            raise ValueError(f"unknown act_layer {act_layer!r}: use a module class or one of "
-                             f"{', '.join(_HIDDEN_ACTIVATIONS)}")
-        act_layer = _HIDDEN_ACTIVATIONS[act_layer.lower()]
-    try:
-        return act_layer(inplace=True)
-    except TypeError:  # an activation without an in-place form
-        return act_layer()
-
-
-def gate_function(gate_layer, default: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
-    """(function, name) for a block's gate: one of list_activations() by name, or a module class or callable
-    (timm's gate_layer)."""
-    if gate_layer is None or isinstance(gate_layer, str):
-        name = default if gate_layer is None else gate_layer
-        return get_activation(name), name
-    name = getattr(gate_layer, "__name__", type(gate_layer).__name__)
-    return (gate_layer() if isinstance(gate_layer, type) else gate_layer), name
-
-
-class AttentionBranch(nn.Sequential):
-    """The excitation MLP on the squeezed vector: Linear -> [BN] -> ReLU -> Linear -> [BN], on (N, C).
-
-    hidden: the hidden width (default int(ratio * C)); act_layer: the hidden activation (default ReLU).
-    """
-
-    def __init__(self, channels: int, ratio: float = 0.5, use_bn: bool = True, *, hidden: int | None = None,
-                 act_layer=None, device=None, dtype=None):
-        hidden = hidden_channels(channels, ratio) if hidden is None else hidden
-        dd = {"device": device, "dtype": dtype}
-        norm = (lambda n: nn.BatchNorm1d(n, **dd)) if use_bn else (lambda n: nn.Identity())
-        super().__init__(
-            nn.Linear(channels, hidden, **dd), norm(hidden), hidden_activation(act_layer),
-            nn.Linear(hidden, channels, **dd), norm(channels),
-        )
-        self.use_bn = use_bn
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if self.use_bn:
-            z = _batch_of_two_in_training(z, self[1])
-        if isinstance(z, torch.fx.Proxy):
-            # A torch.fx graph holds no autocast region, and its tools may swap the layers (quantisation, whose
-            # Linear has no weight tensor): traced, the branch is its plain layers, under the graph's autocast.
-            return super().forward(z)
-        # In the weights' own precision: on (N, C), autocast's casts would cost more than the arithmetic.
-        z = z.to(self[0].weight.dtype)
-        autocast = torch.is_autocast_enabled(z.device.type)
-        with torch.autocast(z.device.type, enabled=False) if autocast else contextlib.nullcontext():
-            return super().forward(z)
-
-
-def _batch_of_two_in_training(z: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    """z, or the plain-words error for one sample in training. A leaf of torch.fx graphs (torch.fx.wrap below),
-    so that a traced model still checks the batch it is given, in the mode it is in then."""
-    if norm.training and z.shape[0] == 1:
-        raise ValueError("attention block got a batch of 1 sample in training mode: its BatchNorm needs at least "
-                         "2 samples per batch to compute statistics; train with batch size >= 2 or call "
-                         "model.eval()")
-    return z
 
 
 # Leaves of torch.fx graphs: their forms depend on the tensor's device, dtype and layout (ops.py), which a symbolic
 # trace cannot see; as leaves, a traced model picks the form for each tensor it runs on, as the block does.
 torch.fx.wrap("spatial_mean")
 torch.fx.wrap("add_per_channel")
-torch.fx.wrap("_batch_of_two_in_training")
+
+
+def make_branch(channels: int, ratio: float, use_bn: bool, rd_ratio: Optional[float], rd_channels: Optional[int],
+                rd_divisor: Optional[int], rd_round_fn: Any, act_layer: Any, force_act_layer: Any, norm_layer: Any,
+                branch_norm: Optional[str], round_chs_fn: Any, device: Any, dtype: Any) -> AttentionBranch:
+    """A block's branch from its options, timm's among them: rd_ratio wins over ratio (a timm model passes its
+    own), force_act_layer over act_layer (as in timm's EfficientNet SE), norm_layer maps to a branch_norm."""
+    hidden = reduced_channels(channels, ratio if rd_ratio is None else rd_ratio, rd_channels, rd_divisor,
+                              rd_round_fn)
+    layout = branch_layout(use_bn, branch_norm, norm_layer, round_chs_fn)
+    return AttentionBranch(channels, hidden=hidden, act_layer=force_act_layer or act_layer, branch_norm=layout,
+                           device=device, dtype=dtype)
 
 
 class ShiftBalance(nn.Module):
     """Shift-and-Balance attention (arXiv 2103.13080): y = x + lambda * act(branch(mean_hw(x))).
 
     lambda_init: "normal" (standard normal, the reference implementation's), "zeros" (the block starts as the
-    identity), "ones", or a number every channel starts at.
+    identity), "ones", or a number every channel starts at. branch_norm: "bn" (the reference's BatchNorm after
+    both layers; the default, from use_bn=True), "hidden_bn", or "none" (no BatchNorm: trains at a batch of 1).
 
-    timm's layer conventions are accepted too, so that the class, or a functools.partial of it, can be given to
+    timm's SE layer conventions are accepted too, so that the class, or a functools.partial of it, can be given to
     timm as an attention or SE layer: rd_ratio (the same as ratio; it wins when both are given, as a timm model
-    passes its own), rd_channels, rd_divisor, act_layer (the hidden activation), gate_layer (act: a name of
-    list_activations(), or a module class), and the factory arguments device and dtype.
+    passes its own), rd_channels, rd_divisor, rd_round_fn, act_layer (the hidden activation), force_act_layer
+    (overrides act_layer), gate_layer (act: a name of list_activations(), or a module class), norm_layer
+    (BatchNorm: branch_norm="hidden_bn"), and the factory arguments device and dtype. When timm builds the block
+    with no ratio of its own, the hidden width is the reference's ratio 0.5, eight times timm's SE (1/16):
+    docs/interop.md says what that adds per network.
     """
 
     def __init__(self, channels: int, ratio: float = 0.5, activation: str = "tanh",
-                 lambda_init: str | float = "normal", use_bn: bool = True, *, rd_ratio: float | None = None,
-                 rd_channels: int | None = None, rd_divisor: int | None = None, act_layer=None, gate_layer=None,
-                 device=None, dtype=None):
+                 lambda_init: str | float = "normal", use_bn: bool = True, *, rd_ratio: Optional[float] = None,
+                 rd_channels: Optional[int] = None, rd_divisor: Optional[int] = None, rd_round_fn: Any = None,
+                 act_layer: Any = None, force_act_layer: Any = None, gate_layer: Any = None, norm_layer: Any = None,
+                 branch_norm: Optional[str] = None, round_chs_fn: Any = None, device: Any = None, dtype: Any = None):
         super().__init__()
-        self.act, self.activation = gate_function(gate_layer, activation)
-        hidden = reduced_channels(channels, ratio if rd_ratio is None else rd_ratio, rd_channels, rd_divisor)
+        self.act, self.activation = gate_module(gate_layer, activation)
         lam = _init_lambda(channels, lambda_init, device, dtype)  # drawn before the branch, as the reference does
-        self.branch = AttentionBranch(channels, use_bn=use_bn, hidden=hidden, act_layer=act_layer, device=device,
-                                      dtype=dtype)
+        self.branch = make_branch(channels, ratio, use_bn, rd_ratio, rd_channels, rd_divisor, rd_round_fn,
+                                  act_layer, force_act_layer, norm_layer, branch_norm, round_chs_fn, device, dtype)
         self.lam = nn.Parameter(lam)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,28 +87,25 @@ class ShiftBalance(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
-    """Squeeze-and-Excitation: y = x * sigmoid(branch(mean_hw(x))).
+    """Squeeze-and-Excitation with the reference implementation's branch: y = x * sigmoid(branch(mean_hw(x))).
 
-    use_bn=True is the reference implementation's variant (BatchNorm in the branch); use_bn=False is the original
-    SE of Hu et al. timm's names are accepted as by ShiftBalance (gate_layer replaces the sigmoid).
+    The default (use_bn=True, branch_norm "bn") is the reference's SE, BatchNorm after both layers of the branch;
+    branch_norm="none" (or use_bn=False) is the original SE of Hu et al., as timm's SEModule ("timm:se" in the
+    registry). timm's names are accepted as by ShiftBalance (gate_layer replaces the sigmoid).
     """
 
-    def __init__(self, channels: int, ratio: float = 0.5, use_bn: bool = True, *, rd_ratio: float | None = None,
-                 rd_channels: int | None = None, rd_divisor: int | None = None, act_layer=None, gate_layer=None,
-                 device=None, dtype=None):
+    def __init__(self, channels: int, ratio: float = 0.5, use_bn: bool = True, *, rd_ratio: Optional[float] = None,
+                 rd_channels: Optional[int] = None, rd_divisor: Optional[int] = None, rd_round_fn: Any = None,
+                 act_layer: Any = None, force_act_layer: Any = None, gate_layer: Any = None, norm_layer: Any = None,
+                 branch_norm: Optional[str] = None, round_chs_fn: Any = None, device: Any = None, dtype: Any = None):
         super().__init__()
-        self.gate, self.gate_name = gate_function(gate_layer, "sigmoid")
-        hidden = reduced_channels(channels, ratio if rd_ratio is None else rd_ratio, rd_channels, rd_divisor)
-        self.branch = AttentionBranch(channels, use_bn=use_bn, hidden=hidden, act_layer=act_layer, device=device,
-                                      dtype=dtype)
+        self.gate, self.gate_name = gate_module(gate_layer, "sigmoid")
+        self.branch = make_branch(channels, ratio, use_bn, rd_ratio, rd_channels, rd_divisor, rd_round_fn,
+                                  act_layer, force_act_layer, norm_layer, branch_norm, round_chs_fn, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = self.gate(self.branch(spatial_mean(x)))
         return x * gate.to(x.dtype)[:, :, None, None]
-
-    def extra_repr(self) -> str:
-        named = self.gate_name != "sigmoid" and not isinstance(self.gate, nn.Module)  # a module shows itself
-        return f"gate={self.gate_name}" if named else ""
 
 
 LAMBDA_INITS = ("normal", "zeros", "ones")  # or a number every channel starts at

@@ -4,9 +4,11 @@
     cbam    CBAM, Woo et al. 2018: channel attention (mean and max squeezes, one MLP), then spatial attention
     gc      global context, Cao et al. 2019, scaling form: x * sigmoid(MLP(attention-pooled context))
     gca     global context, additive form: x + MLP(context), the closest relative of SB's x + lambda * act(...)
+    timm:se timm's SEModule, Hu et al.'s SE with no BatchNorm in its branch ("se" is the reference implementation's,
+            BatchNorm after both layers of the branch)
 
-The names are timm's own (`timm.layers.get_attn`). Registered when sbattn.nn is imported, timm imported only when
-a block is built: `import sbattn` never needs timm, and without it building one of these is a ConfigError that
+The names are timm's own (`timm.layers.get_attn`), timm:se's prefixed to tell it from sbattn's se. Registered when
+sbattn.nn is imported, timm imported only when a block is built: `import sbattn` never needs timm, and without it building one of these is a ConfigError that
 names the extra (pip install "sbattn[timm]").
 """
 from __future__ import annotations
@@ -53,7 +55,7 @@ class TimmBlock:
 
     def __call__(self, channels: int, ratio: float | None = None, *, device=None, dtype=None,
                  **options) -> nn.Module:
-        cls = getattr(timm_module(self.kind, self.module), self.class_name)
+        cls = self.block_class()
         if ratio is not None and self.uses_ratio:
             options.setdefault("rd_ratio", ratio)
         try:
@@ -61,6 +63,10 @@ class TimmBlock:
         except TypeError as e:
             accepted = ", ".join(inspect.signature(cls).parameters)
             raise ValueError(f"timm's {self.class_name} ({self.kind}): {e}; it takes {accepted}") from None
+
+    def block_class(self) -> type:
+        """timm's class, timm imported (a one-line ConfigError when it cannot be)."""
+        return getattr(timm_module(self.kind, self.module), self.class_name)
 
     def block_type(self) -> type | None:
         """timm's class, once timm is imported (no module of it can exist before)."""
@@ -78,6 +84,8 @@ ZOO = (
     TimmBlock("cbam", "timm.layers.cbam", "CbamModule"),
     TimmBlock("gc", "timm.layers.global_context", "GlobalContext", fuse_add=False, fuse_scale=True),
     TimmBlock("gca", "timm.layers.global_context", "GlobalContext", fuse_add=True, fuse_scale=False),
+    # timm's SE (Hu et al.'s: no BatchNorm in the branch), beside "se", the reference implementation's.
+    TimmBlock("timm:se", "timm.layers.squeeze_excite", "SEModule"),
 )
 for _block in ZOO:
     register_attention(_block.kind)(_block)

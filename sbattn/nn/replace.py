@@ -1,0 +1,152 @@
+"""SB where a network has SE: find its squeeze-and-excitation modules and put another attention block in each place.
+
+    model = timm.create_model("regnety_002")
+    replaced = sbattn.replace_attention(model, "sb")        # {'s1.b1.se': SEModule(...), ...}: what was taken out
+
+Each SE-like module (timm's SEModule, EffectiveSEModule and EfficientNet/MobileNetV3/GhostNet SqueezeExcite,
+torchvision's SqueezeExcitation, sbattn's own blocks) is read for its channels, hidden width, hidden activation,
+gate and branch norm, and the new block keeps them unless an option says otherwise: SB in place of timm's SE gets
+its 1/16-style hidden width, its gate as SB's activation, and no BatchNorm in the branch. EffectiveSE has no
+hidden layer: the new block's hidden width is half the channels, which gives its two layers the parameters of
+ESE's one. Known by class (module path and name), so neither timm nor torchvision is imported here.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, NamedTuple, Optional
+
+from torch import nn
+
+from .attach import Where, _candidates, _selector
+from .attention import create_attention, get_attention, is_attention
+from .branch import AttentionBranch
+
+__all__ = ["replace_attention", "se_options", "SE_MODULES", "load_pretrained", "PretrainedLoad"]
+
+# The SE-like classes, by (module, class name), and the attributes that hold (reduce, hidden act, expand, gate).
+SE_MODULES: dict[tuple[str, str], tuple[str, str, str, str]] = {
+    ("timm.layers.squeeze_excite", "SEModule"): ("fc1", "act", "fc2", "gate"),
+    ("timm.layers.squeeze_excite", "EffectiveSEModule"): ("", "", "fc", "gate"),
+    ("timm.models._efficientnet_blocks", "SqueezeExcite"): ("conv_reduce", "act1", "conv_expand", "gate"),
+    ("torchvision.ops.misc", "SqueezeExcitation"): ("fc1", "activation", "fc2", "scale_activation"),
+}
+# Gates SB and SE know by name (their classes as timm and torch build them).
+_GATE_NAMES = {"Sigmoid": "sigmoid", "Hardsigmoid": "hard_sigmoid", "HardSigmoid": "hard_sigmoid",
+               "HardSigmoidMe": "hard_sigmoid", "Tanh": "tanh", "Identity": "linear"}
+_WIDTH_OPTIONS = ("ratio", "rd_ratio", "rd_channels", "rd_divisor", "rd_round_fn")
+_GATE_OPTIONS = ("activation", "gate_layer")
+
+
+def _known_layout(module: nn.Module) -> Optional[tuple[str, str, str, str]]:
+    for cls in type(module).__mro__:
+        layout = SE_MODULES.get((cls.__module__, cls.__name__))
+        if layout is not None:
+            return layout
+    return None
+
+
+def _gate(gate: Any) -> Any:
+    return _GATE_NAMES.get(type(gate).__name__, type(gate))
+
+
+def se_options(module: nn.Module) -> Optional[dict[str, Any]]:
+    """The channels and branch of an SE-like module as a block's options (channels, rd_channels, act_layer,
+    gate_layer, branch_norm), or None when `module` is none of SE_MODULES nor sbattn's blocks."""
+    branch = getattr(module, "branch", None)
+    if is_attention(module) and isinstance(branch, AttentionBranch):  # sbattn's SB or SE
+        gate = getattr(module, "act", None) or getattr(module, "gate")
+        return dict(channels=branch[0].in_features, rd_channels=branch[0].out_features, act_layer=type(branch[2]),
+                    gate_layer=_gate(gate), branch_norm=branch.branch_norm)
+    layout = _known_layout(module)
+    if layout is None:
+        return None
+    reduce, act, expand, gate = (getattr(module, name, None) if name else None for name in layout)
+    if getattr(module, "add_maxpool", False):
+        raise ValueError(f"{type(module).__name__} with add_maxpool=True squeezes by mean and max, and the blocks "
+                         f"squeeze by the mean alone")
+    channels = expand.out_channels
+    norm = getattr(module, "bn", None)
+    return dict(channels=channels, rd_channels=reduce.out_channels if reduce is not None else max(1, channels // 2),
+                act_layer=type(act) if act is not None else None, gate_layer=_gate(gate),
+                branch_norm="hidden_bn" if isinstance(norm, nn.modules.batchnorm._BatchNorm) else "none")
+
+
+def _accepted(kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The kept options the block of `kind` takes (timm's ECA takes none of them, say)."""
+    builder = get_attention(kind)
+    block_class = getattr(builder, "block_class", None)
+    target = block_class() if block_class is not None else builder
+    parameters = inspect.signature(target).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return options
+    return {k: v for k, v in options.items() if k in parameters}
+
+
+def replace_attention(model: nn.Module, kind: str = "sb", where: Optional[Where] = None,
+                      **options: Any) -> dict[str, nn.Module]:
+    """Replace each SE-like module of `model` (those `where` selects, when given) by a block of `kind` ("sb", "se"
+    or any registered kind) of the same channels, keeping its hidden width, hidden activation, gate and branch
+    norm unless `options` say otherwise (ratio/rd_ratio/rd_channels for the width, activation/gate_layer for the
+    gate, act_layer, branch_norm). The new blocks get the old ones' device, dtype and train/eval mode.
+
+    Returns {name: the module taken out}; the model is changed in place, and only when every block was built.
+    """
+    if kind is None or kind == "none":
+        raise ValueError("replace_attention needs an attention kind: the SE modules would have nothing in their place")
+    select = _selector(where, model) if where is not None else (lambda name, module: True)
+    plans = []
+    for name, module, parent in _candidates(model):
+        found = se_options(module) if select(name, module) else None
+        if found is None:
+            continue
+        channels = found.pop("channels")
+        if any(k in options for k in _WIDTH_OPTIONS):
+            found.pop("rd_channels")
+        if any(k in options for k in _GATE_OPTIONS):
+            found.pop("gate_layer")
+        try:
+            block = create_attention(kind, channels, **{**_accepted(kind, found), **options})
+        except ValueError as e:
+            raise ValueError(f"module {name!r} ({type(module).__name__}, {channels} channels): {e}") from None
+        like = next(module.parameters(), None)
+        if like is not None:
+            block.to(device=like.device, dtype=like.dtype)
+        plans.append((name, module, parent, block.train(module.training)))
+    if not plans:
+        known = ", ".join(sorted({n for _, n in SE_MODULES} | {"ShiftBalance", "SqueezeExcite"}))
+        raise ValueError(f"found no SE-like module to replace in this {type(model).__name__} (known: {known}); "
+                         f"sbattn.attach adds blocks after the modules you choose")
+    for name, module, parent, block in plans:
+        setattr(parent, name.rsplit(".", 1)[-1], block)
+    return {name: module for name, module, _, _ in plans}
+
+
+class PretrainedLoad(NamedTuple):
+    """What load_pretrained did besides loading: the new blocks' keys it left as built, and the keys of the modules
+    replace_attention took out, which have no place now."""
+
+    new: list[str]
+    dropped: list[str]
+
+
+def load_pretrained(model: nn.Module, state_dict: dict[str, Any]) -> PretrainedLoad:
+    """Load a state dict saved before attach or replace_attention into the changed model: every other key must
+    match, as with strict=True; the new blocks keep their initial weights. A ValueError names any other key
+    missing or unexpected."""
+    blocks = [name for name, module in model.named_modules() if name and is_attention(module)]
+
+    def in_block(key: str) -> bool:
+        return any(key.startswith(f"{b}.") for b in blocks)
+    # A block's own keys load as any other; those under a block that it has not are the replaced module's.
+    own = list(model.state_dict())
+    dropped = [k for k in state_dict if in_block(k) and k not in set(own)]
+    missing, unexpected = model.load_state_dict({k: v for k, v in state_dict.items() if k not in set(dropped)},
+                                                strict=False)
+    stray = [k for k in missing if not in_block(k)]
+    if stray or unexpected:
+        what = "missing " + ", ".join(stray[:3]) if stray else "unexpected " + ", ".join(unexpected[:3])
+        more = len(stray or unexpected) - 3
+        raise ValueError(f"the state dict is not this model's without its attention blocks: {what}"
+                         f"{f' and {more} more' if more > 0 else ''}")
+    # Not load_state_dict's missing keys: a BatchNorm fills in a missing num_batches_tracked without a word.
+    return PretrainedLoad(new=[k for k in own if in_block(k) and k not in state_dict], dropped=dropped)

@@ -1,0 +1,96 @@
+"""replace_attention on the timm and torchvision networks that build their own SE (the argument is refused there,
+or attach would add SB beside it): each SE found and replaced, the widths kept, forward, backward, features_only,
+torch.export, TorchScript, and the network's own state dict loaded after. Interoperability environment."""
+import pytest
+import torch
+from torch import nn
+
+timm = pytest.importorskip("timm")
+torchvision = pytest.importorskip("torchvision")
+from timm.layers import EffectiveSEModule, SEModule  # noqa: E402
+from timm.models._efficientnet_blocks import SqueezeExcite as EfficientNetSE  # noqa: E402
+
+import sbattn  # noqa: E402
+from sbattn import ShiftBalance  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+
+SE_CLASSES = (SEModule, EffectiveSEModule, EfficientNetSE, torchvision.ops.SqueezeExcitation)
+# Each family with its SE: RegNetY and ReXNet (timm's SEModule; ReXNet's with BatchNorm), GhostNet and MobileNetV3
+# (EfficientNet's SE with a hard-sigmoid gate), EfficientNet, SE-ResNet, VoVNet's EffectiveSE.
+FAMILIES = ["regnety_002", "rexnet_100", "ghostnet_100", "mobilenetv3_small_050", "efficientnet_b0", "seresnet18",
+            "ese_vovnet19b_dw"]
+
+
+def build(name: str, **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    if name == "torchvision:mobilenet_v3_small":
+        return torchvision.models.mobilenet_v3_small(num_classes=10)
+    return timm.create_model(name, num_classes=10, **kwargs)
+
+
+def se_modules(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, SE_CLASSES)}
+
+
+def widths(module: nn.Module) -> tuple[int, int]:
+    """(channels, hidden width) of an SE module or an SB block."""
+    if isinstance(module, ShiftBalance):
+        return module.branch[0].in_features, module.branch[0].out_features
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    channels = convs[-1].out_channels
+    return channels, (convs[0].out_channels if len(convs) == 2 else channels // 2)  # ESE: half, by design
+
+
+@pytest.mark.parametrize("name", FAMILIES + ["torchvision:mobilenet_v3_small"])
+def test_sb_replaces_every_se_keeping_its_widths_and_trains(name):
+    model = build(name)
+    before = se_modules(model)
+    saved = model.state_dict()
+    replaced = sbattn.replace_attention(model, "sb")
+    assert list(replaced) == list(before) and not se_modules(model)  # each one found, none left beside SB
+    blocks = {n: m for n, m in model.named_modules() if isinstance(m, ShiftBalance)}
+    assert list(blocks) == list(before)
+    assert all(widths(blocks[n]) == widths(before[n]) for n in before)
+    gated = {type(getattr(m, "gate", getattr(m, "scale_activation", None))).__name__ for m in before.values()}
+    assert {b.activation for b in blocks.values()} == {"hard_sigmoid" if "Hardsigmoid" in gated else "sigmoid"}
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    model.train()(x).sum().backward()
+    assert all(b.lam.grad is not None and torch.isfinite(b.lam.grad).all() for b in blocks.values())
+    result = sbattn.load_pretrained(model, saved)  # the network's own weights, but for SB's
+    assert result.dropped and all(any(k.startswith(f"{n}.") for n in before) for k in result.dropped)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_features_only_export_and_script_after_replacing(name):
+    features = build(name, features_only=True)
+    sbattn.replace_attention(features, "sb")
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    maps = features.train()(x)
+    assert len(maps) == len(features.feature_info.channels())
+    assert [m.shape[1] for m in maps] == features.feature_info.channels()
+    model = build(name)
+    sbattn.replace_attention(model, "sb")
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+        exported = torch.export.export(model, (x,)).module()
+        torch.testing.assert_close(exported(x), expected)
+        assert torch.equal(torch.jit.script(model)(x), expected)
+
+
+def test_other_kinds_in_the_se_places_with_what_they_take():
+    model = build("regnety_002")
+    n = len(se_modules(model))
+    sbattn.replace_attention(model, "eca")  # ECA takes none of SE's widths: they are not passed
+    assert len([m for m in model.modules() if type(m).__name__ == "EcaModule"]) == n
+    model = build("regnety_002")
+    before = {k: widths(m) for k, m in se_modules(model).items()}
+    sbattn.replace_attention(model, "timm:se")  # timm's SE again, by the registry's name
+    assert {k: widths(m) for k, m in se_modules(model).items()} == before
+
+
+def test_timm_se_is_timms_module_and_se_the_references():
+    assert type(sbattn.create_attention("timm:se", 64)) is SEModule
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in sbattn.create_attention("timm:se", 64).modules())
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in sbattn.create_attention("se", 64).modules()) == 2

@@ -1,0 +1,105 @@
+"""replace_attention (SB where a network has SE) on sbattn's own models, and state dicts saved before attach or
+replace_attention loading after it. timm's and torchvision's SE modules: tests/interop/test_replace.py."""
+import pytest
+import torch
+from torch import nn
+
+import sbattn
+from sbattn import ShiftBalance, SqueezeExcite
+
+
+def blocks(model: nn.Module, cls) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, cls)}
+
+
+def se_resnet20() -> nn.Module:
+    torch.manual_seed(0)
+    return sbattn.create_model("resnet20", attention="se", ratio=0.25)
+
+
+def test_every_se_becomes_sb_of_the_same_width_gate_and_norm():
+    model = se_resnet20()
+    before = blocks(model, SqueezeExcite)
+    replaced = sbattn.replace_attention(model, "sb")
+    assert list(replaced) == list(before) and all(replaced[n] is before[n] for n in before)  # what was taken out
+    after = blocks(model, ShiftBalance)
+    assert list(after) == list(before) and not blocks(model, SqueezeExcite)
+    for name, sb in after.items():
+        assert sb.branch[0].in_features == before[name].branch[0].in_features
+        assert sb.branch[0].out_features == before[name].branch[0].out_features  # the ratio kept
+        assert sb.activation == "sigmoid" and sb.branch.branch_norm == "bn"  # SE's gate and norm kept
+    model.train()(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(sb.lam.grad is not None for sb in after.values())
+
+
+def test_options_override_what_is_kept_and_where_selects():
+    model = se_resnet20()
+    names = list(blocks(model, SqueezeExcite))
+    replaced = sbattn.replace_attention(model, "sb", where=names[:2], ratio=0.5, activation="tanh",
+                                        branch_norm="none")
+    assert list(replaced) == names[:2] and len(blocks(model, SqueezeExcite)) == len(names) - 2
+    for sb in blocks(model, ShiftBalance).values():
+        assert sb.branch[0].out_features == sb.branch[0].in_features // 2
+        assert sb.activation == "tanh" and sb.branch.branch_norm == "none"
+
+
+def test_the_new_blocks_follow_the_old_ones_dtype_and_mode():
+    model = se_resnet20().double().eval()
+    sbattn.replace_attention(model, "sb")
+    assert all(not sb.training and sb.lam.dtype == torch.float64 for sb in blocks(model, ShiftBalance).values())
+
+
+def test_nothing_to_replace_or_a_bad_option_is_one_line_and_the_model_unchanged():
+    with pytest.raises(ValueError, match="found no SE-like module to replace in this ResNet") as error:
+        sbattn.replace_attention(sbattn.create_model("resnet20"), "sb")
+    assert "\n" not in str(error.value)
+    model = se_resnet20()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="unknown activation 'nope'"):
+        sbattn.replace_attention(model, "sb", activation="nope")
+    assert blocks(model, ShiftBalance) == {} and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="needs an attention kind"):
+        sbattn.replace_attention(model, "none")
+
+
+def test_a_state_dict_saved_before_attach_loads_after_it():
+    torch.manual_seed(0)
+    source = sbattn.create_model("resnet20")  # no attention
+    saved = {k: v + 1 for k, v in source.state_dict().items()}  # other weights than a fresh model's
+    model = sbattn.attach(sbattn.create_model("resnet20"), "sb", where=lambda name, m: name.endswith("bn2"))
+    missing, unexpected = model.load_state_dict(saved, strict=False)  # keys `<name>.weight` mapped on loading
+    assert unexpected == [] and missing and all(".attention." in k for k in missing)
+    loaded = sbattn.detach(model).state_dict()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+
+
+def test_load_pretrained_says_which_keys_are_new_and_refuses_a_stranger():
+    torch.manual_seed(0)
+    saved = sbattn.create_model("resnet20").state_dict()
+    model = sbattn.attach(sbattn.create_model("resnet20"), "sb", where=lambda name, m: name.endswith("bn2"))
+    result = sbattn.load_pretrained(model, saved)
+    attention_keys = [k for k in model.state_dict() if ".attention." in k]
+    assert sorted(result.new) == sorted(attention_keys) and result.dropped == []
+    stranger = sbattn.create_model("resnet56").state_dict()
+    with pytest.raises(ValueError, match="not this model's without its attention blocks: unexpected") as error:
+        sbattn.load_pretrained(model, stranger)
+    assert "\n" not in str(error.value)
+
+
+def test_load_pretrained_after_replace_keeps_the_branch_and_adds_lambda():
+    model = se_resnet20()
+    saved = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    sbattn.replace_attention(model, "sb")
+    result = sbattn.load_pretrained(model, saved)
+    assert result.new and all(k.endswith(".lam") for k in result.new)  # SB's own: its branch is SE's
+    state = model.state_dict()
+    assert all(torch.equal(state[k], saved[k]) for k in saved)
+
+
+def test_a_pickled_attached_module_from_before_its_width_check_still_runs():
+    import pickle
+    model = sbattn.attach(nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8)), "sb")
+    wrapper = model[1]
+    del wrapper.__dict__["channels"], wrapper.__dict__["place"]  # as an object pickled by an older sbattn
+    restored = pickle.loads(pickle.dumps(model))
+    assert restored[1].channels is None and restored(torch.randn(2, 3, 4, 4)).shape == (2, 8, 4, 4)
