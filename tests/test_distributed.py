@@ -141,19 +141,24 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
-def test_a_worker_killed_mid_epoch_is_restarted_by_torchrun_and_the_run_resumes_by_itself(two, tmp_path):
-    """torchrun --max-restarts=1: one worker SIGKILLed in epoch 2; the agent restarts both, which continue from the
-    epoch-1 checkpoint without being told (TORCHELASTIC_RESTART_COUNT) and finish as the uninterrupted run."""
-    argv = command(tmp_path, 2)
+@pytest.mark.parametrize("extra, step", [((), "0"), (("--checkpoint-steps=4",), "[1-9][0-9]*")],
+                         ids=["from-the-epochs-end", "at-the-step"])
+def test_a_worker_killed_mid_epoch_is_restarted_by_torchrun_and_the_run_resumes_by_itself(two, tmp_path, extra,
+                                                                                          step):
+    """torchrun --max-restarts=1: one worker SIGKILLed mid-epoch; the agent restarts both, which continue from the
+    last checkpoint without being told (TORCHELASTIC_RESTART_COUNT) and finish as the uninterrupted run: from the
+    epoch's start, or with --checkpoint-steps from the last such step."""
+    argv = command(tmp_path, 2, *extra)
     argv.insert(argv.index("--nproc_per_node=2") + 1, "--max-restarts=1")
     proc, ckpt = started_until_its_checkpoint(argv, tmp_path)
-    time.sleep(0.3)  # into epoch 2
+    time.sleep(0.3 if not extra else 0.0)  # into epoch 2; or just after a checkpoint inside epoch 1
     workers = children(proc.pid)
     assert len(workers) == 2, workers
     os.kill(workers[-1], signal.SIGKILL)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, out[-2000:] + err[-2000:]
     assert "torchrun restarted the workers (restart 1): continuing from the last checkpoint" in out
+    assert re.search(rf"resuming {RUN} at epoch [0-9]+, step {step}\n", out), out[-2000:]
     drop = {"seconds", "images_per_sec", "eval_seconds"}
     strip = lambda h: [{k: v for k, v in e.items() if k not in drop} for e in h]  # noqa: E731
     assert strip(history(tmp_path)) == strip(history(two[0]))

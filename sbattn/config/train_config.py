@@ -57,6 +57,10 @@ class TrainConfig(Recipe):
                                         "checkpoint kept")
     sync_bn: bool = option(True, "under torchrun, synchronise every BatchNorm (the attention's too) across "
                                  "processes")
+    checkpoint_steps: int = option(0, "also checkpoint every N training steps inside an epoch (0: at each epoch's "
+                                      "end only; Ctrl-C and SIGTERM checkpoint at the step anyway), so that a run "
+                                      "killed mid-epoch (a worker's death under torchrun, SIGKILL, a power cut) "
+                                      "resumes at the last such step, not at the epoch's start")
     resume: bool = option(False, "continue from the run's last checkpoint in --output-dir")
     tensorboard: bool = option(False, "write each epoch's scalars (losses, accuracies, learning rate, throughput, "
                                       "SB's |lambda| per block) for TensorBoard under --output-dir/tensorboard/<run>; "
@@ -69,6 +73,8 @@ class TrainConfig(Recipe):
         super().validate()
         if self.eval_batch_size < 1:
             fail(self, "eval_batch_size", "must be an integer >= 1")
+        if self.checkpoint_steps < 0:
+            fail(self, "checkpoint_steps", "must be an integer >= 0 (0: checkpoint at each epoch's end only)")
         if not 0 < self.dist_timeout <= MAX_DIST_TIMEOUT:
             fail(self, "dist_timeout", f"must be a number of seconds > 0 and at most {MAX_DIST_TIMEOUT:g} (a day)")
         for name in FOLDERS:

@@ -42,10 +42,12 @@ class EpochTotals:
 
 
 def train_epoch(run: Run, state: RunState, step_fn: Callable[[torch.Tensor, torch.Tensor], None], sums: EpochSums,
-                pipeline: Pipeline, stop: StopRequest) -> Generator[None, None, EpochTotals]:
+                pipeline: Pipeline, stop: StopRequest,
+                save: Callable[[], None] | None = None) -> Generator[None, None, EpochTotals]:
     """Train the epoch under way from its next step, to its end or to a stop request, with `step_fn` adding to
     `sums`, yielding after each step; the totals come back reduced over ranks. On a stop, state.step is the number
-    of steps done (never 0), else it is 0."""
+    of steps done (never 0), else it is 0. `save` checkpoints the run: called every --checkpoint-steps steps, with
+    state.step and state.partial as a stop there would leave them."""
     config, ctx, epoch, start_step = run.config, run.ctx, state.epoch, state.step
     sums.restart(state.partial, start_step)
     seen_before = sums.seen
@@ -81,17 +83,31 @@ def train_epoch(run: Run, state: RunState, step_fn: Callable[[torch.Tensor, torc
             distributed.entering("a training step's gradient all-reduce")
         if stopping:
             break
+        if save is not None and config.checkpoint_steps and (step + 1) % config.checkpoint_steps == 0 and not last:
+            totals, seen = _reduced(run, sums)
+            state.step, state.partial = step + 1, _partial(totals, seen, sums.seconds + now - started)
+            save()  # every rank, at the same step: the checkpoint gathers each rank's random state
+            distributed.entering("a training step's gradient all-reduce")
     bar.close()
     stopping = stopping and step + 1 < steps  # a stop in the last step ends the epoch whole
     seconds = sums.seconds + time.perf_counter() - started
-    seen = torch.tensor(float(sums.seen), dtype=sums.loss.dtype, device=run.device)
-    *reduced, seen = distributed.all_reduce_sum(ctx, *(getattr(sums, name) for name in SUM_NAMES), seen)
-    totals = dict(zip(SUM_NAMES, reduced))
+    totals, seen = _reduced(run, sums)
     state.step = step + 1 if stopping else 0
-    state.partial = ({**{name: t.cpu() for name, t in totals.items()}, "seen": int(seen.item()),
-                      "seconds": seconds} if stopping else None)
+    state.partial = _partial(totals, seen, seconds) if stopping else None
     return EpochTotals(totals["loss"].item(), totals["correct"].item(), int(seen.item()), seconds,
                        totals["sampled_loss"].item(), totals["sampled_acc"].item(), sums.sampled_batches(steps))
+
+
+def _reduced(run: Run, sums: EpochSums) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The epoch's sums so far and the samples seen, summed over ranks (new tensors: `sums` goes on adding)."""
+    seen = torch.tensor(float(sums.seen), dtype=sums.loss.dtype, device=run.device)
+    *reduced, seen = distributed.all_reduce_sum(run.ctx, *(getattr(sums, name) for name in SUM_NAMES), seen)
+    return dict(zip(SUM_NAMES, reduced)), seen
+
+
+def _partial(totals: dict[str, torch.Tensor], seen: torch.Tensor, seconds: float) -> dict:
+    """An epoch's sums as a mid-epoch checkpoint holds them (RunState.partial)."""
+    return {**{name: t.cpu() for name, t in totals.items()}, "seen": int(seen.item()), "seconds": seconds}
 
 
 def end_epoch(run: Run, state: RunState, sums: EpochTotals, pipeline: Pipeline) -> None:

@@ -121,7 +121,8 @@ def _epochs(run: Run, ready: Ready, stop: StopRequest) -> Steps:
     events = paths.tensorboard if config.tensorboard and ctx.main else None
     with epoch_logger(events, state.epoch) as log_epoch:
         while state.epoch < config.epochs:
-            totals = yield from train_epoch(run, state, ready.step, ready.sums, ready.pipeline, stop)
+            totals = yield from train_epoch(run, state, ready.step, ready.sums, ready.pipeline, stop,
+                                            save=lambda: _save(run, state))
             if state.step:  # stopped inside the epoch
                 _save(run, state)
                 run.log(f"{stop.name}: stopped at epoch {state.epoch + 1}, step {state.step}; checkpoint saved to "
