@@ -190,9 +190,12 @@ def train_jobs(jobs: list[Job], deadline: float, scheme: str = "process", at_onc
     previous = signal.signal(signal.SIGINT, lambda *a: None)  # a late stop after run_jobs returned: ignored
     thread = threading.Thread(target=watching, daemon=True)
     thread.start()
-    runner = run_together if scheme == "stream" else run_jobs
+    say = lambda line: print(f"  {line}", flush=True)  # noqa: E731
     try:
-        status = runner(jobs, at_once or len(jobs), lambda line: print(f"  {line}", flush=True))
+        if scheme == "process":
+            status = run_jobs(jobs, at_once or len(jobs), say)
+        else:
+            status = run_together(jobs, at_once or len(jobs), say, fuse=scheme == "fused")
     except KeyboardInterrupt:  # the watcher's second stop: the runs had not stopped 30 s after the first
         status = 130
     finally:
@@ -382,23 +385,29 @@ def part_table(setup: Setup, rec: Recorder, deadline: float, single_runs: dict[s
 # ------------------------------------------------------------------------- part call: issue #23's one device call
 
 
+FUSED_SEEDS = 3  # the fused scheme's table: each model's three seeds stepped as one
+
+
 def measure_schemes(setup: Setup, rec: Recorder, seconds: float) -> str:
     """One run alone, then the table's seven runs at once as K processes and as one process stepping them in
-    turn on CUDA streams, each for `seconds`: aggregate images/s, each against one run alone. Returns the faster
-    scheme."""
+    turn on CUDA streams, and the table at FUSED_SEEDS seeds with each model's seeds fused (fusion needs runs of one
+    model), each for `seconds`: aggregate images/s, each against one run alone. Returns the faster scheme."""
     short = dict(epochs=setup.speed_epochs, milestones=[setup.speed_epochs])
     alone = Job("one run alone", setup.config(setup.work / "schemes-alone", setup.mode, **short))
     status, watch = train_jobs([alone], time.perf_counter() + seconds)
     alone_img_s = run_figures(alone, watch, setup.epochs).get("epoch_img_s")
     result = {"mode": setup.mode, "seconds_each": seconds, "one_run_alone_img_s": alone_img_s}
     for scheme in PACKS:
-        jobs = table_jobs(setup, setup.work / f"schemes-{scheme}", setup.mode, **short)
+        seeds = range(FUSED_SEEDS if scheme == "fused" else 1)
+        mode = "none" if scheme == "fused" else setup.mode  # fusion steps eagerly
+        jobs = [j for seed in seeds for j in table_jobs(setup, setup.work / f"schemes-{scheme}", mode, seed,
+                                                        **short)]
         status, watch = train_jobs(jobs, time.perf_counter() + seconds, scheme)
         runs = {job.label: run_figures(job, watch, setup.epochs) for job in jobs}
         aggregate = sum(r.get("epoch_img_s") or 0 for r in runs.values())
-        result[scheme] = {"status": status, "aggregate_img_s": aggregate, "runs": runs,
+        result[scheme] = {"status": status, "mode": mode, "aggregate_img_s": aggregate, "runs": runs,
                           "vs_one_run_alone": aggregate / alone_img_s if alone_img_s else None}
-        rec.put("schemes", result, f"7 runs at once, --pack {scheme}: {aggregate:.0f} img/s together"
+        rec.put("schemes", result, f"{len(jobs)} runs at once, --pack {scheme}: {aggregate:.0f} img/s together"
                 + (f", {aggregate / alone_img_s:.2f}x one run alone" if alone_img_s else ""))
     faster = max(PACKS, key=lambda k: result[k]["aggregate_img_s"])
     rec.put("schemes", {**result, "faster": faster}, f"faster: --pack {faster}")
@@ -434,8 +443,8 @@ def train_reference_runs(setup: Setup, rec: Recorder, deadline: float, scheme: s
     directory = setup.work / "reference-table"
     shutil.rmtree(directory, ignore_errors=True)
     held = _finished_names(Path(args.runs_dir))
-    jobs = [job for job in reference_jobs(setup, directory, setup.mode, args.seeds)
-            if _archive_name(job) not in held]
+    mode = "none" if scheme == "fused" else setup.mode  # fusion steps eagerly; --compile changes no result
+    jobs = [job for job in reference_jobs(setup, directory, mode, args.seeds) if _archive_name(job) not in held]
     rec.put("reference_runs", {"scheme": scheme, "held_before": sorted(held), "to_train": len(jobs)},
             f"reference runs: {len(held)} held in {args.runs_dir}, {len(jobs)} to train, {args.at_once} at a "
             f"time, --pack {scheme}")

@@ -44,7 +44,8 @@ def _add_suite_options(parser: argparse.ArgumentParser, suite: Suite, skip: tupl
                              f"preset's, else {CUDA_RUNS_AT_ONCE} on CUDA, else 1")
     parser.add_argument("--pack", choices=("auto", *PACKS), default="auto", metavar="PACK",
                         help="how the runs at once share the device: process (each its own sbattn train process), "
-                             "stream (all in this process, a step of each in turn, on CUDA each on its own stream); "
+                             "stream (all in this process, a step of each in turn, on CUDA each on its own stream), "
+                             "fused (as stream, the seeds of each model stepped as one batched model); "
                              "auto: process, the scheme measured fastest so far (default: auto)")
     parser.add_argument("--preset", choices=(*PRESETS, *PRESET_ALIASES), default=None, metavar="PRESET",
                         help=f"a recipe, one of {', '.join(PRESETS)} ({aliases}); flags given explicitly win over "

@@ -35,8 +35,9 @@ from ..train.signals import ALONE_SIGNAL, ALONE_THREADS
 __all__ = ["Job", "run_jobs", "run_together", "threads_per_job", "run_devices", "PACKS"]
 
 # How a suite's runs share a device: "process", each its own `sbattn train` process (run_jobs); "stream", all in
-# this process, a step of each in turn, on CUDA each on its own stream (run_together, train/pack.py).
-PACKS = ("process", "stream")
+# this process, a step of each in turn, on CUDA each on its own stream (run_together, train/pack.py); "fused", as
+# "stream", the runs of one model that differ in their seeds alone stepped as one (train/fused.py).
+PACKS = ("process", "stream", "fused")
 
 
 @dataclass
@@ -182,7 +183,7 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
     return status or (130 if pending else 0)  # a signal after the last run finished stops nothing
 
 
-def run_together(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> int:
+def run_together(jobs: Sequence[Job], parallel: int, log: Callable[[str], None], fuse: bool = False) -> int:
     """Train `jobs` in this process, `parallel` at a time, a step of each in turn (train/pack.py); reported and
     ended as run_jobs reports and ends them: 0 when all finished, else the first failure's exit status."""
     started: dict[int, float] = {}
@@ -198,7 +199,7 @@ def run_together(jobs: Sequence[Job], parallel: int, log: Callable[[str], None])
         verb = "resuming" if jobs[i].paths.checkpoint.exists() else "started"
         log(f"{jobs[i].label}: {verb} {jobs[i].config.run_name} in this process (log: {jobs[i].paths.log})")
 
-    outcomes = train_together([job.config for job in jobs], parallel, ended, began)
+    outcomes = train_together([job.config for job in jobs], parallel, ended, began, fuse)
     left = sum(o.result is None and o.error is None for o in outcomes)
     if left:
         log(f"{left} run(s) not started")

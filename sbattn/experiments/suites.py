@@ -109,7 +109,8 @@ def run_suite(suite: Suite, base: TrainConfig, variants: Sequence[Variant], seed
     done, missing = _scan(suite, plan, log)
     at_once = min(jobs, len(missing))
     scheme = pack_scheme(pack)
-    pace = f", {at_once} at a time" + (" in this process" if scheme == "stream" else "") if at_once > 1 else ""
+    here = {"stream": " in this process", "fused": " in this process, the seeds of each model stepped as one"}
+    pace = f", {at_once} at a time" + here.get(scheme, "") if at_once > 1 else ""
     estimate = _estimate(plan, done, missing, at_once)
     log(f"{suite.name}: {len(done)} finished earlier, {len(missing)} to train{pace}{estimate}")
     code = _train_missing(missing, jobs, scheme, log)
@@ -197,16 +198,17 @@ def _duration(seconds: float) -> str:
 
 def _train_missing(missing: list[tuple[str, TrainConfig]], jobs: int, scheme: str, log: Callable[[str], None]) -> int:
     """Train each (tag, config): in this process one after another, or `jobs` at a time (no more than there are
-    runs, so that the cores are shared out among the runs there are), as processes or (scheme "stream") stepped
-    in turn by this process."""
-    if jobs > 1 or scheme == "stream":
+    runs, so that the cores are shared out among the runs there are), as processes or (schemes "stream" and
+    "fused") stepped in turn by this process."""
+    if jobs > 1 or scheme in ("stream", "fused"):
         if any(config.download for _, config in missing):  # once here, not once per run into one file
             c = missing[0][1]
             load_cifar10(c.data_dir, c.dataset, True, c.cache_dir, c.resize)
             missing = [(tag, _without_download(config)) for tag, config in missing]
         jobs_ = [Job(tag, config) for tag, config in missing]
-        run = run_together if scheme == "stream" else run_jobs
-        return run(jobs_, min(jobs, len(missing)), log)
+        if scheme == "process":
+            return run_jobs(jobs_, min(jobs, len(missing)), log)
+        return run_together(jobs_, min(jobs, len(missing)), log, fuse=scheme == "fused")
     for tag, config in missing:
         log(f"{tag}: {'resuming' if RunPaths.of(config).checkpoint.exists() else 'training'} {config.run_name}")
         code = train(config).exit_code

@@ -12,6 +12,7 @@ others go on. Any other error stops every other run at its next step, checkpoint
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from ..config import TrainConfig
 from ..errors import SbattnError, UserError
 from ..records import RunPaths
 from . import distributed
+from .fused import FusedGroup, fusion_key
 from .loop import Steps, run_steps
 from .run import Run, RunResult
 from .signals import StopRequest, alone_signal_handled
@@ -48,13 +50,17 @@ class Outcome:
 
 def train_together(configs: Sequence[TrainConfig], at_once: int | None = None,
                    ended: Callable[[int, Outcome], None] = lambda i, outcome: None,
-                   began: Callable[[int], None] = lambda i: None) -> list[Outcome]:
+                   began: Callable[[int], None] = lambda i: None, fuse: bool = False) -> list[Outcome]:
     """Train `configs` in this process on their one device, a step of each in turn, `at_once` of them at a time
     (all by default; the next starts as one ends); `began(i)` is called as the i-th starts, `ended(i, outcome)`
-    as it ends. After a stop
-    request or an error no new run starts (its outcome stays empty). Under torchrun, and with --rng reference
-    (whose draws come from the one global generator), it is refused."""
-    _check_pack(configs)
+    as it ends. fuse: the runs of one model that differ in their seeds alone are stepped as one (fused.py).
+    After a stop request or an error no new run starts (its outcome stays empty). Under torchrun, and with --rng
+    reference (whose draws come from the one global generator), it is refused."""
+    _check_pack(configs, fuse)
+    groups: dict[tuple, FusedGroup] = {}
+    if fuse:
+        for config in configs:
+            groups.setdefault(fusion_key(config), FusedGroup())
     outcomes = [Outcome(config) for config in configs]
     pending, active = list(range(len(configs))), []
     stop = StopRequest()
@@ -65,7 +71,7 @@ def train_together(configs: Sequence[TrainConfig], at_once: int | None = None,
                 i = pending.pop(0)
                 began(i)
                 try:
-                    _start(outcomes[i], stop)
+                    _start(outcomes[i], stop, groups.get(fusion_key(outcomes[i].config)))
                     active.append(i)
                 except SbattnError as e:
                     outcomes[i].error = e
@@ -89,20 +95,25 @@ def train_together(configs: Sequence[TrainConfig], at_once: int | None = None,
                 outcome.steps = None
                 active.remove(i)
                 ended(i, outcome)
+            for group in groups.values():  # the round's steps, handed over, computed together
+                group.flush()
     if failure is not None:
         raise failure
     return outcomes
 
 
-def _start(outcome: Outcome, stop: StopRequest) -> None:
-    """The run's steps, ready to be driven (nothing runs before the first), and its stream on CUDA."""
+def _start(outcome: Outcome, stop: StopRequest, group: FusedGroup | None) -> None:
+    """The run's steps, ready to be driven (nothing runs before the first), and its stream on CUDA (none for a fused
+    run: its steps run in the group's)."""
     run = Run.start(outcome.config, distributed.Context(), outcome.config.device, quiet=True,
                     log=_log_file(RunPaths.of(outcome.config)))
+    if group is not None:
+        run = dataclasses.replace(run, step_maker=group.make_step)
     outcome.steps = run_steps(run, True, stop)
-    outcome.stream = torch.cuda.Stream(run.device) if run.device.type == "cuda" else None
+    outcome.stream = torch.cuda.Stream(run.device) if run.device.type == "cuda" and group is None else None
 
 
-def _check_pack(configs: Sequence[TrainConfig]) -> None:
+def _check_pack(configs: Sequence[TrainConfig], fuse: bool) -> None:
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         raise UserError("several runs in one process (--pack stream) is a single process: not under torchrun", code=2)
     devices = {str(torch.device(c.device)) for c in configs}
@@ -112,6 +123,10 @@ def _check_pack(configs: Sequence[TrainConfig]) -> None:
     if reference and len(configs) > 1:
         raise UserError(f"{reference[0]}: --rng reference draws from the process's one global generator, so its "
                         f"run cannot share a process with others; use --pack process", code=2)
+    unfusable = [c.run_name for c in configs if c.compile != "none" or c.precision == "fp16"] if fuse else []
+    if unfusable:
+        raise UserError(f"{unfusable[0]}: fused runs step eagerly in fp32 or bf16 (--compile none, no fp16 loss "
+                        f"scaling); use --pack stream", code=2)
 
 
 @contextlib.contextmanager

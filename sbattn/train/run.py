@@ -42,6 +42,7 @@ class Run:
     interactive: bool  # a progress bar on a terminal
     threads: ThreadGovernor
     provenance: dict  # this process's (rank 0's; empty on the others), see records/provenance.py
+    step_maker: Callable[..., Callable] | None = None  # in place of step.make_step: a fused group's (fused.py)
 
     @classmethod
     def start(cls, config: TrainConfig, ctx: distributed.Context, device_name: str, quiet: bool,

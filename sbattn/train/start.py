@@ -72,7 +72,8 @@ def make_ready(run: Run, quiet: bool) -> Ready:
         run.log(note) if note else None
         run.log(f"resuming {paths.name} at epoch {state.epoch + 1}, step {state.step}")
     sums = EpochSums.zeros(device, config.batch_size, len(train_y))
-    step = make_step(config.compile, wrapped, state.optimizer, state.scaler, run.amp_dtype, sums, device)
+    step = (run.step_maker or make_step)(config.compile, wrapped, state.optimizer, state.scaler, run.amp_dtype,
+                                         sums, device)
     params = sum(p.numel() for p in state.model.parameters())
     run.log(f"{paths.name}: {config.arch} attention={config.attention} params={params:,} data={data.source} "
             f"device={device}{f' x {ctx.world_size} processes' if ctx.distributed else ''} "
