@@ -8,11 +8,18 @@ TORCH  ?= torch==2.13.0
 INTEROP     ?= .venv-interop
 INTEROP_PY  := $(INTEROP)/bin/python
 INTEROP_TORCH ?= torch==2.14.1 torchvision==0.29.1
+# The oldest timm that sbattn[timm] admits (pyproject's lower bound; tests/test_supported_torch.py checks they agree),
+# installed beside the interop environment's newest and put first on PYTHONPATH for the models-by-name tests.
+TIMM_OLDEST ?= 1.0.21
+TIMM_OLDEST_DIR := build/timm-$(TIMM_OLDEST)
+# `make test-wheel`'s folder (under build/, ignored): a fresh venv, the sdist and wheel, and the build's log.
+WHEEL       ?= build/wheel-check
+WHEEL_PY    := $(WHEEL)/venv/bin/python
 # CIFAR-10 for `make run`: the JPEG copy beside the project when it is there, else ./data (downloaded if missing).
 DATA   ?= $(if $(wildcard ../shared/data/cifar10-jpeg.tar.gz),../shared/data,./data)
 FETCH  ?= $(if $(wildcard ../shared/data/cifar10-jpeg.tar.gz),,--download)
 
-.PHONY: run test test-main test-interop install install-interop bench clean
+.PHONY: run test test-main test-interop test-wheel install install-interop bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,18 +43,35 @@ run: install
 	$(VENV)/bin/sbattn compare --preset quick --data-dir $(DATA) $(FETCH)
 
 # Both environments: the main suite on the tested CPU torch, then tests/interop (timm, FX feature extraction, the
-# zoo) and the supported-range test on the newest torch with timm.
-test: test-main test-interop
+# zoo) and the supported-range test on the newest torch with timm; then the built wheel, in a venv of its own.
+test: test-main test-interop test-wheel
 
 test-main: install
+	$(PY) -m mypy -p sbattn
 	$(PY) -m pytest -q
 
 test-interop: install-interop
 	$(INTEROP_PY) -m pytest -q tests/interop tests/test_supported_torch.py
+	$(INTEROP_PY) -m pip install --quiet --no-deps --upgrade --target $(TIMM_OLDEST_DIR) timm==$(TIMM_OLDEST)
+	SBATTN_TIMM_VERSION=$(TIMM_OLDEST) PYTHONPATH=$(TIMM_OLDEST_DIR) $(INTEROP_PY) -m pytest -q -p no:cacheprovider \
+	    tests/interop/test_timm_models.py
+
+# What pip users get: the sdist and the wheel built as pip builds them (isolated, setuptools from
+# build-system.requires; the wheel from the sdist), their contents checked, the wheel (not -e) installed in a fresh
+# venv, and there the import, the version, `sbattn --help`, `sbattn summary` and a hub entry, outside the checkout.
+test-wheel:
+	rm -rf $(WHEEL)
+	$(PYTHON) -m venv $(WHEEL)/venv
+	$(WHEEL_PY) -m pip install --quiet "$(TORCH)" build==1.6.1
+	$(WHEEL_PY) -m build --outdir $(WHEEL)/dist . > $(WHEEL)/build.log 2>&1 || { tail -20 $(WHEEL)/build.log; exit 1; }
+	$(WHEEL_PY) tests/wheel_check.py contents $(WHEEL)/dist
+	$(WHEEL_PY) -m pip install --quiet $(WHEEL)/dist/*.whl
+	cd $(WHEEL) && venv/bin/python -c 'import sbattn; print("sbattn", sbattn.__version__, "from", sbattn.__file__)'
+	$(WHEEL_PY) tests/wheel_check.py installed $(WHEEL)/dist
 
 bench: install
 	$(PY) benchmarks/speed.py
 	$(PY) benchmarks/data.py
 
 clean:
-	rm -rf $(VENV) $(INTEROP) build *.egg-info
+	rm -rf $(VENV) $(INTEROP) build dist *.egg-info

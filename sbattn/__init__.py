@@ -6,6 +6,9 @@ from .nn import (ShiftBalance, SqueezeExcite, WithAttention, attach, attached, c
                  list_activations, list_attention, load_pretrained, register_attention, replace_attention)
 from .records import load
 from .version import __version__
+from .models import register_when_timm_is_imported
+
+register_when_timm_is_imported()  # sbattn's models and "sb" in timm (models/timm_models.py); timm not imported
 
 __all__ = [
     "ShiftBalance", "SqueezeExcite", "create_attention", "register_attention", "list_attention", "list_activations",

@@ -12,6 +12,7 @@ import io
 import os
 import sys
 from pathlib import Path
+from typing import TextIO
 
 __all__ = ["install", "log_to", "append_to_log", "interactive"]
 
@@ -48,8 +49,9 @@ def append_to_log(path: str | Path, text: str) -> None:
 class Stream(io.TextIOBase):
     """A standard stream's stand-in: the real stream while it takes writes, then the fallback log."""
 
-    def __init__(self, real, fd: int):
-        self.real, self.fd = real, fd
+    def __init__(self, real: TextIO | None, fd: int) -> None:
+        self.real: TextIO | None = real
+        self.fd = fd
 
     def _lose(self) -> None:
         self.real = None

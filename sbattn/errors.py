@@ -9,11 +9,13 @@ __all__ = ["SbattnError", "ConfigError", "DataError", "CheckpointError", "UserEr
 class SbattnError(Exception):
     """An error the user can fix; str(e) is one line saying what went wrong and what to do.
 
-    code: the exit status the command line returns; label: how it introduces the message.
+    code: the exit status the command line returns; label: how it introduces the message; quiet: True when the
+    message was already printed (under torchrun, by another rank), so that the command line prints nothing.
     """
 
     code = 1
     label = "error"
+    quiet = False
 
     def __init__(self, message: str, code: int | None = None):
         super().__init__(one_line(message))

@@ -8,7 +8,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from .errors import UserError
 
@@ -41,7 +41,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def atomic_write(path: str | Path, write: Callable) -> None:
+def atomic_write(path: str | Path, write: Callable[[Any], object]) -> None:
     """Call write(file) on a new binary file, then put it in place of `path` (see atomic_path).
 
     A write that failed (a full disk, a file-size limit) is raised as its OSError even when the writer reports it
@@ -92,17 +92,18 @@ def _check_target(path: Path) -> None:
 class _Recorded:
     """A file that remembers the OSError of a write that failed, for writers that report it as their own error."""
 
-    def __init__(self, file):
-        self._file, self.error = file, None
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self.error: OSError | None = None
 
-    def write(self, data) -> int:
+    def write(self, data: bytes) -> int:
         try:
             return self._file.write(data)
         except OSError as e:
             self.error = e
             raise
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._file, name)
 
 

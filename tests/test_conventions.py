@@ -103,3 +103,18 @@ def test_the_command_line_says_which_extra_before_any_work(no_timm, tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and 'pip install "sbattn[timm]"' in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_timm_architecture_without_timm_is_one_line_naming_the_extra(no_timm, tmp_path, capsys):
+    code = main(["train", "--arch", "timm:resnet18", "--dataset", "fake", "--epochs", "1", "--device", "cpu",
+                 "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "'timm:resnet18' is timm's model" in err
+    assert 'pip install "sbattn[timm]"' in err and list(tmp_path.iterdir()) == []
+
+
+def test_import_sbattn_imports_no_timm():
+    import subprocess
+    code = "import sys, sbattn; print('timm' in sys.modules, 'torchvision' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split() == ["False",
+                                                                                                          "False"]

@@ -27,3 +27,10 @@ def test_the_running_torch_is_inside_the_published_range():
 
 def test_the_timm_extra_starts_where_timm_passes_device_and_dtype():
     assert requirements("timm", PROJECT["optional-dependencies"]["timm"]) == ["timm>=1.0.21"]
+
+
+def test_make_test_tries_the_oldest_timm_the_extra_admits():
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    oldest = re.search(r"^TIMM_OLDEST \?= (\S+)$", makefile, re.M)
+    floor = requirements("timm", PROJECT["optional-dependencies"]["timm"])[0].split(">=")[1]
+    assert oldest and oldest.group(1) == floor

@@ -12,7 +12,7 @@ from ..data import DATASETS, load_cifar10, to_device_uint8
 from ..errors import UserError, printable
 from ..inference import (EXPORT_INSTALL, FORMATS, PREDICT_BATCH, class_names, export_metadata, export_onnx,
                          export_program, predict, read_images)
-from ..records import load
+from ..records.checkpoint import load, recorded
 from ..train.evaluation import evaluate_run, reference_evaluate
 from ..train.precision import precision_label, resolve_precision
 
@@ -83,19 +83,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}", 2)
     device = torch.device(resolve_device(args.device))
     model = load(args.checkpoint, device)
-    trained = model.trained_with
-    data = load_cifar10(args.data_dir or trained["data_dir"], args.dataset or model.config.dataset, False,
+    recipe, trained, num_classes = recorded(model)
+    data = load_cifar10(args.data_dir or trained["data_dir"], args.dataset or recipe.dataset, False,
                         args.cache_dir if args.cache_dir is not None else trained["cache_dir"], progress=False,
                         hint="pass --data-dir with the folder or archive that holds CIFAR-10 "
                              "(`sbattn train --download` fetches it)")
-    if len(data.classes) != model.num_classes:
-        raise UserError(f"{args.checkpoint} classifies {model.num_classes} classes, {data.source} has "
+    if len(data.classes) != num_classes:
+        raise UserError(f"{args.checkpoint} classifies {num_classes} classes, {data.source} has "
                         f"{len(data.classes)}: evaluate it on data of the classes it was trained on", 2)
     images = to_device_uint8(data.test_images, device)
     labels = torch.from_numpy(data.test_labels).to(device)
     amp_dtype = resolve_precision(args.precision, device)
-    batch = model.config.batch_size  # the reference's figure groups the test set into batches of the training's
-    if model.config.rng == "reference":  # evaluated as it was trained: the model itself, the reference's batches
+    batch = recipe.batch_size  # the reference's figure groups the test set into batches of the training's
+    if recipe.rng == "reference":  # evaluated as it was trained: the model itself, the reference's batches
         result = reference_evaluate(model, images, labels, args.batch_size or batch, amp_dtype)
     else:
         result = evaluate_run(model, images, labels, args.batch_size or trained["eval_batch_size"], amp_dtype,
@@ -118,12 +118,13 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise UserError(f"--topk must be >= 1, got {args.topk}", 2)
     model = load(args.checkpoint, resolve_device(args.device))
-    names = [printable(n) for n in class_names(args.checkpoint, model.num_classes)]  # from the file: no escapes
+    num_classes = recorded(model)[2]
+    names = [printable(n) for n in class_names(args.checkpoint, num_classes)]  # from the file: no escapes
     width = max(len(n) for n in names)
     for start in range(0, len(args.images), PREDICT_BATCH):  # read, classify and print a batch at a time
         paths = args.images[start:start + PREDICT_BATCH]
         probs, indices = predict(model, read_images(paths, args.resize)).cpu().topk(
-            min(args.topk, model.num_classes), dim=1)
+            min(args.topk, num_classes), dim=1)
         for path, p_row, i_row in zip(paths, probs.tolist(), indices.tolist()):
             print(printable(path))
             for p, i in zip(p_row, i_row):

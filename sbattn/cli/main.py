@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None, defaults: dict | None = None) -> int
     try:
         return args.run(args)
     except SbattnError as e:
-        if not getattr(e, "quiet", False):  # under torchrun, one rank speaks for all that hit the same error
+        if not e.quiet:  # under torchrun, one rank speaks for all that hit the same error
             print(f"sbattn {args.command}: {e.label}: {e}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:

@@ -30,7 +30,7 @@ def _add_suite_options(parser: argparse.ArgumentParser, suite: Suite, skip: tupl
     for action in parser._actions:
         if action.dest == "seed":
             action.help = "the first seed of the suite's runs (see --seeds); also names their files (default: 0)"
-        if action.dest in help_defaults:
+        if action.dest in help_defaults and action.help is not None:
             action.help = action.help.rsplit(" (default:", 1)[0] + f" (default: {help_defaults[action.dest]})"
     parser.add_argument("--seeds", type=int, default=1, metavar="N",
                         help=f"runs per configuration, seeds 0..N-1 (or SEED..SEED+N-1 with --seed), at most "

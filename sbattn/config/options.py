@@ -9,12 +9,12 @@ import argparse
 import dataclasses
 import json
 import typing
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..errors import ConfigError
 from .file import read_config_file
 from .recipe import clip, shown
-from .train_config import FALSE_WORDS, TRUE_WORDS, TrainConfig
+from .train_config import FALSE_WORDS, TRUE_WORDS, TrainConfig, field_default
 
 __all__ = ["add_config_options", "config_from_args", "file_options", "given_options", "parse_bool",
            "parse_int_list", "parse_value", "field_help", "BOOLEAN_WORDS"]
@@ -45,7 +45,7 @@ def _strip_quotes(text: str) -> str:
     return str(text).strip().strip("'\"")
 
 
-def _parser_for(hint) -> dict:
+def _parser_for(hint: Any) -> dict[str, Any]:
     """argparse keywords for a field's type hint."""
     args = typing.get_args(hint)
     base = next((a for a in args if a is not type(None)), hint) if args and hint is not list else hint
@@ -58,16 +58,16 @@ def _parser_for(hint) -> dict:
     return {"type": _strip_quotes}
 
 
-def field_help(f: dataclasses.Field, default=dataclasses.MISSING) -> str:
+def field_help(f: dataclasses.Field[Any], default: Any = dataclasses.MISSING) -> str:
     """A field's help line: what it does, its choices, and one default."""
     if default is dataclasses.MISSING:
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        default = field_default(f)
     choices = f.metadata["choices"]
     text = f.metadata["help"] + (f"; one of {', '.join(choices())}" if choices else "")
     return text if default is None else f"{text} (default: {default})"
 
 
-def parse_value(name: str, text: str):
+def parse_value(name: str, text: str) -> Any:
     """A TrainConfig field's value from its text, as its command-line option parses it."""
     return _parser_for(typing.get_type_hints(TrainConfig)[name])["type"](text)
 
@@ -110,7 +110,7 @@ def file_options(path: str) -> dict:
     return {name: _file_value(path, name, value) for name, value in read_config_file(path).items()}
 
 
-def _file_value(path: str, name: str, value):
+def _file_value(path: str, name: str, value: Any) -> Any:
     if value is None:  # an unset option stays unset
         return None
     hint = typing.get_type_hints(TrainConfig)[name]
@@ -129,7 +129,7 @@ def _file_value(path: str, name: str, value):
                           f"date or time is none of them)") from None
 
 
-def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     """The configuration: the fields' defaults, then the entry point's (`args.entry_defaults`: example.py's),
     then --config's file, then the options given."""
     from_file = file_options(args.config) if getattr(args, "config", None) else {}

@@ -13,7 +13,7 @@ import functools
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 
@@ -39,14 +39,16 @@ MAX_MULTIPLIER = 64  # width and attn_ratio: beyond it every registered model is
 SHOWN_CHARS = 200  # of a value quoted in a one-line error: enough to recognise it, never a file's megabytes
 
 
-def option(default, help: str, reference: bool = False, choices: Callable[[], list[str]] | None = None,
-           bare: str | None = None):
+def option(default: Any, help: str, reference: bool = False, choices: Callable[[], list[str]] | None = None,
+           bare: str | None = None) -> Any:
     """A configuration field with its CLI help; reference=True marks the reference implementation's own flags
     (spelled with underscores); choices: the allowed values, from the registry that defines them; bare: the value
     of the option given without one (--compile alone)."""
     factory = {"default_factory": default} if callable(default) else {"default": default}
     return field(**factory, metadata={"help": help, "reference": reference, "choices": choices, "bare": bare})
 
+
+R = TypeVar("R", bound="Recipe")  # a Recipe or a subclass (TrainConfig): what its methods return
 
 @dataclass
 class Recipe:
@@ -67,7 +69,8 @@ class Recipe:
     attention: str | None = option(None, "attention block by registered name, or none; given, it sets --use_sb and "
                                          "--use_se; none given: from --use_sb and --use_se",
                                    choices=lambda: ["none", *list_attention()])
-    arch: str = option("vgg16", "model architecture", choices=list_models)
+    arch: str = option("vgg16", "model architecture (timm:NAME: timm's model NAME, with pip install \"sbattn[timm]\")",
+                       choices=lambda: [*list_models(), "timm:NAME"])
     placement: str = option("auto", "attention at the end of each stage (stage), after each residual block (block) "
                                     "or after each conv layer (layer); auto: the architecture's own (VGG: stage, "
                                     "the reference's; ResNets: block, SE-ResNet's)",
@@ -98,7 +101,8 @@ class Recipe:
     def run_name(self) -> str:
         """The reference's file stem, vgg16_<ratio>_<use_sb>_<use_se>_<activation>, plus what else tells runs
         apart."""
-        name = f"{self.arch}_{self.attn_ratio}_{self.use_sb}_{self.use_se}_{self.activation}"
+        arch = self.arch.replace(":", "-")  # timm:NAME: no colon in a file's name
+        name = f"{arch}_{self.attn_ratio}_{self.use_sb}_{self.use_se}_{self.activation}"
         if self.attention not in ("none", "sb", "se"):  # the reference's flags cannot name it
             name += f"_{self.attention}"
         if self.placement != default_placement(self.arch):
@@ -122,12 +126,12 @@ class Recipe:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict, **overrides):
+    def from_dict(cls: type[R], values: dict, **overrides: Any) -> R:
         """The fields of `values` (a saved configuration, any other keys ignored), in today's spelling."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in {**canonical_config(values), **overrides}.items() if k in known})
 
-    def with_seed(self, seed: int):
+    def with_seed(self: R, seed: int) -> R:
         """This configuration with another seed, only the seed checked: a suite's runs of one row differ by seed
         alone, and validating each again (its model built on the meta device) costs a suite of many seeds
         minutes."""
@@ -202,7 +206,7 @@ class Recipe:
 RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe))
 
 
-def fail(config, name: str, why: str) -> typing.NoReturn:
+def fail(config: Any, name: str, why: str) -> typing.NoReturn:
     raise ConfigError(f"{name}={shown(getattr(config, name))}: {why}")
 
 
@@ -212,7 +216,7 @@ def clip(text: str, limit: int = SHOWN_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
-def shown(value, limit: int = SHOWN_CHARS) -> str:
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     """repr(value) as an error quotes it: clipped, and a value nested too deeply to repr named by its type."""
     try:
         return clip(repr(value), limit)
@@ -220,18 +224,21 @@ def shown(value, limit: int = SHOWN_CHARS) -> str:
         return f"<a {type(value).__name__} nested too deeply to show>"
 
 
-def check_fields(config) -> None:
+def check_fields(config: Any) -> None:
     """Each field of `config` (a Recipe or a subclass) of its declared type: a configuration read from a file may
     hold anything."""
+    cls: type = type(config)
     for f in dataclasses.fields(config):
-        expected = _type_problem(getattr(config, f.name), _field_types(type(config))[f.name])
+        expected = _type_problem(getattr(config, f.name), _field_types(cls)[f.name])
         if expected:
             fail(config, f.name, f"must be {expected}")
 
 
-def check_choices(config) -> None:
+def check_choices(config: Any) -> None:
     for f in dataclasses.fields(config):
         choices = f.metadata["choices"]
+        if f.name == "arch" and str(config.arch).startswith("timm:"):
+            continue  # any of timm's models: checked as the model is built
         if choices is not None and getattr(config, f.name) not in choices():
             fail(config, f.name, f"must be one of {', '.join(choices())}")
 
@@ -255,7 +262,7 @@ def recipe_differences(saved: dict, recipe: Recipe) -> list[str]:
             for name in RECIPE_FIELDS if saved.get(name) != getattr(recipe, name)]
 
 
-def _is_int(value) -> bool:
+def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -271,7 +278,7 @@ def _field_types(cls: type) -> dict:
     return typing.get_type_hints(cls)
 
 
-def _type_problem(value, hint) -> str | None:
+def _type_problem(value: Any, hint: Any) -> str | None:
     """What a field of type `hint` must be, when `value` is not that; None when it is."""
     args = typing.get_args(hint)
     if type(None) in args:

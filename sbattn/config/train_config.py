@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -88,7 +89,12 @@ class TrainConfig(Recipe):
         if self.tensorboard and not tensorboard_available():
             raise ConfigError(f"tensorboard=True: the tensorboard package is not installed; {TENSORBOARD_HINT}")
 
-    def rerun_options(self) -> dict:
+    @property
+    def resolved_device(self) -> str:
+        """The device as validation resolves it (validated, `device` is never None)."""
+        return self.device if self.device is not None else resolve_device(None)
+
+    def rerun_options(self) -> dict[str, Any]:
         """The options that train this run again or continue it, as a run's configuration file holds them: the
         actions of this invocation (ACTIONS: --resume, --overwrite, --download) left out."""
         return {**self.to_dict(), **dict.fromkeys(ACTIONS, False)}
@@ -99,19 +105,26 @@ class TrainConfig(Recipe):
         return [f"--{name}" for name in ACTIONS if getattr(self, name)]
 
 
-def saved_options(saved: dict) -> dict:
+def field_default(f: dataclasses.Field[Any]) -> Any:
+    """A dataclass field's default value: its default, or what its default_factory makes."""
+    if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def saved_options(saved: dict[str, Any]) -> dict[str, Any]:
     """Every TrainConfig option of a run's saved configuration, as saved (not validated: the machine that reads it
     may lack the device or the packages of the one that trained it); the default for an option it lacks."""
-    def default(f: dataclasses.Field):
-        return f.default_factory() if f.default is dataclasses.MISSING else f.default
-    return {f.name: saved.get(f.name, default(f)) for f in dataclasses.fields(TrainConfig)}
+    return {f.name: saved.get(f.name, field_default(f)) for f in dataclasses.fields(TrainConfig)}
 
 
-def canonical_compile(mode: str | bool) -> str | bool:
+def canonical_compile(mode: str | bool) -> str:
     """A --compile value in today's spelling: True and its words are "model", False and its words "none"; any other
     value as is (validation names it)."""
+    if isinstance(mode, bool):
+        return "model" if mode else "none"
     word = str(mode).strip().lower()
-    return "model" if mode is True or word in TRUE_WORDS else "none" if mode is False or word in FALSE_WORDS else mode
+    return "model" if word in TRUE_WORDS else "none" if word in FALSE_WORDS else mode
 
 
 def resolve_device(device: str | None) -> str:

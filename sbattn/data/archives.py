@@ -66,6 +66,14 @@ class _Budget:
         return blob
 
 
+def _tar_entry(tf: tarfile.TarFile, member: tarfile.TarInfo, archive: Path) -> IO[bytes]:
+    """A regular file's entry, open to read (tarfile gives no file for the other kinds, which are refused)."""
+    f = tf.extractfile(member)
+    if f is None:
+        raise DataError(f"{archive}: entry {member.name!r} is not a regular file; refusing to use the archive")
+    return f
+
+
 @dataclass
 class _Archive:
     files: dict[str, bytes]   # regular files (links resolved) by path
@@ -87,8 +95,8 @@ def _read_archive(path: Path, want: Callable[[str], bool] = lambda _: True) -> _
                     if info.is_dir():
                         dirs.add(name)
                     elif kind == stat.S_IFLNK:
-                        target = budget.read(name, info.file_size, lambda: zf.open(info), _MAX_LINK_BYTES)
-                        links[name] = _link_target(name, target.decode("utf-8", "replace"), path, hard=False)
+                        raw = budget.read(name, info.file_size, lambda: zf.open(info), _MAX_LINK_BYTES)
+                        links[name] = _link_target(name, raw.decode("utf-8", "replace"), path, hard=False)
                     elif kind not in (0, stat.S_IFREG):
                         raise DataError(f"{path}: entry {info.filename!r} is a device or other special file; "
                                         "refusing to use the archive")
@@ -106,7 +114,7 @@ def _read_archive(path: Path, want: Callable[[str], bool] = lambda _: True) -> _
                         raise DataError(f"{path}: entry {m.name!r} is a device or other special file; "
                                         "refusing to use the archive")
                     elif want(name):
-                        files[name] = budget.read(name, m.size, lambda: tf.extractfile(m))
+                        files[name] = budget.read(name, m.size, lambda: _tar_entry(tf, m, path))
     except DataError:
         raise
     except FileNotFoundError:

@@ -83,17 +83,17 @@ def _scan_dir(root: Path) -> _Tree | None:
             all_paths.append(cls_dir)
             files = _class_files(cls_dir, root)
             all_paths += [Path(p) for _, p in files]
-            by_class[cls_dir.name] = files
+            by_class[cls_dir.name] = list(files)
         split_classes[split] = by_class
     tree = _build_tree(str(root), split_classes, test_split)
     tree.all_paths = all_paths
     return tree
 
 
-def _class_files(cls_dir: Path, root: Path) -> list[tuple[str, str | bytes]]:
+def _class_files(cls_dir: Path, root: Path) -> list[tuple[str, str]]:
     """A class folder's files, checked before any is read: regular files, inside the tree (links may not lead
     out), none larger than an image may be."""
-    files: list[tuple[str, str | bytes]] = []
+    files: list[tuple[str, str]] = []
     for dirpath, dirnames, filenames in os.walk(cls_dir):
         dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
         for fn in sorted(filenames):

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from matplotlib.ticker import MaxNLocator
 
-from ..records.figures import plt, save_figure
+from ..records.figures import save_figure  # before pyplot: it selects matplotlib's Agg backend
 from .stats import sample_std
+
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 __all__ = ["plot_suite", "plot_lambda", "has_lambda", "mean_band"]
 
@@ -20,7 +22,7 @@ History = Sequence[dict]
 FIGSIZE = (12, 4.5)
 
 
-def mean_band(histories: Sequence[History], value) -> tuple[list[int], list[float], list[float]]:
+def mean_band(histories: Sequence[History], value: Callable[[dict], float | None]) -> tuple[list[int], list[float], list[float]]:
     """(epochs, mean, std) over runs of value(entry) per epoch; std is 0 where fewer than two runs have a value."""
     per_epoch: dict[int, list[float]] = {}
     for history in histories:

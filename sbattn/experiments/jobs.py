@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Callable, Sequence
 
 import torch
@@ -147,7 +148,7 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
     def more_to_start() -> bool:  # no new run after a failure or an interruption
         return bool(pending) and status == 0 and not stopped
 
-    def forward(signum, frame):  # each run checkpoints and stops (a second Ctrl-C: stops at once)
+    def forward(signum: int, frame: FrameType | None) -> None:  # each run checkpoints and stops (a second Ctrl-C: stops at once)
         nonlocal stopped
         stopped = True
         for proc in running:
@@ -172,7 +173,7 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
                 job, started, _ = running.pop(proc)
                 code = _ended(job, proc.returncode, time.perf_counter() - started, log)
                 status = status or code  # every end reported, the first failure kept
-            if not told_alone and len(running) == 1 and not more_to_start():
+            if not told_alone and ALONE_SIGNAL is not None and len(running) == 1 and not more_to_start():
                 told_alone = True
                 next(iter(running)).send_signal(ALONE_SIGNAL)
     finally:

@@ -20,8 +20,11 @@ def mean(values: Sequence[float]) -> float:
 
 def sample_std(values: Sequence[float]) -> float | None:
     """Standard deviation with Bessel's correction (n - 1); None for fewer than two values."""
-    if len(values) < 2:
-        return None
+    return _std(values) if len(values) >= 2 else None
+
+
+def _std(values: Sequence[float]) -> float:
+    """sample_std of two values or more."""
     m = mean(values)
     return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
 
@@ -122,7 +125,7 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> D
     estimate = mean(a) - mean(b)
     if len(a) < 2 or len(b) < 2:
         return Difference(estimate, len(a), len(b), confidence)
-    va, vb = sample_std(a) ** 2 / len(a), sample_std(b) ** 2 / len(b)
+    va, vb = _std(a) ** 2 / len(a), _std(b) ** 2 / len(b)
     se = math.sqrt(va + vb)
     if se == 0.0:  # both groups constant: the dof is 0/0, but the interval has zero width whatever it is
         dof = float(len(a) + len(b) - 2)

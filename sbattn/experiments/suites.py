@@ -46,12 +46,13 @@ def suite_config(suite: Suite, preset: str | None, explicit: dict[str, Any]) -> 
     return TrainConfig(**{**values, "resume": True})
 
 
-def job_count(preset: str | None, jobs: int | None, device: str = "cpu") -> int:
+def job_count(preset: str | None, jobs: int | None, device: str | None = "cpu") -> int:
     """--jobs when given, else the preset's, else on CUDA CUDA_RUNS_AT_ONCE (the suite shares the GPU among its
     runs unasked), else 1."""
     if jobs is not None:
         return jobs
-    preset_jobs = PRESETS.get(PRESET_ALIASES.get(preset, preset) or "", {}).get("jobs")
+    name = preset or ""
+    preset_jobs = PRESETS.get(PRESET_ALIASES.get(name, name), {}).get("jobs")
     return preset_jobs or (CUDA_RUNS_AT_ONCE if str(device).startswith("cuda") else 1)
 
 

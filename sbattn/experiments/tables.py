@@ -93,7 +93,7 @@ def _duration(seconds: float) -> str:
 
 
 def _verdict(a: str, b: str, d: Difference) -> str:
-    if not d.has_ci:
+    if d.low is None or d.high is None:  # not d.has_ci
         return "No interval with one run per configuration: run with --seeds 2 or more"
     if d.low > 0:
         return f"The interval excludes 0: {a} is better than {b} at {CONFIDENCE:.0%} confidence"
@@ -170,9 +170,10 @@ def render_csv(suite: Suite, rows: Sequence[Row]) -> str:
                      "ci_low", "ci_high", "dof", "params", "train_seconds_mean"])
     for row in rows:
         d = row.difference
+        estimate, low, high, dof = (d.estimate, d.low, d.high, d.dof) if d is not None else (None,) * 4
         writer.writerow([printable(row.variant.label), printable(row.variant.key), row.n, " ".join(map(str, row.seeds)),
-                         _num(row.mean), _num(row.std), _num(d and d.estimate), _num(d and d.low), _num(d and d.high),
-                         _num(d and d.dof, 2), row.params, _num(row.train_seconds, 1)])
+                         _num(row.mean), _num(row.std), _num(estimate), _num(low), _num(high),
+                         _num(dof, 2), row.params, _num(row.train_seconds, 1)])
     return text.getvalue()
 
 

@@ -24,10 +24,10 @@ ABLATION_ACTIVATIONS = ("tanh", "sigmoid", "relu", "softmax", "linear")  # the r
 ACTIVATION_LABELS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "ReLU", "softmax": "Softmax", "linear": "Linear"}
 # Kinds not named here print upper-cased (ECA, CBAM); global context says which of its two forms it is.
 ATTENTION_LABELS = {"none": "baseline", "se": "SE", "gc": "GC(scale)", "gca": "GC(add)", "timm:se": "SE(timm)"}
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 # Rows other than SB ignore the activation; pinning it keeps their run names (the reference's) the same whatever
 # --activation.
-NEUTRAL_ACTIVATION = _DEFAULTS["activation"]
+NEUTRAL_ACTIVATION: str = _DEFAULTS["activation"]
 # The settings every run of one table shares; the rest tell the table's rows and seeds apart.
 SHARED_FIELDS = tuple(f for f in RECIPE_FIELDS if f not in ("attention", "use_sb", "use_se", "activation", "seed"))
 
@@ -60,10 +60,12 @@ def attention_variant(kind: str, activation: str = NEUTRAL_ACTIVATION, label: st
 
 
 def compare_variants(kinds: tuple[str, ...], activation: str) -> list[Variant]:
+    """The rows of a compare suite: one per attention kind, SB's with `activation`."""
     return [attention_variant(kind, activation) for kind in kinds]
 
 
 def ablation_variants() -> list[Variant]:
+    """The rows of the ablation suite: SB with each of the reference's activations."""
     return [attention_variant("sb", a, ACTIVATION_LABELS[a]) for a in ABLATION_ACTIVATIONS]
 
 

@@ -2,7 +2,9 @@
 from .registry import PLACEMENTS, create_model, default_placement, list_models, register_model
 from .resnet import ResNet, resnet18, resnet20, resnet56
 from .summary import Summary, format_summary, summarize
+from .timm_models import create_timm_model, register_when_timm_is_imported
 from .vgg import VGG, vgg16
 
 __all__ = ["PLACEMENTS", "create_model", "default_placement", "list_models", "register_model", "ResNet", "resnet18",
-           "resnet20", "resnet56", "Summary", "format_summary", "summarize", "VGG", "vgg16"]
+           "resnet20", "resnet56", "Summary", "format_summary", "summarize", "create_timm_model",
+           "register_when_timm_is_imported", "VGG", "vgg16"]

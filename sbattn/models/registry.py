@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from typing import Any, Callable
 
 from torch import nn
 
-__all__ = ["PLACEMENTS", "register_model", "create_model", "list_models", "default_placement"]
+__all__ = ["PLACEMENTS", "register_model", "register_prefix", "create_model", "list_models", "default_placement"]
 
 # Where a model puts its attention blocks: at the end of each stage, after each residual block, or after each
 # conv layer. A builder offers some of them (VGG has no residual blocks) and names its own default.
 PLACEMENTS = ("stage", "block", "layer")
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_PREFIXES: dict[str, Callable[..., nn.Module]] = {}  # "timm:" -> the builder of every name it begins (timm_models.py)
+
+
+def register_prefix(prefix: str, builder: Callable[..., nn.Module]) -> None:
+    """Make create_model build every name that begins with `prefix` with builder(name, **kwargs)."""
+    _PREFIXES[prefix] = builder
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -26,8 +32,12 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model by name, e.g. create_model("vgg16", attention="sb")."""
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model by name, e.g. create_model("vgg16", attention="sb"); "timm:<name>" builds timm's
+    model <name> with the attention asked for (models/timm_models.py)."""
+    for prefix, builder in _PREFIXES.items():
+        if isinstance(name, str) and name.startswith(prefix):
+            return builder(name, **kwargs)
     try:
         builder = _MODELS[name]
     except (KeyError, TypeError):
@@ -36,5 +46,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 
 def default_placement(name: str) -> str:
-    """The placement a registered architecture's builder uses when given none."""
+    """The placement a registered architecture's builder uses when given none (a timm model's: its blocks')."""
+    if any(name.startswith(prefix) for prefix in _PREFIXES):
+        return "block"
     return inspect.signature(_MODELS[name]).parameters["placement"].default

@@ -15,13 +15,13 @@ CIFAR-10 has a 3x3 stem, no max pool and 1x1 conv-BN projection shortcuts: 11,17
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.attention import create_attention
+from ..nn.attention import build_attention
 from .registry import PLACEMENTS, register_model
 from .vgg import scaled
 
@@ -65,16 +65,16 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, shortcut: str = "A",
                  attention: str | None = None, attn_after_bn1: bool = False, attn_after_bn2: bool = False,
-                 **attn_options):
+                 **attn_options: Any) -> None:
         super().__init__()
         layers: dict[str, nn.Module] = {"conv1": _conv3x3(in_channels, out_channels, stride),
                                         "bn1": nn.BatchNorm2d(out_channels)}
-        if attn_after_bn1 and attention not in (None, "none"):
-            layers["attn1"] = create_attention(attention, out_channels, **attn_options)
+        if attn_after_bn1 and attention is not None and attention != "none":
+            layers["attn1"] = build_attention(attention, out_channels, **attn_options)
         layers.update(relu=nn.ReLU(inplace=True), conv2=_conv3x3(out_channels, out_channels),
                       bn2=nn.BatchNorm2d(out_channels))
-        if attn_after_bn2 and attention not in (None, "none"):
-            layers["attn"] = create_attention(attention, out_channels, **attn_options)
+        if attn_after_bn2 and attention is not None and attention != "none":
+            layers["attn"] = build_attention(attention, out_channels, **attn_options)
         # A named Sequential: readable names (branch.bn2) and conv-BN pairs that evaluation can fold.
         self.branch = nn.Sequential(OrderedDict(layers))
         if stride == 1 and in_channels == out_channels:
@@ -100,7 +100,7 @@ class ResNet(nn.Module):
 
     def __init__(self, stages: Sequence[Stage] = CIFAR_RESNET20, attention: str | None = None,
                  placement: str = "block", num_classes: int = 10, width: float = 1.0, shortcut: str = "A",
-                 stem_width: int | None = None, in_chans: int = 3, **attn_options):
+                 stem_width: int | None = None, in_chans: int = 3, **attn_options: Any) -> None:
         super().__init__()
         if placement not in RESNET_PLACEMENTS:
             raise ValueError(f"ResNet supports placement {', '.join(RESNET_PLACEMENTS)}, not {placement!r}")
@@ -138,27 +138,27 @@ class ResNet(nn.Module):
 
 
 def _build(stages: Sequence[Stage], shortcut: str, attention: str | None, activation: str, ratio: float,
-           num_classes: int, width: float, placement: str, attn_options: dict) -> ResNet:
+           num_classes: int, width: float, placement: str, attn_options: dict[str, Any]) -> ResNet:
     return ResNet(stages, attention, placement, num_classes, width, shortcut,
                   activation=activation, ratio=ratio, **attn_options)
 
 
 @register_model
 def resnet20(attention: str | None = None, activation: str = "tanh", ratio: float = 0.5, num_classes: int = 10,
-             width: float = 1.0, placement: str = "block", **attn_options) -> ResNet:
+             width: float = 1.0, placement: str = "block", **attn_options: Any) -> ResNet:
     """CIFAR ResNet-20 (He et al. 2016; 0.27 M parameters). attention: None, "sb" or "se"."""
     return _build(CIFAR_RESNET20, "A", attention, activation, ratio, num_classes, width, placement, attn_options)
 
 
 @register_model
 def resnet56(attention: str | None = None, activation: str = "tanh", ratio: float = 0.5, num_classes: int = 10,
-             width: float = 1.0, placement: str = "block", **attn_options) -> ResNet:
+             width: float = 1.0, placement: str = "block", **attn_options: Any) -> ResNet:
     """CIFAR ResNet-56 (He et al. 2016; 0.85 M parameters). attention: None, "sb" or "se"."""
     return _build(CIFAR_RESNET56, "A", attention, activation, ratio, num_classes, width, placement, attn_options)
 
 
 @register_model
 def resnet18(attention: str | None = None, activation: str = "tanh", ratio: float = 0.5, num_classes: int = 10,
-             width: float = 1.0, placement: str = "block", **attn_options) -> ResNet:
+             width: float = 1.0, placement: str = "block", **attn_options: Any) -> ResNet:
     """The 4-stage ResNet-18 for CIFAR-10 (3x3 stem, no max pool; 11.2 M parameters). attention: None, "sb" or "se"."""
     return _build(CIFAR_RESNET18, "B", attention, activation, ratio, num_classes, width, placement, attn_options)

@@ -7,6 +7,7 @@ attention's mean, shift and gate) is not counted; it costs memory traffic more t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -38,9 +39,9 @@ class Summary:
     attention_blocks: int = 0
 
 
-def _units(model: nn.Module):
+def _units(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The table's rows: leaf modules, with each attention block as one unit."""
-    def walk(module: nn.Module, prefix: str):
+    def walk(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module]]:
         for name, child in module.named_children():
             full = f"{prefix}.{name}" if prefix else name
             if is_attention(child) or not any(True for _ in child.children()):

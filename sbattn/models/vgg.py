@@ -6,8 +6,9 @@ after every conv-BN-ReLU ("layer", the paper's "more layers").
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
+import torch
 from torch import nn
 
 from ..nn.attention import create_attention
@@ -27,7 +28,7 @@ def scaled(width: int, multiplier: float) -> int:
 class VGG(nn.Module):
     def __init__(self, stages: Sequence[tuple[int, int]] = VGG16_STAGES, attention: str | None = None,
                  placement: str = "stage", num_classes: int = 10, width: float = 1.0, hidden: int = 256,
-                 in_chans: int = 3, **attn_options):
+                 in_chans: int = 3, **attn_options: Any) -> None:
         super().__init__()
         if placement not in VGG_PLACEMENTS:
             raise ValueError(f"VGG supports placement {' or '.join(VGG_PLACEMENTS)}, not {placement!r}")
@@ -53,10 +54,10 @@ class VGG(nn.Module):
                                         nn.Linear(hidden, num_classes))
         self.apply(_reference_init)
 
-    def forward_features(self, x):
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).mean((2, 3))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.forward_features(x))
 
 
@@ -69,7 +70,7 @@ def _reference_init(module: nn.Module) -> None:
 
 @register_model
 def vgg16(attention: str | None = None, activation: str = "tanh", ratio: float = 0.5, num_classes: int = 10,
-          width: float = 1.0, placement: str = "stage", **attn_options) -> VGG:
+          width: float = 1.0, placement: str = "stage", **attn_options: Any) -> VGG:
     """The reference implementation's modified VGG16. attention: None, "sb" or "se"; activation is SB's (SE's gate is a sigmoid)."""
     return VGG(VGG16_STAGES, attention, placement, num_classes, width,
                activation=activation, ratio=ratio, **attn_options)

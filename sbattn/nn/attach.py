@@ -20,7 +20,7 @@ import torch.fx
 from torch import nn
 
 from ..errors import SbattnError
-from .attention import create_attention, is_attention, list_attention
+from .attention import build_attention, is_attention, list_attention
 
 __all__ = ["WithAttention", "attach", "detach", "attached", "infer_channels"]
 
@@ -40,7 +40,8 @@ class WithAttention(nn.Module):
     H, W) before the block takes it, with an error naming `place` (the module's name and type) when it is not.
     """
 
-    def __init__(self, module: nn.Module, attention: nn.Module, channels: int | None = None, place: str = ""):
+    def __init__(self, module: nn.Module, attention: nn.Module, channels: int | None = None,
+                 place: str = "") -> None:
         super().__init__()
         self.module = module
         self.attention = attention
@@ -48,14 +49,14 @@ class WithAttention(nn.Module):
         self.place = place or type(module).__name__
         self.register_load_state_dict_pre_hook(_keys_before_attach)
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         # A WithAttention pickled before these existed still runs. (Not class attributes: torch.jit.script would
         # read their annotations, and cannot.)
         state.setdefault("channels", None)
         state.setdefault("place", "")
         super().__setstate__(state)
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         y = self.module(*args, **kwargs)
         if self.channels is not None:
             y = _expect_nchw(y, self.channels, self.place)
@@ -70,7 +71,7 @@ class WithAttention(nn.Module):
 class _OneTensor(WithAttention):
     """WithAttention for a module of one tensor, as torch.jit.script compiles it."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.module(x)
         channels = self.channels
         if channels is not None and (y.dim() != 4 or y.shape[1] != channels):
@@ -81,7 +82,7 @@ class _OneTensor(WithAttention):
         return self
 
 
-def _keys_before_attach(self: WithAttention, state_dict: dict, prefix: str, *_: Any) -> None:
+def _keys_before_attach(self: WithAttention, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
     """A state dict saved before attach loads after it: the wrapped module's keys, `<name>.weight` then, are
     `<name>.module.weight` now (a load's pre-hook, on the copy load_state_dict makes)."""
     own = {f"module.{k}" for k in self.module.state_dict()} | {f"attention.{k}" for k in self.attention.state_dict()}
@@ -91,7 +92,7 @@ def _keys_before_attach(self: WithAttention, state_dict: dict, prefix: str, *_: 
             state_dict[f"{prefix}module.{rest}"] = state_dict.pop(key)
 
 
-def _expect_nchw(y, channels: int, place: str):
+def _expect_nchw(y: object, channels: int, place: str) -> torch.Tensor:
     """y when it is an (N, channels, H, W) tensor, else a one-line ValueError naming the module before the block.
     A leaf of torch.fx graphs (torch.fx.wrap below): a symbolic trace cannot see shapes; the traced model checks."""
     if not isinstance(y, torch.Tensor):
@@ -189,7 +190,7 @@ def _candidates(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
 
 
 def attach(model: nn.Module, kind: str = "sb", where: Where = nn.BatchNorm2d, channels: int | None = None,
-           **block_options) -> nn.Module:
+           **block_options: Any) -> nn.Module:
     """Insert an attention block (`kind`: "sb", "se" or any registered name) after each module `where` selects.
 
     where: a module type or tuple of types, a predicate on (name, module), or module names. The channel count
@@ -216,7 +217,7 @@ def attach(model: nn.Module, kind: str = "sb", where: Where = nn.BatchNorm2d, ch
         if width is None:
             raise ValueError(_cannot_infer(name, module))
         try:
-            block = create_attention(kind, width, **block_options)
+            block = build_attention(kind, width, **block_options)
         except SbattnError:  # a missing extra: nothing to do with this module
             raise
         except ValueError as e:

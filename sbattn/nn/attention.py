@@ -15,20 +15,20 @@ graph runs), torch.export, ONNX and torch.jit.script.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 import torch.fx
 from torch import nn
 
-from .branch import (AttentionBranch, branch_layout, gate_module, get_activation, hidden_channels,
-                     list_activations, reduced_channels)
+from .branch import (AttentionBranch, DeviceLike, DTypeLike, GateArg, LayerArg, NormArg, branch_layout, gate_module,
+                     get_activation, hidden_channels, list_activations, reduced_channels)
 from .ops import add_per_channel, spatial_mean
 
 __all__ = [
     "AttentionBranch", "ShiftBalance", "SqueezeExcite", "LAMBDA_INITS", "create_attention", "register_attention",
     "list_attention", "list_activations", "get_activation", "get_attention", "is_attention", "hidden_channels",
-    "reduced_channels",
+    "reduced_channels", "build_attention",
 ]
 
 
@@ -39,8 +39,9 @@ torch.fx.wrap("add_per_channel")
 
 
 def make_branch(channels: int, ratio: float, use_bn: bool, rd_ratio: Optional[float], rd_channels: Optional[int],
-                rd_divisor: Optional[int], rd_round_fn: Any, act_layer: Any, force_act_layer: Any, norm_layer: Any,
-                branch_norm: Optional[str], round_chs_fn: Any, device: Any, dtype: Any) -> AttentionBranch:
+                rd_divisor: Optional[int], rd_round_fn: Optional[Callable[[float], float]], act_layer: LayerArg,
+                force_act_layer: LayerArg, norm_layer: NormArg, branch_norm: Optional[str],
+                round_chs_fn: Optional[Callable[..., Any]], device: DeviceLike, dtype: DTypeLike) -> AttentionBranch:
     """A block's branch from its options, timm's among them: rd_ratio wins over ratio (a timm model passes its
     own), force_act_layer over act_layer (as in timm's EfficientNet SE), norm_layer maps to a branch_norm."""
     hidden = reduced_channels(channels, ratio if rd_ratio is None else rd_ratio, rd_channels, rd_divisor,
@@ -68,9 +69,11 @@ class ShiftBalance(nn.Module):
 
     def __init__(self, channels: int, ratio: float = 0.5, activation: str = "tanh",
                  lambda_init: str | float = "normal", use_bn: bool = True, *, rd_ratio: Optional[float] = None,
-                 rd_channels: Optional[int] = None, rd_divisor: Optional[int] = None, rd_round_fn: Any = None,
-                 act_layer: Any = None, force_act_layer: Any = None, gate_layer: Any = None, norm_layer: Any = None,
-                 branch_norm: Optional[str] = None, round_chs_fn: Any = None, device: Any = None, dtype: Any = None):
+                 rd_channels: Optional[int] = None, rd_divisor: Optional[int] = None,
+                 rd_round_fn: Optional[Callable[[float], float]] = None, act_layer: LayerArg = None,
+                 force_act_layer: LayerArg = None, gate_layer: GateArg = None, norm_layer: NormArg = None,
+                 branch_norm: Optional[str] = None, round_chs_fn: Optional[Callable[..., Any]] = None,
+                 device: DeviceLike = None, dtype: DTypeLike = None) -> None:
         super().__init__()
         self.act, self.activation = gate_module(gate_layer, activation)
         lam = _init_lambda(channels, lambda_init, device, dtype)  # drawn before the branch, as the reference does
@@ -95,9 +98,11 @@ class SqueezeExcite(nn.Module):
     """
 
     def __init__(self, channels: int, ratio: float = 0.5, use_bn: bool = True, *, rd_ratio: Optional[float] = None,
-                 rd_channels: Optional[int] = None, rd_divisor: Optional[int] = None, rd_round_fn: Any = None,
-                 act_layer: Any = None, force_act_layer: Any = None, gate_layer: Any = None, norm_layer: Any = None,
-                 branch_norm: Optional[str] = None, round_chs_fn: Any = None, device: Any = None, dtype: Any = None):
+                 rd_channels: Optional[int] = None, rd_divisor: Optional[int] = None,
+                 rd_round_fn: Optional[Callable[[float], float]] = None, act_layer: LayerArg = None,
+                 force_act_layer: LayerArg = None, gate_layer: GateArg = None, norm_layer: NormArg = None,
+                 branch_norm: Optional[str] = None, round_chs_fn: Optional[Callable[..., Any]] = None,
+                 device: DeviceLike = None, dtype: DTypeLike = None) -> None:
         super().__init__()
         self.gate, self.gate_name = gate_module(gate_layer, "sigmoid")
         self.branch = make_branch(channels, ratio, use_bn, rd_ratio, rd_channels, rd_divisor, rd_round_fn,
@@ -111,8 +116,9 @@ class SqueezeExcite(nn.Module):
 LAMBDA_INITS = ("normal", "zeros", "ones")  # or a number every channel starts at
 
 
-def _init_lambda(channels: int, init: str | float, device=None, dtype=None) -> torch.Tensor:
-    dd = {"device": device, "dtype": dtype}
+def _init_lambda(channels: int, init: str | float, device: DeviceLike = None,
+                 dtype: DTypeLike = None) -> torch.Tensor:
+    dd: dict[str, Any] = {"device": device, "dtype": dtype}
     if init == "normal":
         return torch.randn(channels, **dd)
     if init == "zeros":
@@ -127,12 +133,13 @@ def _init_lambda(channels: int, init: str | float, device=None, dtype=None) -> t
 # A kind's builder: a block class, or a callable with block_type() naming the class it builds (nn/zoo.py).
 _ATTENTION: dict[str, Callable[..., nn.Module]] = {"sb": ShiftBalance, "se": SqueezeExcite}
 MODEL_WIDE_OPTIONS = ("activation", "lambda_init")
+_Builder = TypeVar("_Builder", bound=Callable[..., nn.Module])
 
 
-def register_attention(name: str):
+def register_attention(name: str) -> Callable[[_Builder], _Builder]:
     """Class decorator: make a block available under `name` to create_attention, attach, the models, and the
     command line's --attention (train and the suites)."""
-    def add(cls: type[nn.Module]) -> type[nn.Module]:
+    def add(cls: _Builder) -> _Builder:
         _ATTENTION[name] = cls
         return cls
     return add
@@ -163,7 +170,7 @@ def is_attention(module: nn.Module) -> bool:
     return isinstance(module, tuple(t for t in map(_block_type, _ATTENTION.values()) if t is not None))
 
 
-def create_attention(kind: str | None, channels: int, **options) -> nn.Module | None:
+def create_attention(kind: str | None, channels: int, **options: Any) -> nn.Module | None:
     """Build an attention block by name ("sb", "se", ...); None or "none" gives None.
 
     The SB-specific options a model hands to every kind (MODEL_WIDE_OPTIONS, as the reference's --activation is
@@ -171,6 +178,11 @@ def create_attention(kind: str | None, channels: int, **options) -> nn.Module | 
     """
     if kind is None or kind == "none":
         return None
+    return build_attention(kind, channels, **options)
+
+
+def build_attention(kind: str, channels: int, **options: Any) -> nn.Module:
+    """create_attention for a kind that is a block (not None nor "none"): always a module."""
     cls = get_attention(kind)
     accepted = inspect.signature(cls).parameters
     options = {k: v for k, v in options.items() if k in accepted or k not in MODEL_WIDE_OPTIONS}

@@ -9,14 +9,25 @@ and Hu et al.'s SE; it trains at a batch of 1). Scriptable: torch.jit.script tak
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union, cast
 
 import torch
 import torch.fx
 from torch import nn
 
 __all__ = ["AttentionBranch", "BRANCH_NORMS", "branch_layout", "get_activation", "list_activations",
-           "hidden_channels", "reduced_channels", "hidden_activation", "gate_module"]
+           "hidden_channels", "reduced_channels", "hidden_activation", "gate_module", "LayerArg", "GateArg",
+           "NormArg", "DeviceLike", "DTypeLike"]
+
+# The blocks' timm-style arguments, as annotations (of __init__ alone: TorchScript compiles forward, never these).
+# act_layer, force_act_layer: a name (relu, silu, ...), a module class or factory, or a module.
+LayerArg = Union[str, nn.Module, Callable[..., nn.Module], None]
+# gate_layer: as LayerArg, or a plain function of the tensor (torch.sigmoid).
+GateArg = Union[str, nn.Module, Callable[..., Any], None]
+# norm_layer: a BatchNorm class (or factory) or its name.
+NormArg = Union[str, Callable[..., nn.Module], None]
+DeviceLike = Union[torch.device, str, int, None]
+DTypeLike = Optional[torch.dtype]
 
 BRANCH_NORMS = ("bn", "hidden_bn", "none")
 
@@ -46,7 +57,7 @@ def list_activations() -> list[str]:
     return list(_ACTIVATIONS)
 
 
-def gate_module(gate_layer: Any, default: str) -> tuple[nn.Module, str]:
+def gate_module(gate_layer: GateArg, default: str) -> tuple[nn.Module, str]:
     """(module, name) for a block's gate: an activation by name (list_activations(), timm's names for them), a
     module class or instance (timm's gate_layer), or a plain function."""
     if gate_layer is None or isinstance(gate_layer, str):
@@ -64,7 +75,7 @@ def gate_module(gate_layer: Any, default: str) -> tuple[nn.Module, str]:
 class _Function(nn.Module):
     """A plain function as a layer (a gate given as torch.sigmoid, say); not scriptable."""
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, fn: Callable[..., Any]) -> None:
         super().__init__()
         self.fn = fn
 
@@ -82,7 +93,7 @@ def hidden_channels(channels: int, ratio: float) -> int:
 
 
 def reduced_channels(channels: int, ratio: float, rd_channels: Optional[int] = None,
-                     rd_divisor: Optional[int] = None, rd_round_fn: Optional[Callable[[float], int]] = None) -> int:
+                     rd_divisor: Optional[int] = None, rd_round_fn: Optional[Callable[[float], float]] = None) -> int:
     """The hidden width under timm's names: rd_channels when given; else rd_round_fn(ratio * C) (timm's
     EfficientNet SE), or ratio * C rounded to a multiple of rd_divisor as timm's SEModule rounds (never below the
     divisor), or int(ratio * C)."""
@@ -102,7 +113,7 @@ _HIDDEN_ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "swi
                        "mish": nn.Mish, "hard_swish": nn.Hardswish, "leaky_relu": nn.LeakyReLU}
 
 
-def hidden_activation(act_layer: Any) -> nn.Module:
+def hidden_activation(act_layer: LayerArg) -> nn.Module:
     """The branch's hidden activation as a module: ReLU (in place) by default, as timm's act_layer otherwise."""
     if act_layer is None:
         return nn.ReLU(inplace=True)
@@ -122,8 +133,8 @@ def hidden_activation(act_layer: Any) -> nn.Module:
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-def branch_layout(use_bn: bool = True, branch_norm: Optional[str] = None, norm_layer: Any = None,
-                  round_chs_fn: Any = None) -> str:
+def branch_layout(use_bn: bool = True, branch_norm: Optional[str] = None, norm_layer: NormArg = None,
+                  round_chs_fn: Optional[Callable[..., Any]] = None) -> str:
     """The branch's norms (one of BRANCH_NORMS) from the block's options: branch_norm when given, else timm's
     norm_layer (BatchNorm maps to "hidden_bn", where timm's SEModule puts it), else use_bn."""
     if round_chs_fn is not None:
@@ -155,10 +166,11 @@ class AttentionBranch(nn.Sequential):
     """
 
     def __init__(self, channels: int, ratio: float = 0.5, use_bn: bool = True, *, hidden: Optional[int] = None,
-                 act_layer: Any = None, branch_norm: Optional[str] = None, device: Any = None, dtype: Any = None):
+                 act_layer: LayerArg = None, branch_norm: Optional[str] = None, device: DeviceLike = None,
+                 dtype: DTypeLike = None) -> None:
         hidden = hidden_channels(channels, ratio) if hidden is None else hidden
         layout = branch_layout(use_bn, branch_norm)
-        dd = {"device": device, "dtype": dtype}
+        dd: dict[str, Any] = {"device": device, "dtype": dtype}
 
         def norm(n: int, wanted: bool) -> nn.Module:
             return nn.BatchNorm1d(n, **dd) if wanted else nn.Identity()
@@ -182,7 +194,7 @@ class AttentionBranch(nn.Sequential):
                 # Linear has no weight tensor): traced, the branch is its plain layers, under the graph's autocast.
                 return self._layers(z)
             # In the weights' own precision: on (N, C), autocast's casts would cost more than the arithmetic.
-            z = z.to(self[0].weight.dtype)
+            z = z.to(cast(nn.Linear, self[0]).weight.dtype)
             autocast = torch.is_autocast_enabled(z.device.type)
             with torch.autocast(z.device.type, enabled=False) if autocast else contextlib.nullcontext():
                 return self._layers(z)

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Optional
 from torch import nn
 
 from .attach import Where, _candidates, _selector
-from .attention import create_attention, get_attention, is_attention
+from .attention import build_attention, get_attention, is_attention
 from .branch import AttentionBranch
 
 __all__ = ["replace_attention", "se_options", "SE_MODULES", "load_pretrained", "PretrainedLoad"]
@@ -60,7 +60,9 @@ def se_options(module: nn.Module) -> Optional[dict[str, Any]]:
     layout = _known_layout(module)
     if layout is None:
         return None
-    reduce, act, expand, gate = (getattr(module, name, None) if name else None for name in layout)
+    # Layers of timm's and torchvision's classes (Any: neither is imported here); an empty name is a layer it has not.
+    parts: list[Any] = [getattr(module, name, None) if name else None for name in layout]
+    reduce, act, expand, gate = parts
     if getattr(module, "add_maxpool", False):
         raise ValueError(f"{type(module).__name__} with add_maxpool=True squeezes by mean and max, and the blocks "
                          f"squeeze by the mean alone")
@@ -105,7 +107,7 @@ def replace_attention(model: nn.Module, kind: str = "sb", where: Optional[Where]
         if any(k in options for k in _GATE_OPTIONS):
             found.pop("gate_layer")
         try:
-            block = create_attention(kind, channels, **{**_accepted(kind, found), **options})
+            block = build_attention(kind, channels, **{**_accepted(kind, found), **options})
         except ValueError as e:
             raise ValueError(f"module {name!r} ({type(module).__name__}, {channels} channels): {e}") from None
         like = next(module.parameters(), None)

@@ -17,18 +17,21 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from types import ModuleType
+from typing import Any, Optional
 
 from torch import nn
 
 from ..errors import ConfigError
 from .attention import register_attention
+from .branch import DeviceLike, DTypeLike
 
 __all__ = ["TimmBlock", "ZOO", "timm_module"]
 
 EXTRA = 'pip install "sbattn[timm]"'
 
 
-def timm_module(kind: str, path: str):
+def timm_module(kind: str, path: str) -> ModuleType:
     """timm's module `path` (timm.layers.cbam, ...); a one-line ConfigError naming the extra when timm is missing or
     cannot be imported."""
     try:
@@ -49,12 +52,12 @@ class TimmBlock:
     fixed: options this kind always passes (GlobalContext's fuse_add and fuse_scale).
     """
 
-    def __init__(self, kind: str, module: str, class_name: str, uses_ratio: bool = True, **fixed):
+    def __init__(self, kind: str, module: str, class_name: str, uses_ratio: bool = True, **fixed: Any) -> None:
         self.kind, self.module, self.class_name = kind, module, class_name
         self.uses_ratio, self.fixed = uses_ratio, fixed
 
-    def __call__(self, channels: int, ratio: float | None = None, *, device=None, dtype=None,
-                 **options) -> nn.Module:
+    def __call__(self, channels: int, ratio: Optional[float] = None, *, device: DeviceLike = None,
+                 dtype: DTypeLike = None, **options: Any) -> nn.Module:
         cls = self.block_class()
         if ratio is not None and self.uses_ratio:
             options.setdefault("rd_ratio", ratio)

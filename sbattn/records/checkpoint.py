@@ -15,7 +15,7 @@ from ..version import __version__
 from .integrity import check_container, check_tensors, check_training_fields, check_weights_fit, seal, verify_checksum
 
 __all__ = ["CHECKPOINT_FORMAT", "WEIGHTS_FORMAT", "save_checkpoint", "load_checkpoint", "save_weights", "load",
-           "read_record", "unwrap"]
+           "read_record", "unwrap", "recorded"]
 
 CHECKPOINT_FORMAT = 2  # 2: every rank's random state, and the number of processes
 # Weights files (.pth, with a "state_dict") are numbered apart from checkpoints, so that a checkpoint's change
@@ -112,7 +112,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     else:
         raise CheckpointError(f"{path} holds no model weights")
     try:
-        recipe = Recipe.from_dict(obj["config"])
+        recipe: Recipe = Recipe.from_dict(obj["config"])
         num_classes = obj.get("num_classes", 10)
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise CheckpointError(f"{path}: its number of classes {num_classes!r} is not a positive integer")
@@ -124,7 +124,16 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     except (RuntimeError, KeyError, TypeError, ValueError) as e:  # a configuration that builds no model
         first_line = (str(e).splitlines() or [""])[0]
         raise CheckpointError(f"{path}: cannot rebuild its model ({type(e).__name__}: {first_line})") from None
-    model.num_classes = num_classes
-    # What the model is, and the options of the run that trained it (its data, its evaluation batch, ...).
-    model.config, model.trained_with, model.history = recipe, saved_options(obj["config"]), obj.get("history", [])
+    # What the model is, and the options of the run that trained it (its data, its evaluation batch, ...): plain
+    # attributes, which torch's stubs of Module.__setattr__ leave out (they take tensors and modules alone).
+    model.num_classes = num_classes  # type: ignore[assignment]
+    model.config = recipe  # type: ignore[assignment]
+    model.trained_with = saved_options(obj["config"])  # type: ignore[assignment]
+    model.history = obj.get("history", [])
     return model.to(device).eval()
+
+
+def recorded(model: nn.Module) -> tuple[Recipe, dict[str, Any], int]:
+    """What load() recorded on the model it rebuilt: its Recipe, the options it was trained with, its number of
+    classes."""
+    return getattr(model, "config"), getattr(model, "trained_with"), getattr(model, "num_classes")

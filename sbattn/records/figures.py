@@ -10,12 +10,14 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from matplotlib.figure import Figure  # noqa: E402
+
 from ..files import atomic_write  # noqa: E402
 
 __all__ = ["plot_history", "save_figure"]
 
 
-def save_figure(fig, path: str | Path) -> None:
+def save_figure(fig: Figure, path: str | Path) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
 

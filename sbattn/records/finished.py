@@ -55,7 +55,9 @@ def _read(path: Path) -> tuple[FinishedRun | None, str | None]:
         data = json.loads(path.read_text()) if path.is_file() else None
     except (OSError, ValueError, RecursionError):
         return None, None
-    summary = data.get("summary") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None, None
+    summary = data.get("summary")
     if not (isinstance(summary, dict) and summary.get("complete") is True):
         return None, None
     problem = _problem(summary, data.get("history"))
@@ -65,9 +67,9 @@ def _read(path: Path) -> tuple[FinishedRun | None, str | None]:
                        data["history"]), None
 
 
-def _problem(summary: dict, history) -> str | None:
+def _problem(summary: dict, history: object) -> str | None:
     """The first field of a finished run's record that is not what a finished run holds, and what it must be."""
-    def wrong(name: str, value, what: str) -> str:
+    def wrong(name: str, value: object, what: str) -> str:
         return f"{name} is {'null or missing' if value is None else shown(value, 60)}, not {what}"
 
     if not isinstance(summary.get("config"), dict):

@@ -7,11 +7,15 @@ import hashlib
 import math
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError
+
+if TYPE_CHECKING:
+    from ..data.dataset import CIFAR10
 
 __all__ = ["seal", "verify_checksum", "check_container", "check_tensors", "check_weights_fit",
            "check_training_fields", "entry_ok", "is_count", "is_number", "data_identity", "check_same_data"]
@@ -25,7 +29,7 @@ def checksum(record: dict) -> str:
     return h.hexdigest()
 
 
-def _feed(h, obj) -> None:
+def _feed(h: hashlib.blake2b, obj: object) -> None:
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
@@ -78,7 +82,7 @@ def check_container(path: Path) -> None:
                               f"is not a file sbattn wrote; refusing to unpack it")
 
 
-def check_tensors(record, path: Path) -> None:
+def check_tensors(record: object, path: Path) -> None:
     """Before any tensor of a record read from `path` is touched: each claims no more bytes than its storage holds,
     and its storage no more than the file, so that checking or hashing it allocates no more than the file's size (a
     stride-0 view, torch.zeros(1).expand(n), claims n elements of a storage of one)."""
@@ -91,7 +95,7 @@ def check_tensors(record, path: Path) -> None:
                                   f"file has {size:,}): not a file sbattn wrote; refusing to read it")
 
 
-def _tensors(obj, name: str):
+def _tensors(obj: object, name: str) -> Iterator[tuple[str, torch.Tensor]]:
     """(where, tensor) for every tensor in a record, in its dicts, lists and tuples."""
     if isinstance(obj, torch.Tensor):
         yield name or "a tensor", obj
@@ -103,7 +107,7 @@ def _tensors(obj, name: str):
             yield from _tensors(value, f"{name}[{i}]")
 
 
-def check_weights_fit(model: nn.Module, state, path: Path, what: str = "its model") -> None:
+def check_weights_fit(model: nn.Module, state: object, path: Path, what: str = "its model") -> None:
     """A state dict read from a file against the model it is for (built on the meta device, so that a file
     claiming a huge model allocates nothing): the same names, shapes and dtypes, and finite values."""
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
@@ -123,12 +127,12 @@ def check_weights_fit(model: nn.Module, state, path: Path, what: str = "its mode
         raise CheckpointError(f"{path}: {bad} holds non-finite values (NaN or inf); the file is damaged")
 
 
-def is_count(value, low: int = 0, high: float = math.inf) -> bool:
+def is_count(value: object, low: int = 0, high: float = math.inf) -> bool:
     """An int (not a bool) from `low` to `high`."""
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def is_number(value, low: float = -math.inf, high: float = math.inf) -> bool:
+def is_number(value: object, low: float = -math.inf, high: float = math.inf) -> bool:
     """A finite int or float (not a bool) from `low` to `high`, or a one-element tensor holding one (--compile step
     keeps the learning rate in a tensor)."""
     if isinstance(value, torch.Tensor):
@@ -179,7 +183,7 @@ def check_training_fields(ckpt: dict, epochs: int, seed: int | None, path: Path)
         fail(f"its number of classes {ckpt['num_classes']!r} is not a positive integer")
 
 
-def _partial_ok(partial) -> bool:
+def _partial_ok(partial: object) -> bool:
     """An interrupted epoch's sums: loss and correct, the sampled figures (checkpoints since 0.3), seen, seconds."""
     if not isinstance(partial, dict):
         return False
@@ -188,7 +192,7 @@ def _partial_ok(partial) -> bool:
             and is_count(partial.get("seen"), 1) and is_number(partial.get("seconds")))
 
 
-def entry_ok(entry, epoch: int) -> bool:
+def entry_ok(entry: object, epoch: int) -> bool:
     """A history entry of epoch `epoch` (a checkpoint's or a finished run's): its numbers, accuracies from 0 to 1."""
     return (isinstance(entry, dict) and is_count(entry.get("epoch")) and entry["epoch"] == epoch
             and all(is_number(entry.get(k)) for k in HISTORY_NUMBERS)
@@ -196,7 +200,7 @@ def entry_ok(entry, epoch: int) -> bool:
             and all(entry.get(k) is None or 0 <= entry[k] <= 1 for k in ACCURACIES))
 
 
-def data_identity(data) -> dict:
+def data_identity(data: CIFAR10) -> dict:
     """What a checkpoint records of the data it trains on."""
     return {"source": data.source, "classes": list(data.classes), "fingerprint": data.fingerprint()}
 
@@ -219,7 +223,7 @@ def check_same_data(ckpt: dict, identity: dict, path: Path) -> None:
                               f"resume it with the --data-dir it was trained on, or move it away to start over")
 
 
-def _names(classes) -> str:
+def _names(classes: object) -> str:
     if not isinstance(classes, list):
         return repr(classes)
     shown = ", ".join(map(str, classes[:5]))

@@ -13,7 +13,7 @@ import os
 import resource
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Any, BinaryIO, Iterator
 
 from torch import nn
 
@@ -44,12 +44,12 @@ def file_failure(path: Path, after: str) -> Iterator[None]:
         raise UserError(f"cannot write {where} ({e.strerror or e}); {after}") from None
 
 
-def strict_json(obj, **kwargs) -> str:
+def strict_json(obj: object, **kwargs: Any) -> str:
     """JSON that strict parsers accept: a non-finite float (NaN, inf) is written as null."""
     return json.dumps(_finite(obj), allow_nan=False, **kwargs)
 
 
-def _finite(obj):
+def _finite(obj: object) -> object:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
@@ -75,7 +75,7 @@ def record_checksum(record: dict) -> str:
 
 def _write_history(paths: RunPaths, history: list[dict]) -> None:
     scalar_keys = [k for k in history[0] if not isinstance(history[0][k], list)] if history else []
-    def write_csv(f):
+    def write_csv(f: BinaryIO) -> None:
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=scalar_keys, extrasaction="ignore")
         writer.writeheader()

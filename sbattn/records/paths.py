@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config.train_config import TrainConfig
 
 __all__ = ["RunPaths", "RUN_FILES", "RESULTS", "REPLACED"]
 
@@ -14,11 +18,13 @@ REPLACED = "replaced"  # the folder in the output directory that the files of re
 
 @dataclass(frozen=True)
 class RunPaths:
+    """Every file of the run `name` in `output_dir`: checkpoint, weights, JSON, CSV, figure, options, lock, log."""
+
     output_dir: Path
     name: str
 
     @classmethod
-    def of(cls, config) -> "RunPaths":
+    def of(cls, config: TrainConfig) -> RunPaths:
         """The paths of `config`'s run (a TrainConfig: its output_dir and run_name)."""
         return cls(Path(config.output_dir), config.run_name)
 

@@ -10,6 +10,7 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Iterator, Protocol, TypedDict
 
 import torch
 import torch.distributed as dist
@@ -22,7 +23,12 @@ __all__ = ["Context", "setup", "teardown", "restart_count", "disagreement", "all
 
 # Where this rank is, for the error that names a rank that stopped answering: the collective it is in, and the
 # last point every rank reports to the store (every few steps, see `passing`).
-_where = {"collective": "the start of the process group"}
+class _Where(TypedDict, total=False):
+    collective: str
+    at: tuple[int, int]  # (epoch, step)
+
+
+_where: _Where = {"collective": "the start of the process group"}
 # This group's keys in torchrun's store (a restarted group's are its own).
 _KEY = f"sbattn/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
 
@@ -153,10 +159,21 @@ def unanswered(ctx: Context, error: BaseException) -> str:
 ANSWER_WAIT = 2.0  # seconds: how long a failed rank waits to hear which of the others failed too
 
 
+class _Store(Protocol):
+    """What these messages ask of a store: torch's (c10d.Store), or _NoStore."""
+
+    def set(self, key: str, value: str) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def check(self, keys: list[str]) -> bool: ...
+
+
 @contextlib.contextmanager
-def _store():
+def _store() -> Iterator[_Store]:
     """The process group's store, or a stand-in that knows nothing when it cannot be reached (the agent gone); an
     error of the store's ends the block quietly: what it was for is only a better message."""
+    store: _Store
     try:
         store = dist.distributed_c10d._get_default_store()
     except Exception:
@@ -173,6 +190,9 @@ class _NoStore:
 
     def check(self, keys: list[str]) -> bool:
         return False
+
+    def get(self, key: str) -> bytes:  # never asked: it holds no key (check says so)
+        raise KeyError(key)
 
 
 def all_reduce_sum(ctx: Context, *values: torch.Tensor) -> list[torch.Tensor]:
@@ -194,17 +214,17 @@ def any_rank(ctx: Context, flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def gather_objects(ctx: Context, obj):
+def gather_objects(ctx: Context, obj: Any) -> list[Any]:
     """Every rank's `obj`, as a list indexed by rank (on every rank)."""
     if not ctx.distributed:
         return [obj]
-    out = [None] * ctx.world_size
+    out: list[Any] = [None] * ctx.world_size
     _where["collective"] = "gathering the ranks' states (all_gather_object)"
     dist.all_gather_object(out, obj)
     return out
 
 
-def disagreement(ctx: Context, facts: dict) -> str | None:
+def disagreement(ctx: Context, facts: dict[str, Any]) -> str | None:
     """Where the ranks' `facts` (what must be the same on every rank: the recipe, the data, the version) differ
     from rank 0's, said in one line, the same on every rank; None when they agree. A collective."""
     every = gather_objects(ctx, facts)
@@ -221,13 +241,13 @@ class _SumOverRanks(torch.autograd.Function):
     """All-reduce (sum) whose gradient is the all-reduced gradient: every rank's loss depends on every rank's sum."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         x = x.clone()
         dist.all_reduce(x)
         return x
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.clone()
         dist.all_reduce(grad)
         return grad
@@ -244,6 +264,15 @@ class CrossRankBatchNorm(_BatchNorm):
         if x.dim() < 2:
             raise ValueError(f"expected an input of at least 2 dimensions, got {x.dim()}")
 
+    def _average_factor(self) -> float:
+        """Counts this batch; the running statistics' update factor, as torch's BatchNorm takes it: momentum, or
+        with momentum None the cumulative average's 1 / batches."""
+        if self.num_batches_tracked is not None:
+            self.num_batches_tracked += 1
+            if self.momentum is None:
+                return 1.0 / float(self.num_batches_tracked)
+        return 0.0 if self.momentum is None else self.momentum
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
         if not self.training:
@@ -255,11 +284,11 @@ class CrossRankBatchNorm(_BatchNorm):
         count = total[-1]
         mean = total[:channels] / count
         var = total[channels:2 * channels] / count - mean * mean
-        if self.track_running_stats:
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
-                self.num_batches_tracked += 1
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(var * count / (count - 1), self.momentum)
+                factor = self._average_factor()
+                self.running_mean.lerp_(mean, factor)
+                self.running_var.lerp_(var * count / (count - 1), factor)
         shape = (1, channels) + (1,) * (x.dim() - 2)
         y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:

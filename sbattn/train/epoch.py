@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Generator
+from typing import Any, Callable, Generator
 
 import torch
 from torch import nn
@@ -116,14 +116,14 @@ def end_epoch(run: Run, state: RunState, sums: EpochTotals, pipeline: Pipeline) 
     test batches')."""
     config, epoch = run.config, state.epoch
     lr = float(state.optimizer.param_groups[0]["lr"])
-    entry = {"epoch": epoch + 1, "lr": lr, "train_loss": sums.loss / sums.seen,
-             "train_acc": sums.correct / sums.seen, "eval_loss": None, "eval_acc": None,
-             "seconds": sums.seconds, "images_per_sec": sums.seen / sums.seconds,
-             "eval_seconds": None, "eval_precision": None, "threads": torch.get_num_threads(),
-             "thread_ceiling": run.threads.ceiling, "layout": state.layout,
-             "train_loss_sampled": sums.sampled_loss / sums.sampled,
-             "train_acc_sampled": sums.sampled_acc / sums.sampled,
-             "eval_loss_batch_mean": None, "eval_acc_batch_mean": None}
+    entry: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": sums.loss / sums.seen,
+                             "train_acc": sums.correct / sums.seen, "eval_loss": None, "eval_acc": None,
+                             "seconds": sums.seconds, "images_per_sec": sums.seen / sums.seconds,
+                             "eval_seconds": None, "eval_precision": None, "threads": torch.get_num_threads(),
+                             "thread_ceiling": run.threads.ceiling, "layout": state.layout,
+                             "train_loss_sampled": sums.sampled_loss / sums.sampled,
+                             "train_acc_sampled": sums.sampled_acc / sums.sampled,
+                             "eval_loss_batch_mean": None, "eval_acc_batch_mean": None}
     if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
         started = time.perf_counter()
         result = pipeline.evaluate(state.model)

@@ -51,7 +51,8 @@ def memory_format(device: torch.device) -> torch.memory_format:
 def inference_copy(model: nn.Module, device: torch.device) -> tuple[nn.Module, torch.memory_format]:
     """The fastest equivalent model for evaluation on `device`, and the input layout it wants."""
     fmt = memory_format(device)
-    return fold_batchnorm(model).to(memory_format=fmt), fmt
+    # Module.to takes memory_format=; torch's overloads of it omit that.
+    return fold_batchnorm(model).to(memory_format=fmt), fmt  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from ..config import TrainConfig
 from ..errors import UserError
 from .step import EpochSums, set_lr_form, train_step
 
 __all__ = ["FusedGroup", "fusion_key"]
 
 
-def fusion_key(config) -> tuple:
+def fusion_key(config: TrainConfig) -> tuple:
     """What runs must share to be stepped as one: the model, its precision and batches, the device; not the seed."""
     return (config.arch, config.attention, config.activation, config.attn_ratio, config.width, config.placement,
             config.lambda_init, config.dataset, config.batch_size, config.precision, config.device, config.layout)

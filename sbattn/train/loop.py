@@ -35,7 +35,7 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
 
     Under torchrun every process calls this; rank 0 alone writes files and shows progress.
     """
-    ctx, device_name = distributed.setup(config.device, config.dist_timeout)
+    ctx, device_name = distributed.setup(config.resolved_device, config.dist_timeout)
     try:
         if config.rng == "reference" and ctx.distributed:
             raise UserError(f"--rng reference is the reference implementation's single-process run (one process "

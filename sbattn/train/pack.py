@@ -41,7 +41,7 @@ class Outcome:
     result: RunResult | None = None
     error: SbattnError | None = None
     steps: Steps | None = field(default=None, repr=False)  # while it trains
-    stream: object = field(default=None, repr=False)  # its CUDA stream, on CUDA
+    stream: torch.cuda.Stream | None = field(default=None, repr=False)  # its CUDA stream, on CUDA
 
     @property
     def exit_code(self) -> int:
@@ -62,7 +62,8 @@ def train_together(configs: Sequence[TrainConfig], at_once: int | None = None,
         for config in configs:
             groups.setdefault(fusion_key(config), FusedGroup())
     outcomes = [Outcome(config) for config in configs]
-    pending, active = list(range(len(configs))), []
+    pending: list[int] = list(range(len(configs)))
+    active: list[int] = []
     stop = StopRequest()
     failure: BaseException | None = None
     with stop.installed(), alone_signal_handled():
@@ -81,6 +82,7 @@ def train_together(configs: Sequence[TrainConfig], at_once: int | None = None,
             for i in list(active):
                 outcome = outcomes[i]
                 try:
+                    assert outcome.steps is not None  # an active run's are set until it ends
                     with _on(outcome.stream):
                         next(outcome.steps)
                     continue
@@ -105,7 +107,7 @@ def train_together(configs: Sequence[TrainConfig], at_once: int | None = None,
 def _start(outcome: Outcome, stop: StopRequest, group: FusedGroup | None) -> None:
     """The run's steps, ready to be driven (nothing runs before the first), and its stream on CUDA (none for a fused
     run: its steps run in the group's)."""
-    run = Run.start(outcome.config, distributed.Context(), outcome.config.device, quiet=True,
+    run = Run.start(outcome.config, distributed.Context(), outcome.config.resolved_device, quiet=True,
                     log=_log_file(RunPaths.of(outcome.config)))
     if group is not None:
         run = dataclasses.replace(run, step_maker=group.make_step)
@@ -116,7 +118,7 @@ def _start(outcome: Outcome, stop: StopRequest, group: FusedGroup | None) -> Non
 def _check_pack(configs: Sequence[TrainConfig], fuse: bool) -> None:
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         raise UserError("several runs in one process (--pack stream) is a single process: not under torchrun", code=2)
-    devices = {str(torch.device(c.device)) for c in configs}
+    devices = {str(torch.device(c.resolved_device)) for c in configs}
     if len(devices) > 1:
         raise UserError(f"several runs in one process train on one device, not {', '.join(sorted(devices))}", code=2)
     reference = [c.run_name for c in configs if c.rng == "reference"]
@@ -130,7 +132,7 @@ def _check_pack(configs: Sequence[TrainConfig], fuse: bool) -> None:
 
 
 @contextlib.contextmanager
-def _on(stream) -> Iterator[None]:
+def _on(stream: torch.cuda.Stream | None) -> Iterator[None]:
     if stream is None:
         yield
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,7 +51,7 @@ class SbattnPipeline(Pipeline):
 
     def batches(self, state: RunState) -> Batches:
         config, ctx = self.run.config, self.run.ctx
-        common = dict(seed=state.seed, epoch=state.epoch, mode=config.augment, start=state.step, rank=ctx.rank,
+        common: dict[str, Any] = dict(seed=state.seed, epoch=state.epoch, mode=config.augment, start=state.step, rank=ctx.rank,
                       world_size=ctx.world_size)
         if config.compile == "step":
             return epoch_batches(self.train_x, self.train_y, config.batch_size, memory_format=state.memory_format,
@@ -59,7 +60,7 @@ class SbattnPipeline(Pipeline):
 
     def evaluate(self, model: nn.Module, final: bool = False) -> Evaluation:
         run = self.run
-        spread = {} if final else dict(amp_dtype=run.amp_dtype, rank=run.ctx.rank, world_size=run.ctx.world_size)
+        spread: dict[str, Any] = {} if final else dict(amp_dtype=run.amp_dtype, rank=run.ctx.rank, world_size=run.ctx.world_size)
         return evaluate_run(model, self.test_x, self.test_y, run.config.eval_batch_size,
                             reference_batch=run.config.batch_size, **spread)
 

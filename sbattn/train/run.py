@@ -23,6 +23,9 @@ __all__ = ["Run", "RunResult", "resume_command"]
 
 @dataclass
 class RunResult:
+    """What train() returns: the exit status (0 finished, 130 interrupted), the run's paths, its history, and the
+    finished run's summary (empty when interrupted, and under torchrun on every rank but 0)."""
+
     exit_code: int
     paths: RunPaths
     history: list[dict] = field(default_factory=list)

@@ -6,6 +6,8 @@ import contextlib
 import os
 import signal
 import threading
+from types import FrameType
+from typing import Any, Iterator
 
 from ..system import available_cores
 from .threads import set_ceiling
@@ -15,7 +17,7 @@ __all__ = ["StopRequest", "ALONE_SIGNAL", "ALONE_THREADS", "alone_signal_handled
 # Sent to the last CPU run still training: from then on it uses the threads a lone run gets (ALONE_THREADS, set
 # by the suite). Blocked in the run from its start until its handler is installed, so that one sent early waits
 # instead of killing the run. None where the platform has no such signal.
-ALONE_SIGNAL = getattr(signal, "SIGUSR1", None)
+ALONE_SIGNAL: signal.Signals | None = getattr(signal, "SIGUSR1", None)
 ALONE_THREADS = "SBATTN_ALONE_THREADS"
 
 
@@ -26,7 +28,7 @@ def _in_main_thread() -> bool:  # signal handlers live in the main thread
 class StopRequest:
     """Turns SIGINT and SIGTERM into a flag the step loop checks, so a step is never cut in half."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.signal: int | None = None
 
     def __bool__(self) -> bool:
@@ -37,10 +39,10 @@ class StopRequest:
         return signal.Signals(self.signal).name if self.signal is not None else "stop on another rank"
 
     @contextlib.contextmanager
-    def installed(self):
-        previous = {}
+    def installed(self) -> Iterator[StopRequest]:
+        previous: dict[signal.Signals, Any] = {}
         if _in_main_thread():
-            def handler(signum, frame):
+            def handler(signum: int, frame: FrameType | None) -> None:
                 if self.signal is not None:  # a second Ctrl-C: stop now
                     raise KeyboardInterrupt
                 self.signal = signum
@@ -52,12 +54,12 @@ class StopRequest:
                 signal.signal(s, h)
 
 
-def _train_alone(signum, frame) -> None:
+def _train_alone(signum: int, frame: FrameType | None) -> None:
     set_ceiling(int(os.environ.get(ALONE_THREADS, available_cores())))
 
 
 @contextlib.contextmanager
-def alone_signal_handled():
+def alone_signal_handled() -> Iterator[None]:
     """In a training run: on ALONE_SIGNAL, take the lone run's threads from the next operation on.
 
     In a suite's run, where the signal comes blocked, it is ignored afterwards: one that comes as the run

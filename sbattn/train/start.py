@@ -62,7 +62,9 @@ def make_ready(run: Run, quiet: bool) -> Ready:
 
     layout = _layout(run, ckpt)
     model = create_model(config.arch, num_classes=len(data.classes), **config.model_options()).to(device)
-    wrapped = distributed.wrap(ctx, model.to(memory_format=LAYOUTS[layout.layout]), device, config.sync_bn)
+    fmt = LAYOUTS[layout.layout]
+    # Module.to takes memory_format=; torch's overloads of it omit that.
+    wrapped = distributed.wrap(ctx, model.to(memory_format=fmt), device, config.sync_bn)  # type: ignore[call-overload]
     state = RunState.start(config, unwrap(wrapped), device, run.amp_dtype, seed, len(data.classes), ctx.rank,
                            layout.layout, run.provenance)
     state.data = identity

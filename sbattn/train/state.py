@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -30,8 +30,8 @@ __all__ = ["RunState"]
 def _rng_state(generator: torch.Generator, global_state: torch.Tensor | None = None) -> dict:
     """The random state to save: the global generator's (`global_state` when given), the augmentation stream's,
     CUDA's."""
-    state = {"torch": torch.get_rng_state() if global_state is None else global_state,
-             "augment": generator.get_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state() if global_state is None else global_state,
+                             "augment": generator.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

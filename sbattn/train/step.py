@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,21 +49,24 @@ class EpochSums:
 
     @classmethod
     def zeros(cls, device: torch.device, batch_size: int, samples: int) -> "EpochSums":
-        dtype = sum_dtype(device)
-        sums = [torch.zeros((), dtype=dtype, device=device) for _ in SUM_NAMES]
-        counters = [torch.zeros((), dtype=torch.int64, device=device) for _ in range(2)]
-        return cls(*sums, *counters, sample_every=batch_size, samples=samples)
+        def zero(dtype: torch.dtype) -> torch.Tensor:
+            return torch.zeros((), dtype=dtype, device=device)
+        dtype = sum_dtype(device)  # the sums (SUM_NAMES), then the two counters
+        return cls(loss=zero(dtype), correct=zero(dtype), sampled_loss=zero(dtype), sampled_acc=zero(dtype),
+                   nonfinite=zero(torch.int64), steps=zero(torch.int64), sample_every=batch_size, samples=samples)
 
     def sampled_batches(self, steps: int) -> int:
         """How many of an epoch's `steps` batches the sampled figures hold."""
         return -(-steps // self.sample_every)
 
-    def restart(self, partial: dict | None, step: int) -> None:
+    def restart(self, partial: dict[str, Any] | None, step: int) -> None:
         """Start the epoch at `step`, from the sums an interrupted epoch had reached (`partial`), or from zero."""
         with torch.no_grad():
             for name in SUM_NAMES:
-                known = partial is not None and name in partial  # checkpoints of 0.2 had no sampled figures
-                getattr(self, name).copy_(partial[name]) if known else getattr(self, name).zero_()
+                if partial is not None and name in partial:  # checkpoints of 0.2 had no sampled figures
+                    getattr(self, name).copy_(partial[name])
+                else:
+                    getattr(self, name).zero_()
             self.nonfinite.zero_()
             self.steps.fill_(step)
         self.seen = 0 if partial is None else partial["seen"]
@@ -84,9 +87,9 @@ class EpochSums:
         self.sampled_acc += torch.where(taken, (hits.float() / batch.float()).to(self.loss.dtype), 0)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-               amp_dtype: torch.dtype | None, sums: EpochSums, x: torch.Tensor, y: torch.Tensor,
-               cast_cache: bool = True) -> None:
+def train_step(model: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler | None, amp_dtype: torch.dtype | None, sums: EpochSums, x: torch.Tensor,
+               y: torch.Tensor, cast_cache: bool = True) -> None:
     """One step after the gradients were cleared: forward, loss, backward, optimiser step, sums. scaler: fp16's
     loss scaling, else None (torch.compile does not trace the scaler, and the optimiser step must be traced).
     cast_cache: autocast's cache of weight casts; a step captured as a CUDA graph by hand must not use it."""

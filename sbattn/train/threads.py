@@ -57,22 +57,27 @@ class ThreadGovernor:
 
     def __init__(self, device: torch.device, interval: float = 2.0):
         self.cores = _cores()
-        self.enabled = device.type == "cpu" and _busy_core_seconds(self.cores) is not None
         self.interval = interval
         self.start_threads = torch.get_num_threads()
-        self._mark = self._sample(time.perf_counter()) if self.enabled else None
+        self._mark = self._sample(time.perf_counter()) if device.type == "cpu" else None
+        self.enabled = self._mark is not None
 
-    def _sample(self, now: float) -> tuple[float, float, float]:
-        return now, _busy_core_seconds(self.cores), _own_core_seconds()
+    def _sample(self, now: float) -> tuple[float, float, float] | None:
+        busy = _busy_core_seconds(self.cores)
+        return None if busy is None else (now, busy, _own_core_seconds())
 
     @property
     def ceiling(self) -> int:
         return _ceiling or self.start_threads
 
     def poll(self, now: float) -> None:
-        if not self.enabled or now - self._mark[0] < self.interval:
+        then = self._mark
+        if not self.enabled or then is None or now - then[0] < self.interval:
             return
-        then, mark = self._mark, self._sample(now)
+        mark = self._sample(now)
+        if mark is None:  # /proc/stat unreadable since the last poll: inert from now on, as where it is missing
+            self.enabled, self._mark = False, None
+            return
         self._mark = mark
         wall = mark[0] - then[0]
         others = max(0.0, (mark[1] - then[1]) - (mark[2] - then[2])) / wall  # cores other processes used

@@ -62,7 +62,7 @@ def choose_layout(config: TrainConfig, device: torch.device, amp_dtype: torch.dt
     if key in known:
         return LayoutChoice(known[key]["layout"], "cached", known[key]["step_seconds"])
     times = _measure(config, device, amp_dtype, num_classes)
-    choice = LayoutChoice(min(times, key=times.get), "measured", times)
+    choice = LayoutChoice(min(times, key=times.__getitem__), "measured", times)
     _write(cache / "tuning.json", {**known, key: {"layout": choice.layout, "step_seconds": times}})
     return choice
 
@@ -80,7 +80,8 @@ def _measure(config: TrainConfig, device: torch.device, amp_dtype: torch.dtype |
         times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
         for _ in range(ROUNDS):
             for name, fmt in LAYOUTS.items():
-                model = model.to(memory_format=fmt)
+                # Module.to takes memory_format=; torch's overloads of it omit that.
+                model = model.to(memory_format=fmt)  # type: ignore[call-overload]
                 xf = x.contiguous(memory_format=fmt)
                 for i in range(WARMUP + TIMED):
                     started = time.perf_counter()

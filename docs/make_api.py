@@ -1,0 +1,160 @@
+"""Write docs/api.md, the API reference: every name of each public module's `__all__`, its signature (a value's
+repr, for a constant) and its docstring's first paragraph.
+
+    .venv/bin/python docs/make_api.py           rewrite docs/api.md
+    .venv/bin/python docs/make_api.py --check   exit 1 when docs/api.md is not what this would write
+
+tests/test_api_docs.py fails when docs/api.md is stale, and names a public function or class without a docstring.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import re
+import sys
+import tokenize
+import typing
+from pathlib import Path
+
+API_MD = Path(__file__).resolve().parent / "api.md"
+PACKAGE = API_MD.parents[1] / "sbattn"
+# The public modules, in the order of the layers (docs/architecture.md).
+MODULES = ["sbattn", "sbattn.nn", "sbattn.models", "sbattn.data", "sbattn.config", "sbattn.records", "sbattn.train",
+           "sbattn.inference", "sbattn.experiments", "sbattn.cli"]
+# Deprecated re-exports, given one line each (their names are documented where they live).
+DEPRECATED = ["sbattn.engine"]
+NO_DOCSTRING = "(no docstring)"
+VALUE_WIDTH = 100
+
+
+class _Raw(str):
+    """A string annotation (under `from __future__ import annotations`) shown as written, not quoted."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _raw(annotation: object) -> object:
+    if isinstance(annotation, typing.ForwardRef):  # a NamedTuple's string annotations
+        annotation = annotation.__forward_arg__
+    return _Raw(annotation) if isinstance(annotation, str) else annotation
+
+
+def signature(obj: object) -> str:
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return "(...)"
+    params = [p.replace(annotation=_raw(p.annotation)) for p in sig.parameters.values()]
+    ret = sig.return_annotation
+    if inspect.isclass(obj):
+        ret = sig.empty  # its __init__'s None
+    text = str(sig.replace(parameters=params, return_annotation=_raw(ret)))
+    return re.sub(r" at 0x[0-9a-f]+", "", text)  # a default's repr must not change from run to run
+
+
+def docstring(obj: object) -> str | None:
+    """Its own docstring (a class's, not a base's; a dataclass's written one, not its generated signature)."""
+    doc = obj.__doc__ if inspect.isclass(obj) else inspect.getdoc(obj)
+    if not doc or (dataclasses.is_dataclass(obj) and doc.startswith(f"{obj.__name__}(")):
+        return None
+    return inspect.cleandoc(doc)
+
+
+def summary(obj: object) -> str:
+    """The docstring's first paragraph, on one line."""
+    doc = docstring(obj)
+    if doc is None:
+        return NO_DOCSTRING
+    return _markdown(" ".join(doc.split("\n\n")[0].split()))
+
+
+def _markdown(text: str) -> str:
+    return text.replace("<", "&lt;").replace(">", "&gt;")  # "timm:<name>" is no HTML tag
+
+
+def value(obj: object) -> str:
+    text = re.sub(r" at 0x[0-9a-f]+", "", repr(obj))
+    return text if len(text) <= VALUE_WIDTH else text[:VALUE_WIDTH - 3] + "..."
+
+
+def comment(module_name: str, name: str) -> str | None:
+    """A constant's comment in the source: on the line that assigns it, else the lines right above it. The module's
+    own files are searched first (a subpackage's __all__ names its own constants)."""
+    own = PACKAGE.joinpath(*module_name.split(".")[1:])
+    paths = sorted(own.glob("*.py")) if own.is_dir() else []
+    for path in paths + sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text()
+        found = re.search(rf"^{re.escape(name)}\b[^=\n(]*=", source, re.M)
+        if not found:
+            continue
+        line = source.count("\n", 0, found.start()) + 1
+        with path.open() as f:
+            comments = {t.start[0]: t for t in tokenize.generate_tokens(f.readline) if t.type == tokenize.COMMENT}
+        above, n = [], line - 1
+        while n in comments and comments[n].start[1] == 0:
+            above.insert(0, comments[n].string)
+            n -= 1
+        text = [comments[line].string] if line in comments else above
+        return " ".join(c.lstrip("#").strip() for c in text) or None
+    return None
+
+
+def is_documentable(obj: object) -> bool:
+    """A class or a function: what a docstring is expected of. Anything else is a value."""
+    return inspect.isclass(obj) or inspect.isroutine(obj)
+
+
+def public(module_name: str) -> list[tuple[str, object]]:
+    module = importlib.import_module(module_name)
+    return [(name, getattr(module, name)) for name in sorted(module.__all__, key=str.lower)]
+
+
+def entry(module_name: str, name: str, obj: object) -> str:
+    if is_documentable(obj):
+        return f"- `{name}{signature(obj)}`  \n  {summary(obj)}"
+    about = comment(module_name, name) or f"{type(obj).__name__}; no comment in the source"
+    return f"- `{name} = {value(obj)}`  \n  {_markdown(about)}"
+
+
+def render() -> str:
+    lines = ["# API reference", "",
+             "Generated by `python docs/make_api.py` from each module's `__all__`, signatures and docstrings; "
+             "`tests/test_api_docs.py` fails when this file is stale.", ""]
+    lines += [f"- [`{m}`](#{m.replace('.', '')})" for m in MODULES + DEPRECATED]
+    first_seen: dict[int, str] = {}  # id of an object already documented -> where
+    for module_name in MODULES:
+        module = importlib.import_module(module_name)
+        lines += ["", f"## {module_name}", "", summary(module), ""]
+        for name, obj in public(module_name):
+            where = first_seen.get(id(obj)) if is_documentable(obj) else None
+            if where:
+                lines.append(f"- `{name}`: the same as [`{where}`](#{where.rsplit('.', 1)[0].replace('.', '')})")
+            else:
+                lines.append(entry(module_name, name, obj))
+                first_seen.setdefault(id(obj), f"{module_name}.{name}")
+    for module_name in DEPRECATED:
+        module = importlib.import_module(module_name)
+        names = ", ".join(f"`{name}`" for name in module.__all__)
+        lines += ["", f"## {module_name}", "", f"{summary(module)} Its names: {names}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    text = render()
+    if argv == ["--check"]:
+        if API_MD.read_text() != text:
+            print(f"{API_MD} is stale: run python docs/make_api.py", file=sys.stderr)
+            return 1
+        return 0
+    if argv:
+        print("usage: python docs/make_api.py [--check]", file=sys.stderr)
+        return 2
+    API_MD.write_text(text)
+    print(f"wrote {API_MD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
