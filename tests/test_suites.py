@@ -50,8 +50,9 @@ def assert_png(path: Path, min_bytes: int = 20_000) -> None:
 def write_run(directory: Path, accs_by_epoch: list[float], use_sb=False, use_se=False, activation="tanh", seed=0,
               params=1000, seconds=10.0, blocks=4, **config) -> Path:
     """A finished run's JSON, as train() writes it; accuracies are fractions, the last one is the final."""
-    c = TrainConfig(use_sb=use_sb, use_se=use_se, activation=activation, seed=seed, device="cpu", dataset="fake",
-                    width=0.0625, epochs=len(accs_by_epoch), output_dir=str(directory), resume=True, **config)
+    fields = {"device": "cpu", "dataset": "fake", "width": 0.0625, **config}  # config may set the last two
+    c = TrainConfig(use_sb=use_sb, use_se=use_se, activation=activation, seed=seed, epochs=len(accs_by_epoch),
+                    output_dir=str(directory), resume=True, **fields)
     history = []
     for epoch, acc in enumerate(accs_by_epoch, 1):
         entry = {"epoch": epoch, "lr": 0.1, "train_loss": 1.0, "train_acc": acc, "eval_loss": 1.0, "eval_acc": acc,
@@ -62,7 +63,8 @@ def write_run(directory: Path, accs_by_epoch: list[float], use_sb=False, use_se=
         history.append(entry)
     summary = {"complete": True, "run": c.run_name, "config": c.to_dict(), "seed": seed,
                "final_eval_acc": accs_by_epoch[-1], "best_eval_acc": max(accs_by_epoch), "best_epoch": 1,
-               "params": params, "train_seconds": seconds * len(accs_by_epoch)}
+               "params": params, "train_seconds": seconds * len(accs_by_epoch), "device": "cpu",
+               "precision": "float32", "data": "fake", "provenance": {"device_name": "AMD EPYC"}}
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{c.run_name}.json"
     path.write_text(json.dumps({"summary": summary, "history": history}))
@@ -151,6 +153,71 @@ def test_report_refuses_what_it_cannot_tabulate(tmp_path, setup, words):
 def test_report_of_a_missing_directory(tmp_path):
     with pytest.raises(UserError, match="no such directory"):
         cli.run_report(parse("report", [str(tmp_path / "nope")]))
+
+
+REFERENCE_RECIPE = {"dataset": "cifar10", "width": 1.0}  # with write_run's 80 accuracies, the preset's recipe
+# Each configuration's two seeds, final accuracy (fraction), in the reference's order; the published figures are
+# its README's.
+REFERENCE_ROWS = [("baseline", {}, (0.890, 0.894), "92.27%"), ("SE", {"use_se": True}, (0.895, 0.899), "92.63%"),
+                  ("SB(Sigmoid)", {"use_sb": True, "activation": "sigmoid"}, (0.897, 0.899), "92.66%"),
+                  ("SB(Tanh)", {"use_sb": True, "activation": "tanh"}, (0.8951, 0.8971), "92.22%"),
+                  ("SB(ReLU)", {"use_sb": True, "activation": "relu"}, (0.893, 0.897), "92.24%"),
+                  ("SB(Softmax)", {"use_sb": True, "activation": "softmax"}, None, "92.30%"),
+                  ("SB(Linear)", {"use_sb": True, "activation": "linear"}, (0.880,), "92.18%")]
+
+
+def write_reference_runs(directory: Path) -> None:
+    for _, kind, accs, _ in REFERENCE_ROWS:
+        for seed, acc in enumerate(accs or ()):
+            write_run(directory, [0.5] * 79 + [acc], seed=seed, **kind, **REFERENCE_RECIPE)
+
+
+def test_the_reference_table_sets_the_published_figures_beside_the_runs(tmp_path):
+    write_reference_runs(tmp_path)
+    assert cli.run_report(parse("report", [str(tmp_path)])) == 0
+    md = (tmp_path / "reference.md").read_text()
+    rows = table_rows(md)
+    assert [(r[0], r[1]) for r in rows] == [(label, published) for label, _, _, published in REFERENCE_ROWS]
+    assert [r[2] for r in rows] == ["89.20 ± 0.28%", "89.70 ± 0.28%", "89.80 ± 0.14%", "89.61 ± 0.14%",
+                                    "89.50 ± 0.28%", "—", "88.00%"]
+    assert [r[3] for r in rows] == ["2", "2", "2", "2", "2", "0", "1"]
+    assert [r[4] for r in rows] == ["—", "+0.50", "+0.60", "+0.41", "+0.30", "—", "-1.20"]
+    # SE against the baseline: the interval of test_compare_table_statistics_from_synthetic_runs (Welch, 2 dof)
+    assert rows[1][5] == "[-0.72, +1.72]" and rows[6][5] == "n/a"
+    assert rows[0][6] == "AMD EPYC, float32" and rows[5][6] == "—"
+    assert "**SB(Tanh) − SE**: -0.09 pp" in md and "**SB(Sigmoid) − SE**: +0.10 pp" in md
+    assert "**SB(Linear) − SE**: -1.70 pp, 95% CI n/a (no interval: a row with one run)" in md
+    assert "SB(Softmax) − SE" not in md
+    data = json.loads((tmp_path / "reference.json").read_text())
+    tanh = data["rows"][3]
+    assert tanh["key"] == "sb-tanh" and tanh["published"] == 92.22 and tanh["n"] == 2
+    assert tanh["vs_baseline"]["estimate"] == pytest.approx(0.41)
+    assert tanh["vs_se"]["estimate"] == pytest.approx(-0.09) and data["rows"][0]["vs_se"] is None
+    # the two suites' own tables are written beside it, as before
+    assert (tmp_path / "compare.md").exists() and (tmp_path / "ablation.md").exists()
+
+
+def test_runs_of_another_recipe_get_no_reference_table(tmp_path):
+    for kind in ({}, {"use_se": True}):
+        write_run(tmp_path, [0.5] * 79 + [0.9], **kind, dataset="cifar10", width=0.5)
+    assert cli.run_report(parse("report", [str(tmp_path)])) == 0
+    assert (tmp_path / "compare.md").exists() and not (tmp_path / "reference.md").exists()
+
+
+def test_the_reference_suites_write_the_reference_table_of_both(tmp_path, monkeypatch):
+    def train(config: TrainConfig, quiet: bool = False):
+        acc = 0.89 + 0.001 * (config.seed or 0) + (0.002 if config.use_sb else 0)
+        write_run(Path(config.output_dir), [0.5] * 79 + [acc], use_sb=config.use_sb, use_se=config.use_se,
+                  activation=config.activation, seed=config.seed, attention=config.attention, **REFERENCE_RECIPE)
+        return SimpleNamespace(exit_code=0)
+    monkeypatch.setattr(suites, "train", train)
+    common = ["--preset", "reference", "--dataset", "cifar10", "--device", "cpu", "--output-dir", str(tmp_path)]
+    assert cli.run_compare(parse("compare", common + ["--seeds", "2"])) == 0
+    assert [r[3] for r in table_rows((tmp_path / "reference.md").read_text())] == ["2", "2", "2", "0", "0", "0", "0"]
+    assert cli.run_ablate(parse("ablate", common)) == 0  # one seed; Sigmoid's two are the comparison's, reused
+    rows = table_rows((tmp_path / "reference.md").read_text())
+    assert [r[3] for r in rows] == ["2", "2", "2", "1", "1", "1", "1"]
+    assert rows[3][2] == "89.20%" and rows[3][4] == "+0.15"
 
 
 # ---------------------------------------------------------------- options and presets

@@ -24,6 +24,7 @@ from ..records.outputs import file_failure
 from ..system import available_cores
 from ..train import train
 from .jobs import Job, run_jobs, run_together
+from .reference_table import is_reference_recipe, write_reference_table
 from .tables import load_finished_runs, write_lambda_figure, write_suite_outputs
 from .variants import (ABLATION, ACTIVATION_LABELS, COMPARE, PRESET_ALIASES, PRESETS, SHARED_FIELDS, Suite, Variant,
                        variant_of, variant_order)
@@ -128,6 +129,9 @@ def run_suite(suite: Suite, base: TrainConfig, variants: Sequence[Variant], seed
     groups = _group(variants, runs)
     with file_failure(directory, _TABLES_AGAIN.format(directory=directory)):
         written = write_suite_outputs(suite, groups, directory) + write_lambda_figure(groups, directory)
+        if is_reference_recipe(base.to_dict()):  # with the other suite's runs, where they share the folder
+            everything = ((variant_of(r.config), r) for r in load_finished_runs(directory))
+            written += write_reference_table(list(everything), directory)
     log(f"\n{(directory / f'{suite.name}.md').read_text()}")
     log(f"{suite.name}: wrote {', '.join(str(p) for p in written)}")
     return 0
@@ -255,6 +259,7 @@ def _write_report(by_variant: dict[Variant, list[FinishedRun]], directory: Path)
         labelled = {dataclasses.replace(v, label=ACTIVATION_LABELS.get(v.activation, v.activation)): by_variant[v]
                     for v in sb}
         written += write_suite_outputs(ABLATION, labelled, directory)
+    written += write_reference_table([(v, r) for v, rs in by_variant.items() for r in rs], directory)
     if not written:
         raise UserError(f"{directory} holds only {sb[0].label} runs: nothing to compare (a compare suite needs "
                         f"baseline or other attention runs, an ablation SB runs of two or more activations)")

@@ -182,7 +182,8 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "" if value is None else repr(round(value, digits))
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
+    """`text` into `path`, whole or not at all."""
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
@@ -194,7 +195,7 @@ def write_suite_outputs(suite: Suite, groups: dict[Variant, list[FinishedRun]], 
     written = []
     for suffix, render in ((".md", render_markdown), (".csv", render_csv), (".json", render_json)):
         path = directory / f"{suite.name}{suffix}"
-        _write_text(path, render(suite, rows))
+        write_text(path, render(suite, rows))
         written.append(path)
     config = rows[0].runs[0].config
     title = (f"{suite.title}: {config.get('arch')}, {config.get('placement')} placement, "
