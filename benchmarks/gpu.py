@@ -52,6 +52,7 @@ from sbattn.records.finished import read_finished  # noqa: E402
 from sbattn.records.outputs import record_checksum  # noqa: E402
 from sbattn.config import TrainConfig  # noqa: E402
 from sbattn.experiments.jobs import PACKS, Job, run_jobs, run_together  # noqa: E402
+from sbattn.train.fused import fusion_key  # noqa: E402
 from sbattn.cli.suites import COMPARE_DEFAULT  # noqa: E402
 from sbattn.experiments.suites import report, run_config  # noqa: E402
 from sbattn.experiments.variants import ablation_variants, compare_variants  # noqa: E402
@@ -388,26 +389,30 @@ def part_table(setup: Setup, rec: Recorder, deadline: float, single_runs: dict[s
 FUSED_SEEDS = 3  # the fused scheme's table: each model's three seeds stepped as one
 
 
-def measure_schemes(setup: Setup, rec: Recorder, seconds: float) -> str:
-    """One run alone, then the table's seven runs at once as K processes and as one process stepping them in
-    turn on CUDA streams, and the table at FUSED_SEEDS seeds with each model's seeds fused (fusion needs runs of one
-    model), each for `seconds`: aggregate images/s, each against one run alone. Returns the faster scheme."""
+def measure_schemes(setup: Setup, rec: Recorder, seconds: float, at_once: int) -> str:
+    """One run alone, then each scheme on the same work: the table at FUSED_SEEDS seeds, `at_once` runs at a time
+    (the table's seven: seed 0's seven runs as processes or CUDA streams; fused, each model's seeds next to each
+    other, as the pack orders them, so that they step as one), each for `seconds`: aggregate images/s of the runs
+    at once, each against one run alone. Returns the faster scheme."""
     short = dict(epochs=setup.speed_epochs, milestones=[setup.speed_epochs])
     alone = Job("one run alone", setup.config(setup.work / "schemes-alone", setup.mode, **short))
     status, watch = train_jobs([alone], time.perf_counter() + seconds)
     alone_img_s = run_figures(alone, watch, setup.epochs).get("epoch_img_s")
-    result = {"mode": setup.mode, "seconds_each": seconds, "one_run_alone_img_s": alone_img_s}
+    result = {"mode": setup.mode, "seconds_each": seconds, "at_once": at_once, "one_run_alone_img_s": alone_img_s}
     for scheme in PACKS:
-        seeds = range(FUSED_SEEDS if scheme == "fused" else 1)
         mode = "none" if scheme == "fused" else setup.mode  # fusion steps eagerly
-        jobs = [j for seed in seeds for j in table_jobs(setup, setup.work / f"schemes-{scheme}", mode, seed,
-                                                        **short)]
+        jobs = [j for seed in range(FUSED_SEEDS)
+                for j in table_jobs(setup, setup.work / f"schemes-{scheme}", mode, seed, **short)]
+        if scheme == "fused":  # each model's seeds next to each other, as the pack orders them
+            models = list(dict.fromkeys(fusion_key(j.config) for j in jobs))
+            jobs.sort(key=lambda j: models.index(fusion_key(j.config)))
+        jobs = jobs[:at_once]  # these at once, and no other after them: their images/s add up
         status, watch = train_jobs(jobs, time.perf_counter() + seconds, scheme)
         runs = {job.label: run_figures(job, watch, setup.epochs) for job in jobs}
         aggregate = sum(r.get("epoch_img_s") or 0 for r in runs.values())
         result[scheme] = {"status": status, "mode": mode, "aggregate_img_s": aggregate, "runs": runs,
                           "vs_one_run_alone": aggregate / alone_img_s if alone_img_s else None}
-        rec.put("schemes", result, f"{len(jobs)} runs at once, --pack {scheme}: {aggregate:.0f} img/s together"
+        rec.put("schemes", result, f"{len(runs)} runs at once, --pack {scheme}: {aggregate:.0f} img/s together"
                 + (f", {aggregate / alone_img_s:.2f}x one run alone" if alone_img_s else ""))
     faster = max(PACKS, key=lambda k: result[k]["aggregate_img_s"])
     rec.put("schemes", {**result, "faster": faster}, f"faster: --pack {faster}")
@@ -489,7 +494,7 @@ def part_call(setup: Setup, rec: Recorder, deadline: float, args) -> None:
     at args.seeds seeds that args.runs_dir lacks, for the rest of the budget."""
     scheme = "process"
     if "schemes" not in args.skip:
-        scheme = measure_schemes(setup, rec, args.scheme_seconds)
+        scheme = measure_schemes(setup, rec, args.scheme_seconds, args.at_once)
     if "tests" not in args.skip:
         measure_cuda_tests(rec, args.tests_seconds)
     train_reference_runs(setup, rec, deadline, args.pack or scheme, args)
@@ -580,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
                         "in OUT_DIR, else step)")
     p.add_argument("--no-pair", action="store_true", help="part speed: the single runs only")
     p.add_argument("--seeds", type=int, default=3, help="part call: the table's runs at seeds 0..N-1 (default: 3)")
-    p.add_argument("--at-once", type=int, default=4, help="part call: runs trained at once (default: 4)")
+    p.add_argument("--at-once", type=int, default=7,
+                   help="part call: runs trained at once, in the schemes' measurement too (default: 7, the table's)")
     p.add_argument("--pack", choices=PACKS, help="part call: the scheme of the runs (default: the faster measured)")
     p.add_argument("--skip", default="", help="part call: steps left out, of schemes,tests (done in an earlier call)")
     p.add_argument("--scheme-seconds", type=float, default=75, help="part call: seconds per scheme (default: 75)")

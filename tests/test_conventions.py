@@ -109,7 +109,7 @@ def test_a_timm_architecture_without_timm_is_one_line_naming_the_extra(no_timm, 
     code = main(["train", "--arch", "timm:resnet18", "--dataset", "fake", "--epochs", "1", "--device", "cpu",
                  "--output-dir", str(tmp_path)])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "'timm:resnet18' is timm's model" in err
+    assert code == 2 and err.count("\n") == 1 and "arch 'timm:resnet18' is timm's, and timm" in err
     assert 'pip install "sbattn[timm]"' in err and list(tmp_path.iterdir()) == []
 
 

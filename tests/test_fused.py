@@ -83,3 +83,46 @@ def test_fusion_refuses_what_it_cannot_step_in_one_line(tmp_path, capsys):
                  "--compile=model", f"--output-dir={tmp_path}"])
     err = capsys.readouterr().err
     assert code == 2 and "fused runs step eagerly" in err and "Traceback" not in err
+
+
+SUITE = ["--attention=none,sb", *SHARED[1:], "--width=0.0625", "--seeds=2", "--pack=fused", "--jobs=2"]
+
+
+def test_a_suite_fuses_the_seeds_of_each_model(tmp_path, monkeypatch):
+    # A suite plans its runs seed by seed, one of each model; two at a time in that order would be two different
+    # models, and nothing would fuse.
+    batched: list[int] = []
+    original = fused._fused_step
+    monkeypatch.setattr(fused, "_fused_step", lambda pending: (batched.append(len(pending)), original(pending)))
+    assert main(["compare", *SUITE, f"--output-dir={tmp_path}"]) == 0
+    assert batched == [2] * 16  # each model's 8 steps, its two seeds stepped as one
+
+
+def test_a_failed_fused_step_stops_the_others_checkpointed_and_keeps_its_runs_last_checkpoint(tmp_path, monkeypatch):
+    from sbattn.records.checkpoint import read_record
+    from sbattn.nn import ShiftBalance
+    calls: list[int] = []
+    original = fused._fused_step
+
+    def failing(pending):
+        is_sb = any(isinstance(m, ShiftBalance) for m in pending[0][0].model.modules())
+        calls.append(is_sb)
+        if is_sb and calls.count(True) == 6:  # the SB runs' step 2 of epoch 2
+            raise RuntimeError("CUDA out of memory (stand-in)")
+        original(pending)
+    monkeypatch.setattr(fused, "_fused_step", failing)
+    suite = [s.replace("--jobs=2", "--jobs=4") for s in SUITE]
+    with pytest.raises(RuntimeError, match="stand-in"):
+        main(["compare", *suite, f"--output-dir={tmp_path}"])
+    steps = {p.stem.split("_")[2] + p.stem[-1]: (read_record(p)["epoch"], read_record(p)["step"])
+             for p in tmp_path.glob("*.ckpt")}
+    # the baseline's runs at the step where they were stopped; the SB runs at their last checkpoint, the end of
+    # epoch 1: the step they handed over was never taken
+    assert steps == {"False0": (1, 2), "False1": (1, 2), "True0": (1, 0), "True1": (1, 0)}
+    monkeypatch.setattr(fused, "_fused_step", original)
+    assert main(["compare", *suite, f"--output-dir={tmp_path}"]) == 0
+    assert main(["compare", *suite, f"--output-dir={tmp_path / 'whole'}"]) == 0
+    resumed, whole = runs(tmp_path), runs(tmp_path / "whole")
+    assert resumed.keys() == whole.keys() and len(whole) == 4
+    for name in whole:
+        assert worst(resumed[name], whole[name]) == 0.0, name

@@ -103,3 +103,36 @@ def test_a_pickled_attached_module_from_before_its_width_check_still_runs():
     del wrapper.__dict__["channels"], wrapper.__dict__["place"]  # as an object pickled by an older sbattn
     restored = pickle.loads(pickle.dumps(model))
     assert restored[1].channels is None and restored(torch.randn(2, 3, 4, 4)).shape == (2, 8, 4, 4)
+
+
+def test_a_state_dict_of_another_width_leaves_the_new_blocks_as_built():
+    model = se_resnet20()  # SE at ratio 0.25
+    saved = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    sbattn.replace_attention(model, "sb", ratio=0.5)
+    built = {k: v.clone() for k, v in model.state_dict().items()}
+    result = sbattn.load_pretrained(model, saved)
+    state = model.state_dict()
+    widths = [k for k in result.dropped if saved[k].shape != state[k].shape]
+    assert widths and set(widths) <= set(result.new)  # SE's branch of the other width: dropped, SB's own new
+    assert all(torch.equal(state[k], built[k]) for k in result.new)
+    assert all(torch.equal(state[k], saved[k]) for k in saved if k not in result.dropped)
+
+
+def test_a_kind_that_ignores_the_activation_keeps_the_networks_gate():
+    model = se_resnet20()
+    sbattn.replace_attention(model, "se", gate_layer="hard_sigmoid")
+    sbattn.replace_attention(model, "se", activation="tanh")  # a model-wide option that SE does not take
+    assert {se.gate_name for se in blocks(model, SqueezeExcite).values()} == {"hard_sigmoid"}
+
+
+@pytest.mark.parametrize("gate, check", [
+    ("softmax", lambda g: isinstance(g, nn.Softmax) and g.dim == 1),
+    (nn.LeakyReLU(0.2), lambda g: isinstance(g, nn.LeakyReLU) and g.negative_slope == 0.2),
+    (torch.sigmoid, lambda g: torch.equal(g(torch.zeros(2, 4)), torch.full((2, 4), 0.5))),
+])
+def test_a_gate_is_kept_with_its_settings(gate, check):
+    model = se_resnet20()
+    sbattn.replace_attention(model, "sb", gate_layer=gate)
+    sbattn.replace_attention(model, "se")  # SB's gate, whatever it is, becomes SE's
+    assert all(check(se.gate) for se in blocks(model, SqueezeExcite).values())
+    model(torch.randn(2, 3, 32, 32))

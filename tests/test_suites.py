@@ -179,7 +179,7 @@ def test_the_reference_table_sets_the_published_figures_beside_the_runs(tmp_path
     rows = table_rows(md)
     assert [(r[0], r[1]) for r in rows] == [(label, published) for label, _, _, published in REFERENCE_ROWS]
     assert [r[2] for r in rows] == ["89.20 ± 0.28%", "89.70 ± 0.28%", "89.80 ± 0.14%", "89.61 ± 0.14%",
-                                    "89.50 ± 0.28%", "—", "88.00%"]
+                                    "89.50 ± 0.28%", "—", "88.00% ± n/a"]
     assert [r[3] for r in rows] == ["2", "2", "2", "2", "2", "0", "1"]
     assert [r[4] for r in rows] == ["—", "+0.50", "+0.60", "+0.41", "+0.30", "—", "-1.20"]
     # SE against the baseline: the interval of test_compare_table_statistics_from_synthetic_runs (Welch, 2 dof)
@@ -217,7 +217,7 @@ def test_the_reference_suites_write_the_reference_table_of_both(tmp_path, monkey
     assert cli.run_ablate(parse("ablate", common)) == 0  # one seed; Sigmoid's two are the comparison's, reused
     rows = table_rows((tmp_path / "reference.md").read_text())
     assert [r[3] for r in rows] == ["2", "2", "2", "1", "1", "1", "1"]
-    assert rows[3][2] == "89.20%" and rows[3][4] == "+0.15"
+    assert rows[3][2] == "89.20% ± n/a" and rows[3][4] == "+0.15"
 
 
 # ---------------------------------------------------------------- options and presets

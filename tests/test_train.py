@@ -288,7 +288,9 @@ def test_unwritable_output_dir_refused_before_training(tmp_path, monkeypatch):
         train(tiny_config(tmp_path, output_dir=str(blocker / "results")), quiet=True)
 
 
-def test_non_finite_loss_stops_naming_epoch_and_step_keeping_last_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("checkpoint_steps", [0, 2])  # 2: the step's checkpoint must not save the diverged weights
+def test_non_finite_loss_stops_naming_epoch_and_step_keeping_last_checkpoint(tmp_path, monkeypatch,
+                                                                             checkpoint_steps):
     import sbattn.train.step as step_module  # where the training step computes its loss
     calls = {"n": 0}
     real = step_module.F.cross_entropy
@@ -300,11 +302,11 @@ def test_non_finite_loss_stops_naming_epoch_and_step_keeping_last_checkpoint(tmp
         return loss * float("nan") if calls["n"] == 32 + 1 + 5 else loss
 
     monkeypatch.setattr(step_module.F, "cross_entropy", poisoned)
-    config = tiny_config(tmp_path, epochs=3)
-    with pytest.raises(UserError, match=r"non-finite loss at epoch 2, step 5"):
+    config = tiny_config(tmp_path, epochs=3, checkpoint_steps=checkpoint_steps)
+    with pytest.raises(UserError, match=r"non-finite loss at epoch 2, step 5.*last good checkpoint is kept"):
         train(config, quiet=True)
     ckpt = load_checkpoint(Path(config.output_dir) / f"{config.run_name}.ckpt", config)
-    assert ckpt["epoch"] == 1 and ckpt["step"] == 0
+    assert ckpt["epoch"] == 1 and ckpt["step"] == (4 if checkpoint_steps else 0)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 

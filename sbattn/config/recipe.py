@@ -101,10 +101,10 @@ class Recipe:
     def run_name(self) -> str:
         """The reference's file stem, vgg16_<ratio>_<use_sb>_<use_se>_<activation>, plus what else tells runs
         apart."""
-        arch = self.arch.replace(":", "-")  # timm:NAME: no colon in a file's name
-        name = f"{arch}_{self.attn_ratio}_{self.use_sb}_{self.use_se}_{self.activation}"
+        name = f"{self.arch}_{self.attn_ratio}_{self.use_sb}_{self.use_se}_{self.activation}"
         if self.attention not in ("none", "sb", "se"):  # the reference's flags cannot name it
             name += f"_{self.attention}"
+        name = name.replace(":", "-")  # timm:NAME, timm:se: no colon in a file's name
         if self.placement != default_placement(self.arch):
             name += f"_{self.placement}"
         if self.width != 1.0:

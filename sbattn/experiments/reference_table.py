@@ -15,9 +15,9 @@ from ..config import RECIPE_FIELDS, Recipe, canonical_config
 from ..errors import printable
 from ..records import FinishedRun
 from ..records.outputs import strict_json
-from .stats import Difference, format_ci, welch
-from .tables import CONFIDENCE, Row, recipe_text, write_text
-from .variants import ABLATION_ACTIVATIONS, Variant, attention_variant
+from .stats import Difference, format_ci
+from .tables import CONFIDENCE, Row, acc_cell, build_rows, recipe_text, sb_vs_se, write_text
+from .variants import ABLATION_ACTIVATIONS, COMPARE, Variant, attention_variant
 
 __all__ = ["PUBLISHED", "reference_variants", "is_reference_recipe", "write_reference_table"]
 
@@ -47,45 +47,36 @@ def write_reference_table(runs: Sequence[tuple[Variant, FinishedRun]], directory
     runs = [(v, r) for v, r in runs if v.key in PUBLISHED and is_reference_recipe(r.config)]
     if not runs:
         return []
-    rows = {v.key: Row(v, [r for w, r in runs if w.key == v.key]) for v in reference_variants()}
-    baseline, se = rows["baseline"], rows["se"]
-    against = {key: _difference(row, baseline) for key, row in rows.items() if key != "baseline"}
-    sb_se = {key: _difference(row, se) for key, row in rows.items() if row.variant.use_sb}
-    recipe = next(r.config for _, r in runs)
+    groups = {v: [r for w, r in runs if w.key == v.key] for v in reference_variants()}
+    rows = {row.variant.key: row for row in build_rows(COMPARE, groups)}  # each against the baseline
+    sb_se = {row.variant.key: d for row, d in sb_vs_se(list(rows.values()))}
+    recipe = runs[0][1].config
     written = [directory / "reference.md", directory / "reference.json"]
-    for path, text in zip(written, (_markdown(rows, against, sb_se, recipe),
-                                    _json(rows, against, sb_se, recipe))):
+    for path, text in zip(written, (_markdown(rows, sb_se, recipe), _json(rows, sb_se, recipe))):
         write_text(path, text)
     return written
 
 
-
-def _difference(row: Row, other: Row) -> Difference | None:
-    return welch(row.accs, other.accs, CONFIDENCE) if row.n and other.n else None
-
-
-def _trained_on(row: Row) -> list[str]:
+def _trained_on(row: Row | None) -> list[str]:
     """'NVIDIA H200, bfloat16' for each device and precision the row's runs were trained in."""
     return sorted({f"{(r.summary.get('provenance') or {}).get('device_name') or r.summary.get('device')}, "
-                   f"{r.summary.get('precision')}" for r in row.runs})
+                   f"{r.summary.get('precision')}" for r in (row.runs if row else [])})
 
 
-def _markdown(rows: dict[str, Row], against: dict[str, Difference | None], sb_se: dict[str, Difference | None],
-              recipe: dict) -> str:
+def _markdown(rows: dict[str, Row], sb_se: dict[str, Difference], recipe: dict) -> str:
     lines = ["### The reference implementation's table beside sbattn's", "",
              f"| Model | Reference impl. | sbattn | n | Δ vs baseline (pp) | {CONFIDENCE:.0%} CI of Δ | Trained on |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for key, row in rows.items():
-        acc = "—" if not row.n else f"{row.mean:.2f}%" if row.std is None else f"{row.mean:.2f} ± {row.std:.2f}%"
-        d = against.get(key)
+    for variant in reference_variants():
+        row = rows.get(variant.key)
+        d = row.difference if row else None
         diff, ci = ("—", "—") if d is None else (f"{d.estimate:+.2f}", format_ci(d))
-        lines.append(f"| {row.variant.label} | {PUBLISHED[key]:.2f}% | {acc} | {row.n} | {diff} | {ci} | "
-                     f"{'; '.join(_trained_on(row)) or '—'} |")
+        lines.append(f"| {variant.label} | {PUBLISHED[variant.key]:.2f}% | {acc_cell(row) if row else '—'} | "
+                     f"{row.n if row else 0} | {diff} | {ci} | {'; '.join(_trained_on(row)) or '—'} |")
     lines.append("")
     for key, d in sb_se.items():
-        if d is not None:
-            lines += [f"**{rows[key].variant.label} − SE**: {d.estimate:+.2f} pp, {CONFIDENCE:.0%} CI {format_ci(d)}"
-                      f"{f' (Welch, {d.dof:.1f} dof)' if d.has_ci else ' (no interval: a row with one run)'}.", ""]
+        lines += [f"**{rows[key].variant.label} − SE**: {d.estimate:+.2f} pp, {CONFIDENCE:.0%} CI {format_ci(d)}"
+                  f"{f' (Welch, {d.dof:.1f} dof)' if d.has_ci else ' (no interval: a row with one run)'}.", ""]
     data = sorted({str(r.summary.get("data")) for row in rows.values() for r in row.runs})
     seeds = sorted({s for row in rows.values() for s in row.seeds if s is not None})
     lines += [f"Recipe: {recipe_text(recipe)}; seeds {', '.join(map(str, seeds))}. Data: {'; '.join(data)}.", "",
@@ -97,14 +88,15 @@ def _markdown(rows: dict[str, Row], against: dict[str, Difference | None], sb_se
     return "\n".join(map(printable, lines))
 
 
-def _json(rows: dict[str, Row], against: dict[str, Difference | None], sb_se: dict[str, Difference | None],
-          recipe: dict) -> str:
-    def record(key: str, row: Row) -> dict:
-        d, s = against.get(key), sb_se.get(key)
-        return {"key": key, "label": row.variant.label, "published": PUBLISHED[key], "n": row.n,
-                "seeds": row.seeds, "acc": row.accs, "acc_mean": row.mean if row.n else None, "acc_std": row.std,
-                "vs_baseline": d.to_dict() if d else None, "vs_se": s.to_dict() if s else None,
-                "trained_on": _trained_on(row), "runs": [r.name for r in row.runs]}
+def _json(rows: dict[str, Row], sb_se: dict[str, Difference], recipe: dict) -> str:
+    def record(variant: Variant) -> dict:
+        row, d = rows.get(variant.key), sb_se.get(variant.key)
+        return {"key": variant.key, "label": variant.label, "published": PUBLISHED[variant.key],
+                "n": row.n if row else 0, "seeds": row.seeds if row else [], "acc": row.accs if row else [],
+                "acc_mean": row.mean if row else None, "acc_std": row.std if row else None,
+                "vs_baseline": row.difference.to_dict() if row and row.difference else None,
+                "vs_se": d.to_dict() if d else None, "trained_on": _trained_on(row),
+                "runs": [r.name for r in row.runs] if row else []}
     return strict_json({"table": "reference", "confidence": CONFIDENCE, "acc_units": "percent",
                         "recipe": {k: recipe.get(k) for k in RECIPE_FIELDS if k not in _FREE},
-                        "rows": [record(key, row) for key, row in rows.items()]}, indent=1) + "\n"
+                        "rows": [record(v) for v in reference_variants()]}, indent=1) + "\n"

@@ -80,7 +80,7 @@ def sb_vs_se(rows: Sequence[Row]) -> list[tuple[Row, Difference]]:
     return [] if se is None else [(row, welch(row.accs, se.accs, CONFIDENCE)) for row in rows if row.variant.use_sb]
 
 
-def _acc_cell(row: Row) -> str:
+def acc_cell(row: Row) -> str:
     return f"{row.mean:.2f}% ± n/a" if row.std is None else f"{row.mean:.2f} ± {row.std:.2f}%"
 
 
@@ -121,7 +121,7 @@ def render_markdown(suite: Suite, rows: Sequence[Row]) -> str:
              f"| {suite.column} | Acc. | n | Δ vs {ref_name} (pp) | {CONFIDENCE:.0%} CI of Δ | Params | Train time |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
-        acc = _acc_cell(row)
+        acc = acc_cell(row)
         acc = f"**{acc}**" if row is best and len(rows) > 1 else acc
         if row.difference is None:
             diff, ci = ("—", "—") if row.variant.key == suite.reference else ("n/a", "n/a")

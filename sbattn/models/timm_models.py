@@ -15,17 +15,15 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.abc
-import importlib.util
 import sys
 import warnings
 from typing import Any, Callable, Optional, Sequence
 
 from torch import nn
 
-from ..errors import ConfigError
 from ..nn.attention import ShiftBalance, create_attention
 from ..nn.replace import replace_attention, se_options
-from ..nn.zoo import EXTRA
+from ..nn.zoo import timm_module
 from .registry import create_model as create_sbattn_model
 from .registry import register_prefix
 
@@ -137,7 +135,7 @@ def create_timm_model(arch: str, attention: Optional[str] = None, activation: st
         raise ValueError(f"timm's networks take no width multiplier (width={width:g}): use width 1")
     if placement != "block":
         raise ValueError(f"timm's networks keep their own places for attention (placement 'block'), not {placement!r}")
-    timm = _import_timm(arch)
+    timm = timm_module(arch, "timm", what="arch")
     if not timm.is_model(name):
         raise ValueError(f"timm has no model {name!r} (timm.list_models() names them)")
     model = timm.create_model(name, pretrained=False, num_classes=num_classes)
@@ -160,15 +158,6 @@ def create_timm_model(arch: str, attention: Optional[str] = None, activation: st
 
 
 register_prefix(TIMM_PREFIX, create_timm_model)
-
-
-def _import_timm(arch: str) -> Any:
-    try:
-        return importlib.import_module("timm")
-    except Exception as e:  # a timm that imports a torchvision built for another torch fails with RuntimeError
-        why = "is not installed" if importlib.util.find_spec("timm") is None else \
-            f"cannot be imported ({type(e).__name__}: {e})"
-        raise ConfigError(f"arch {arch!r} is timm's model, and timm {why}: {EXTRA}") from None
 
 
 def register_with_timm() -> None:
@@ -229,15 +218,19 @@ class _AfterTimmImport(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Optional[Sequence[str]], target: Any = None) -> Any:
         if fullname != "timm":
             return None
-        sys.meta_path.remove(self)  # once: the other finders, in their order, find timm
-        spec = next(filter(None, (getattr(f, "find_spec", lambda *a: None)(fullname, path, target)
-                                  for f in list(sys.meta_path))), None)
+        # The other finders, in their order, find timm. This one stays until timm has run: a spec asked for and
+        # not executed (importlib.util.find_spec("timm"), as libraries probe for timm) must not disarm it.
+        others = (f for f in list(sys.meta_path) if f is not self)
+        spec = next(filter(None, (getattr(f, "find_spec", lambda *a: None)(fullname, path, target) for f in others)),
+                    None)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        run = spec.loader.exec_module
+        run, finder = spec.loader.exec_module, self
 
         def exec_module(module: Any) -> None:
             run(module)
+            if finder in sys.meta_path:
+                sys.meta_path.remove(finder)
             _register_or_warn()
         spec.loader.exec_module = exec_module
         return spec

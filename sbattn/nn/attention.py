@@ -183,7 +183,10 @@ def create_attention(kind: str | None, channels: int, **options: Any) -> nn.Modu
 
 def build_attention(kind: str, channels: int, **options: Any) -> nn.Module:
     """create_attention for a kind that is a block (not None nor "none"): always a module."""
-    cls = get_attention(kind)
-    accepted = inspect.signature(cls).parameters
-    options = {k: v for k, v in options.items() if k in accepted or k not in MODEL_WIDE_OPTIONS}
-    return cls(channels, **options)
+    return get_attention(kind)(channels, **passed_options(kind, options))
+
+
+def passed_options(kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options a block of `kind` is built with: all but the MODEL_WIDE_OPTIONS it does not take."""
+    accepted = inspect.signature(get_attention(kind)).parameters
+    return {k: v for k, v in options.items() if k in accepted or k not in MODEL_WIDE_OPTIONS}

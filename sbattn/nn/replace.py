@@ -12,14 +12,15 @@ ESE's one. Known by class (module path and name), so neither timm nor torchvisio
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any, NamedTuple, Optional
 
 from torch import nn
 
 from .attach import Where, _candidates, _selector
-from .attention import build_attention, get_attention, is_attention
-from .branch import AttentionBranch
+from .attention import build_attention, get_attention, is_attention, passed_options
+from .branch import AttentionBranch, list_activations
 
 __all__ = ["replace_attention", "se_options", "SE_MODULES", "load_pretrained", "PretrainedLoad"]
 
@@ -45,8 +46,12 @@ def _known_layout(module: nn.Module) -> Optional[tuple[str, str, str, str]]:
     return None
 
 
-def _gate(gate: Any) -> Any:
-    return _GATE_NAMES.get(type(gate).__name__, type(gate))
+def _gate(gate: Any, name: Optional[str] = None) -> Any:
+    """A module's gate as the new block's gate_layer: its name where the blocks know it (`name`, what sbattn's own
+    blocks recorded, first), else a copy of it, its settings kept (Softmax's dim, a LeakyReLU's slope, a function)."""
+    if name in list_activations():
+        return name
+    return _GATE_NAMES.get(type(gate).__name__) or copy.deepcopy(gate)
 
 
 def se_options(module: nn.Module) -> Optional[dict[str, Any]]:
@@ -54,9 +59,10 @@ def se_options(module: nn.Module) -> Optional[dict[str, Any]]:
     gate_layer, branch_norm), or None when `module` is none of SE_MODULES nor sbattn's blocks."""
     branch = getattr(module, "branch", None)
     if is_attention(module) and isinstance(branch, AttentionBranch):  # sbattn's SB or SE
-        gate = getattr(module, "act", None) or getattr(module, "gate")
+        sb = hasattr(module, "act")  # SB's gate is its act and activation, SE's its gate and gate_name
+        gate, name = getattr(module, "act" if sb else "gate"), getattr(module, "activation" if sb else "gate_name")
         return dict(channels=branch[0].in_features, rd_channels=branch[0].out_features, act_layer=type(branch[2]),
-                    gate_layer=_gate(gate), branch_norm=branch.branch_norm)
+                    gate_layer=_gate(gate, name), branch_norm=branch.branch_norm)
     layout = _known_layout(module)
     if layout is None:
         return None
@@ -102,9 +108,10 @@ def replace_attention(model: nn.Module, kind: str = "sb", where: Optional[Where]
         if found is None:
             continue
         channels = found.pop("channels")
-        if any(k in options for k in _WIDTH_OPTIONS):
+        given = passed_options(kind, options)  # not a model-wide activation that this kind ignores
+        if any(k in given for k in _WIDTH_OPTIONS):
             found.pop("rd_channels")
-        if any(k in options for k in _GATE_OPTIONS):
+        if any(k in given for k in _GATE_OPTIONS):
             found.pop("gate_layer")
         try:
             block = build_attention(kind, channels, **{**_accepted(kind, found), **options})
@@ -139,11 +146,12 @@ def load_pretrained(model: nn.Module, state_dict: dict[str, Any]) -> PretrainedL
 
     def in_block(key: str) -> bool:
         return any(key.startswith(f"{b}.") for b in blocks)
-    # A block's own keys load as any other; those under a block that it has not are the replaced module's.
-    own = list(model.state_dict())
-    dropped = [k for k in state_dict if in_block(k) and k not in set(own)]
-    missing, unexpected = model.load_state_dict({k: v for k, v in state_dict.items() if k not in set(dropped)},
-                                                strict=False)
+    # A block's own keys load as any other; those under a block that it has not, or not of that shape (SE of
+    # another width), are the replaced module's.
+    own = {k: getattr(v, "shape", None) for k, v in model.state_dict().items()}
+    dropped = [k for k, v in state_dict.items() if in_block(k) and own.get(k, ()) != getattr(v, "shape", None)]
+    taken = set(state_dict) - set(dropped)
+    missing, unexpected = model.load_state_dict({k: state_dict[k] for k in taken}, strict=False)
     stray = [k for k in missing if not in_block(k)]
     if stray or unexpected:
         what = "missing " + ", ".join(stray[:3]) if stray else "unexpected " + ", ".join(unexpected[:3])
@@ -151,4 +159,4 @@ def load_pretrained(model: nn.Module, state_dict: dict[str, Any]) -> PretrainedL
         raise ValueError(f"the state dict is not this model's without its attention blocks: {what}"
                          f"{f' and {more} more' if more > 0 else ''}")
     # Not load_state_dict's missing keys: a BatchNorm fills in a missing num_batches_tracked without a word.
-    return PretrainedLoad(new=[k for k in own if in_block(k) and k not in state_dict], dropped=dropped)
+    return PretrainedLoad(new=[k for k in own if in_block(k) and k not in taken], dropped=dropped)

@@ -31,9 +31,9 @@ __all__ = ["TimmBlock", "ZOO", "timm_module"]
 EXTRA = 'pip install "sbattn[timm]"'
 
 
-def timm_module(kind: str, path: str) -> ModuleType:
-    """timm's module `path` (timm.layers.cbam, ...); a one-line ConfigError naming the extra when timm is missing or
-    cannot be imported."""
+def timm_module(kind: str, path: str, what: str = "attention") -> ModuleType:
+    """timm's module `path` (timm.layers.cbam, ...) for sbattn's `what` `kind`; a one-line ConfigError naming the
+    extra when timm is missing or cannot be imported."""
     try:
         return importlib.import_module(path)
     except Exception as e:  # a timm that imports a torchvision built for another torch fails with RuntimeError
@@ -41,7 +41,7 @@ def timm_module(kind: str, path: str) -> ModuleType:
             why = "is not installed"
         else:
             why = f"cannot be imported ({type(e).__name__}: {e})"
-        raise ConfigError(f"attention {kind!r} is timm's module, and timm {why}: {EXTRA}") from None
+        raise ConfigError(f"{what} {kind!r} is timm's, and timm {why}: {EXTRA}") from None
 
 
 class TimmBlock:

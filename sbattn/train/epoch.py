@@ -84,6 +84,7 @@ def train_epoch(run: Run, state: RunState, step_fn: Callable[[torch.Tensor, torc
         if stopping:
             break
         if save is not None and config.checkpoint_steps and (step + 1) % config.checkpoint_steps == 0 and not last:
+            _check_finite(run, sums.nonfinite, epoch)  # a diverged run must not replace the last good checkpoint
             totals, seen = _reduced(run, sums)
             state.step, state.partial = step + 1, _partial(totals, seen, sums.seconds + now - started)
             save()  # every rank, at the same step: the checkpoint gathers each rank's random state

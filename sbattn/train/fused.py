@@ -30,8 +30,8 @@ __all__ = ["FusedGroup", "fusion_key"]
 
 def fusion_key(config: TrainConfig) -> tuple:
     """What runs must share to be stepped as one: the model, its precision and batches, the device; not the seed."""
-    return (config.arch, config.attention, config.activation, config.attn_ratio, config.width, config.placement,
-            config.lambda_init, config.dataset, config.batch_size, config.precision, config.device, config.layout)
+    model = tuple(sorted(config.model_options().items()))  # what the model is built from, whatever is added later
+    return (config.arch, model, config.dataset, config.batch_size, config.precision, config.device, config.layout)
 
 
 @dataclass
@@ -46,7 +46,6 @@ class _Member:
 class FusedGroup:
     """Runs stepped as one. `make_step` stands in for train.step.make_step for each member as it starts."""
 
-    members: list[_Member] = field(default_factory=list)
     pending: list[tuple[_Member, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     fused_steps: int = 0  # how many flushes ran as one batched step (the rest stepped one by one)
 
@@ -56,8 +55,7 @@ class FusedGroup:
         if mode != "none" or scaler.is_enabled():
             raise UserError("fused runs step eagerly in fp32 or bf16, without fp16's loss scaling: use --pack stream", code=2)
         set_lr_form(optimizer, None)
-        member = _Member(model, optimizer, amp_dtype, sums)
-        self.members.append(member)
+        member = _Member(model, optimizer, amp_dtype, sums)  # held by the run's step alone: freed as it ends
         return lambda x, y: self.pending.append((member, x, y))
 
     def flush(self) -> None:

@@ -57,12 +57,12 @@ def train_together(configs: Sequence[TrainConfig], at_once: int | None = None,
     After a stop request or an error no new run starts (its outcome stays empty). Under torchrun, and with --rng
     reference (whose draws come from the one global generator), it is refused."""
     _check_pack(configs, fuse)
-    groups: dict[tuple, FusedGroup] = {}
-    if fuse:
-        for config in configs:
-            groups.setdefault(fusion_key(config), FusedGroup())
+    groups = {key: FusedGroup() for key in dict.fromkeys(map(fusion_key, configs))} if fuse else {}
+    group_of = [groups.get(fusion_key(config)) for config in configs]
     outcomes = [Outcome(config) for config in configs]
-    pending: list[int] = list(range(len(configs)))
+    # The runs of one group next to each other, so that those at once are whole groups (a suite plans its runs
+    # seed by seed, one of each model: in that order the runs at once would be different models, none fused).
+    pending = sorted(range(len(configs)), key=lambda i: list(groups).index(fusion_key(configs[i])) if fuse else 0)
     active: list[int] = []
     stop = StopRequest()
     failure: BaseException | None = None
@@ -72,7 +72,7 @@ def train_together(configs: Sequence[TrainConfig], at_once: int | None = None,
                 i = pending.pop(0)
                 began(i)
                 try:
-                    _start(outcomes[i], stop, groups.get(fusion_key(outcomes[i].config)))
+                    _start(outcomes[i], stop, group_of[i])
                     active.append(i)
                 except SbattnError as e:
                     outcomes[i].error = e
@@ -80,28 +80,51 @@ def train_together(configs: Sequence[TrainConfig], at_once: int | None = None,
             if not active:
                 break
             for i in list(active):
-                outcome = outcomes[i]
+                done, error = _advance(outcomes[i])
+                if error is not None:  # raised once the other runs have checkpointed
+                    failure = failure or error
+                    stop.signal = signal.SIGTERM
+                if done:
+                    active.remove(i)
+                    ended(i, outcomes[i])
+            for group in groups.values():  # the round's steps, handed over, computed together
                 try:
-                    assert outcome.steps is not None  # an active run's are set until it ends
-                    with _on(outcome.stream):
-                        next(outcome.steps)
-                    continue
-                except StopIteration as done:
-                    outcome.result = done.value
-                except SbattnError as e:
-                    outcome.error = e
-                    _log_file(RunPaths.of(outcome.config))(f"sbattn train: {e.label}: {e}")
+                    group.flush()
                 except Exception as e:  # noqa: BLE001  (raised once the other runs have checkpointed)
                     failure = failure or e
                     stop.signal = signal.SIGTERM
-                outcome.steps = None
-                active.remove(i)
-                ended(i, outcome)
-            for group in groups.values():  # the round's steps, handed over, computed together
-                group.flush()
+                    for i in [i for i in active if group_of[i] is group]:
+                        _abandon(outcomes[i])  # its last step not taken: its last checkpoint is its state
+                        active.remove(i)
+                        ended(i, outcomes[i])
     if failure is not None:
         raise failure
     return outcomes
+
+
+def _advance(outcome: Outcome) -> tuple[bool, Exception | None]:
+    """A step of the run: (whether it has ended, an error not its own, which must stop the others)."""
+    try:
+        assert outcome.steps is not None  # an active run's are set until it ends
+        with _on(outcome.stream):
+            next(outcome.steps)
+        return False, None
+    except StopIteration as done:
+        outcome.result, error = done.value, None
+    except SbattnError as e:
+        outcome.error, error = e, None
+        _log_file(RunPaths.of(outcome.config))(f"sbattn train: {e.label}: {e}")
+    except Exception as e:  # noqa: BLE001
+        error = e
+    outcome.steps = None
+    return True, error
+
+
+def _abandon(outcome: Outcome) -> None:
+    """End a run without a checkpoint (its steps closed where they wait): the checkpoint on disk stays its last."""
+    assert outcome.steps is not None
+    outcome.steps.close()
+    outcome.steps = None
 
 
 def _start(outcome: Outcome, stop: StopRequest, group: FusedGroup | None) -> None:
