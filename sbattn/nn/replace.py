@@ -149,7 +149,8 @@ def load_pretrained(model: nn.Module, state_dict: dict[str, Any]) -> PretrainedL
     # A block's own keys load as any other; those under a block that it has not, or not of that shape (SE of
     # another width), are the replaced module's.
     own = {k: getattr(v, "shape", None) for k, v in model.state_dict().items()}
-    dropped = [k for k, v in state_dict.items() if in_block(k) and own.get(k, ()) != getattr(v, "shape", None)]
+    dropped = [k for k, v in state_dict.items()
+               if in_block(k) and (k not in own or own[k] != getattr(v, "shape", None))]
     taken = set(state_dict) - set(dropped)
     missing, unexpected = model.load_state_dict({k: state_dict[k] for k in taken}, strict=False)
     stray = [k for k in missing if not in_block(k)]

@@ -136,7 +136,7 @@ def test_a_probe_for_timm_does_not_stop_the_registration():
     code = ("import importlib.util, sys, sbattn\n"
             "assert importlib.util.find_spec('timm') is not None and 'timm' not in sys.modules\n"
             "import timm\n"
-            "print(len(timm.list_models('sbresnet*')), timm.layers.get_attn('sb').__name__)\n")
+            "print(len(timm.list_models('sbresnet*')), timm.layers.get_attn('sb').func.__name__)\n")
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, cwd=ROOT,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
