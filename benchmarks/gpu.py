@@ -52,7 +52,7 @@ from sbattn.records.finished import read_finished  # noqa: E402
 from sbattn.records.outputs import record_checksum  # noqa: E402
 from sbattn.config import TrainConfig  # noqa: E402
 from sbattn.experiments.jobs import PACKS, Job, run_jobs, run_together  # noqa: E402
-from sbattn.train.fused import fusion_key  # noqa: E402
+from sbattn.train.fused import fusion_order  # noqa: E402
 from sbattn.cli.suites import COMPARE_DEFAULT  # noqa: E402
 from sbattn.experiments.suites import report, run_config  # noqa: E402
 from sbattn.experiments.variants import ablation_variants, compare_variants  # noqa: E402
@@ -404,8 +404,7 @@ def measure_schemes(setup: Setup, rec: Recorder, seconds: float, at_once: int) -
         jobs = [j for seed in range(FUSED_SEEDS)
                 for j in table_jobs(setup, setup.work / f"schemes-{scheme}", mode, seed, **short)]
         if scheme == "fused":  # each model's seeds next to each other, as the pack orders them
-            models = list(dict.fromkeys(fusion_key(j.config) for j in jobs))
-            jobs.sort(key=lambda j: models.index(fusion_key(j.config)))
+            jobs = [jobs[i] for i in fusion_order([j.config for j in jobs])]
         jobs = jobs[:at_once]  # these at once, and no other after them: their images/s add up
         status, watch = train_jobs(jobs, time.perf_counter() + seconds, scheme)
         runs = {job.label: run_figures(job, watch, setup.epochs) for job in jobs}

@@ -11,22 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ..config import RECIPE_FIELDS, Recipe, canonical_config
+from ..config import Recipe, canonical_config
 from ..errors import printable
 from ..records import FinishedRun
 from ..records.outputs import strict_json
 from .stats import Difference, format_ci
 from .tables import CONFIDENCE, Row, acc_cell, build_rows, recipe_text, sb_vs_se, write_text
-from .variants import ABLATION_ACTIVATIONS, COMPARE, Variant, attention_variant
+from .variants import ABLATION_ACTIVATIONS, COMPARE, SHARED_FIELDS, Variant, attention_variant
 
 __all__ = ["PUBLISHED", "reference_variants", "is_reference_recipe", "write_reference_table"]
 
 # The reference implementation's README, percent: one run each, official CIFAR-10, VGG16, 80 epochs.
 PUBLISHED = {"baseline": 92.27, "se": 92.63, "sb-sigmoid": 92.66, "sb-tanh": 92.22, "sb-relu": 92.24,
              "sb-softmax": 92.30, "sb-linear": 92.18}
-# What tells the table's rows and seeds apart, and settings of how a run was trained rather than what: the
-# precision (auto is bf16 on a GPU, fp32 on many CPUs) and the random streams are shown, not required.
-_FREE = frozenset({"attention", "use_sb", "use_se", "activation", "seed", "eval_every", "precision", "rng"})
+# The recipe fields the table's rows share, less those of how a run was trained rather than what: the precision
+# (auto is bf16 on a GPU, fp32 on many CPUs) and the random streams are shown, not required.
+_REQUIRED = tuple(f for f in SHARED_FIELDS if f not in ("eval_every", "precision", "rng"))
 
 
 def reference_variants() -> list[Variant]:
@@ -38,7 +38,7 @@ def reference_variants() -> list[Variant]:
 def is_reference_recipe(config: dict) -> bool:
     """Whether a run's saved configuration is the reference's recipe (the README's defaults), whatever its row."""
     saved, recipe = canonical_config(config), Recipe()
-    return all(saved.get(name) == getattr(recipe, name) for name in RECIPE_FIELDS if name not in _FREE)
+    return all(saved.get(name) == getattr(recipe, name) for name in _REQUIRED)
 
 
 def write_reference_table(runs: Sequence[tuple[Variant, FinishedRun]], directory: Path) -> list[Path]:
@@ -98,5 +98,5 @@ def _json(rows: dict[str, Row], sb_se: dict[str, Difference], recipe: dict) -> s
                 "vs_se": d.to_dict() if d else None, "trained_on": _trained_on(row),
                 "runs": [r.name for r in row.runs] if row else []}
     return strict_json({"table": "reference", "confidence": CONFIDENCE, "acc_units": "percent",
-                        "recipe": {k: recipe.get(k) for k in RECIPE_FIELDS if k not in _FREE},
+                        "recipe": {k: recipe.get(k) for k in _REQUIRED},
                         "rows": [record(v) for v in reference_variants()]}, indent=1) + "\n"

@@ -14,7 +14,7 @@ flushes, after each round of steps; a group whose batches differ in shape, or a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +25,21 @@ from ..config import TrainConfig
 from ..errors import UserError
 from .step import EpochSums, set_lr_form, train_step
 
-__all__ = ["FusedGroup", "fusion_key"]
+__all__ = ["FusedGroup", "fusion_key", "fusion_order"]
 
 
 def fusion_key(config: TrainConfig) -> tuple:
     """What runs must share to be stepped as one: the model, its precision and batches, the device; not the seed."""
     model = tuple(sorted(config.model_options().items()))  # what the model is built from, whatever is added later
     return (config.arch, model, config.dataset, config.batch_size, config.precision, config.device, config.layout)
+
+
+def fusion_order(configs: Sequence[TrainConfig]) -> list[int]:
+    """The indices of `configs` with the runs that fuse next to each other, the groups in their first run's order:
+    the runs at once are then whole groups (a suite plans seed by seed, one of each model, where none would fuse)."""
+    first: dict[tuple, int] = {}
+    keys = [first.setdefault(fusion_key(c), len(first)) for c in configs]
+    return sorted(range(len(configs)), key=keys.__getitem__)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from ..config import TrainConfig
 from ..errors import SbattnError, UserError
 from ..records import RunPaths
 from . import distributed
-from .fused import FusedGroup, fusion_key
+from .fused import FusedGroup, fusion_key, fusion_order
 from .loop import Steps, run_steps
 from .run import Run, RunResult
 from .signals import StopRequest, alone_signal_handled
@@ -60,9 +60,7 @@ def train_together(configs: Sequence[TrainConfig], at_once: int | None = None,
     groups = {key: FusedGroup() for key in dict.fromkeys(map(fusion_key, configs))} if fuse else {}
     group_of = [groups.get(fusion_key(config)) for config in configs]
     outcomes = [Outcome(config) for config in configs]
-    # The runs of one group next to each other, so that those at once are whole groups (a suite plans its runs
-    # seed by seed, one of each model: in that order the runs at once would be different models, none fused).
-    pending = sorted(range(len(configs)), key=lambda i: list(groups).index(fusion_key(configs[i])) if fuse else 0)
+    pending = fusion_order(configs) if fuse else list(range(len(configs)))
     active: list[int] = []
     stop = StopRequest()
     failure: BaseException | None = None
