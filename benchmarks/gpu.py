@@ -13,7 +13,8 @@ command.
                                          # (none, model, step); the fp32-vs-bf16 pair at full length, both at once
     benchmarks/gpu.sh OUT_DIR table      # the reference's eight-row table: its seven distinct runs at full length,
                                          # all at once on the one GPU (--jobs 7)
-    benchmarks/gpu.sh OUT_DIR all --dry-run   # the same steps on the CPU, fake set, tiny model, two epochs
+    benchmarks/gpu.sh OUT_DIR PART --dry-run  # the same steps on the CPU (fake set, tiny model, two epochs, fewer
+                                              # runs, shorter limits): that they run, in under a minute each
 
 Every figure is printed as it is measured and written at once to OUT_DIR/gpu-PART.json, so a part cut off by its
 time limit leaves what it had measured. Each part stops its trainings at its --budget (a checkpoint each, as
@@ -46,7 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sbattn.data import load_cifar10  # noqa: E402
 from sbattn.config.recipe import recipe_differences  # noqa: E402
-from sbattn.errors import UserError  # noqa: E402
+from sbattn.errors import SbattnError, UserError  # noqa: E402
 from sbattn.records.checkpoint import read_record  # noqa: E402
 from sbattn.records.finished import read_finished  # noqa: E402
 from sbattn.records.outputs import record_checksum  # noqa: E402
@@ -64,6 +65,20 @@ TARGET_RUN_S, TARGET_TABLE_S = 120, 600  # the issue's targets: one run in 2 min
 EPOCH_LINE = re.compile(r"^epoch\s+(\d+)/\d+\s")  # a run's line at the end of each epoch (format_epoch)
 USER_COMPILE_THREADS = os.environ.get("TORCHINDUCTOR_COMPILE_THREADS")
 MIN_TRAINING_S = 30  # less left of a part's budget: its trainings are not started
+STOP_S = 15  # kept at the end of a part's budget to stop its runs and write their figures
+SKIPPABLE = ("schemes", "tests")  # part call's steps that --skip leaves out
+# A dry run exercises every step on the CPU; it measures nothing, so it takes the fewest runs and seconds that still
+# go through each code path. Option: (default on the GPU, default in a dry run). The seconds are limits: a dry
+# run's trainings finish well within them.
+DEFAULTS = {"budget": (510, 180), "modes": (",".join(MODES), "none"), "seeds": (3, 1), "at_once": (7, 2),
+            "scheme_seconds": (75, 30), "tests_seconds": (90, 60)}
+SINGLE_RUN_LIMIT_S = 180  # per single-run measurement of part speed (a dry run's eager one takes seconds)
+# --mode fastest when no single run of part speed is at hand: step, the fastest measured on an H200 (docs/gpu.md);
+# in a dry run none, as torch.compile takes minutes on a CPU (the compiled modes are tested in tests/test_train.py)
+FALLBACK_MODE = ("step", "none")
+# part call's CUDA tests, in one process whatever pyproject's addopts asks (the device's python3 may lack
+# pytest-xdist); the dry-run tests never among them (each runs a dry run, which runs these)
+CUDA_TESTS = ["-o", "addopts=-ra", "-k", "cuda and not dry_run", "tests"]
 
 
 @dataclass
@@ -80,9 +95,11 @@ class Setup:
     budget_s: float  # per part
     speed_limit_s: float  # per single-run measurement
     work: Path
-    mode: str  # the --compile mode of the pair and the table
+    mode: str  # the --compile mode of the pair, the table and the call's runs: never "fastest" (resolve_mode)
     modes: list[str]  # of the single-run measurements
     pair: bool = True  # part speed trains the fp32-vs-bf16 pair after the single runs
+    requested_mode: str = "fastest"  # --mode as given
+    dry_run: bool = False
 
     def config(self, output_dir: Path, mode: str, **values) -> TrainConfig:
         """The reference's recipe (VGG16-SB, tanh, batch 64, seed 0, evaluation every epoch) at this setup's
@@ -94,15 +111,62 @@ class Setup:
 
 
 def make_setup(args: argparse.Namespace) -> Setup:
+    """The part's setup from the options, their defaults (DEFAULTS) filled in; --mode resolved (resolve_mode)."""
     work, modes = Path(args.work_dir), args.modes.split(",")
     if args.dry_run:
-        # torch.compile takes most of a dry run: minutes for each compiled mode on two busy cores
-        return Setup("cpu", "fake", args.data_dir or "unused", 0.0625, 2, 2, [1], args.budget or 480, 180, work,
-                     args.mode, modes)
-    data_dir = args.data_dir or next((d for d in ("shared/data", "../shared/data") if Path(d).is_dir()),
-                                     "shared/data")
-    return Setup("cuda", "cifar10", data_dir, 1.0, 80, 3, [40, 60, 80], args.budget or 510, 180, work, args.mode,
-                 modes)
+        setup = Setup("cpu", "fake", args.data_dir or "unused", 0.0625, 2, 2, [1], args.budget,
+                      SINGLE_RUN_LIMIT_S, work, args.mode, modes)
+    else:
+        data_dir = args.data_dir or next((d for d in ("shared/data", "../shared/data") if Path(d).is_dir()),
+                                         "shared/data")
+        setup = Setup("cuda", "cifar10", data_dir, 1.0, 80, 3, [40, 60, 80], args.budget, SINGLE_RUN_LIMIT_S,
+                      work, args.mode, modes)
+    setup.requested_mode, setup.dry_run = args.mode, args.dry_run
+    setup.mode = resolve_mode(setup, _single_runs_of(args.out_dir))
+    return setup
+
+
+def resolve_mode(setup: Setup, single_runs: dict[str, dict]) -> str:
+    """The --compile mode a part trains in: --mode when it names one; for `fastest`, the fastest of part speed's
+    single runs (`single_runs`: those in OUT_DIR/gpu-speed.json, or the ones part speed has just measured), else
+    FALLBACK_MODE (step; none in a dry run). Every part takes its mode from here before it trains."""
+    if setup.requested_mode != "fastest":
+        return setup.requested_mode
+    return fastest_mode(single_runs, FALLBACK_MODE[int(setup.dry_run)])
+
+
+def check_options(args: argparse.Namespace, setup: Setup) -> None:
+    """Every option the part will use, refused in one line (a UserError) before anything starts."""
+    def bad(option: str, why: str) -> UserError:
+        value = getattr(args, option[2:].replace("-", "_"))
+        return UserError(f"{option} {','.join(sorted(value)) if isinstance(value, set) else value}: {why}", code=2)
+
+    wrong = [m for m in setup.modes if m not in MODES]
+    if wrong or not setup.modes:
+        raise bad("--modes", f"each must be one of {', '.join(MODES)}, comma-separated")
+    wrong = sorted(set(args.skip) - set(SKIPPABLE))
+    if wrong:
+        raise bad("--skip", f"{', '.join(wrong)}: no such step; it can leave out {', '.join(SKIPPABLE)}")
+    if not 1 <= args.seeds <= MAX_MERGED_SEEDS:
+        raise bad("--seeds", f"must be from 1 to {MAX_MERGED_SEEDS}")
+    if args.at_once < 1:
+        raise bad("--at-once", "must be at least 1")
+    for option in ("--scheme-seconds", "--tests-seconds"):
+        if not getattr(args, option[2:].replace("-", "_")) > 0:
+            raise bad(option, "must be more than 0")
+    if not setup.budget_s >= STOP_S + MIN_TRAINING_S:
+        raise bad("--budget", f"must be at least {STOP_S + MIN_TRAINING_S} s: a part keeps {STOP_S} s to stop its "
+                              f"runs and starts no training with under {MIN_TRAINING_S} s left")
+    if args.part == "merge":
+        archive = args.out_dir / "reference-runs.tar.gz"
+        if not archive.is_file():
+            raise UserError(f"{archive}: no such file; merge takes the folder that part call returned", code=2)
+        return
+    if not setup.dry_run and not Path(setup.data_dir).exists():
+        raise UserError(f"--data-dir {setup.data_dir}: no such folder; put the CIFAR-10 archive there (docs/gpu.md: "
+                        f"mkdir -p shared/data && cp ../shared/data/cifar10-jpeg.tar.gz shared/data/)", code=2)
+    for mode in dict.fromkeys([setup.mode, *setup.modes]):  # the runs' configurations, checked as they will train
+        setup.config(setup.work, mode)
 
 
 class Recorder:
@@ -341,8 +405,7 @@ def measure_precision_pair(setup: Setup, rec: Recorder, deadline: float) -> None
 def part_speed(setup: Setup, rec: Recorder, deadline: float) -> None:
     decode_s = measure_data(setup, rec)
     results = measure_single_runs(setup, rec, decode_s, deadline)
-    if setup.mode == "fastest":
-        setup.mode = fastest_mode(results, "step")
+    setup.mode = resolve_mode(setup, results)  # --mode fastest: the fastest of these
     if setup.pair:
         measure_precision_pair(setup, rec, deadline)
 
@@ -418,17 +481,20 @@ def measure_schemes(setup: Setup, rec: Recorder, seconds: float, at_once: int) -
     return faster
 
 
-def measure_cuda_tests(rec: Recorder, seconds: float) -> None:
-    """The test suite's CUDA tests (`-k cuda`: CUDA against the CPU, the whole step under CUDA graphs)."""
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda", "tests"]
+def measure_cuda_tests(rec: Recorder, seconds: float, dry_run: bool) -> None:
+    """The test suite's CUDA tests (CUDA_TESTS: CUDA against the CPU, the whole step under CUDA graphs); in a dry
+    run only collected (`pytest --collect-only`), as on a CPU they skip."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+               *(["--collect-only"] if dry_run else []), *CUDA_TESTS]
     try:
         proc = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
                               timeout=seconds)
         result = {"returncode": proc.returncode, "tail": (proc.stdout + proc.stderr)[-1500:]}
     except subprocess.TimeoutExpired:
         result = {"returncode": None, "tail": f"stopped after {seconds:.0f} s"}
-    rec.put("cuda_tests", result, f"cuda tests: exit status {result['returncode']}; "
-            f"{result['tail'].strip().splitlines()[-1] if result['tail'].strip() else ''}")
+    result.update(command=" ".join(command[1:]), collect_only=dry_run)
+    rec.put("cuda_tests", result, f"cuda tests{' (collected only: a dry run)' if dry_run else ''}: exit status "
+            f"{result['returncode']}; {result['tail'].strip().splitlines()[-1] if result['tail'].strip() else ''}")
 
 
 def reference_jobs(setup: Setup, directory: Path, mode: str, seeds: int) -> list[Job]:
@@ -491,11 +557,12 @@ def _finished_names(runs_dir: Path) -> set[str]:
 def part_call(setup: Setup, rec: Recorder, deadline: float, args) -> None:
     """In this order: the schemes side by side, the CUDA tests, then the fp32-vs-bf16 pair and the table's runs
     at args.seeds seeds that args.runs_dir lacks, for the rest of the budget."""
+    measure_data(setup, rec)  # once, into the cache every run reads; a set that cannot be read stops here
     scheme = "process"
     if "schemes" not in args.skip:
         scheme = measure_schemes(setup, rec, args.scheme_seconds, args.at_once)
     if "tests" not in args.skip:
-        measure_cuda_tests(rec, args.tests_seconds)
+        measure_cuda_tests(rec, args.tests_seconds, setup.dry_run)
     train_reference_runs(setup, rec, deadline, args.pack or scheme, args)
 
 
@@ -567,56 +634,94 @@ def _merge_problem(path: Path, job: Job | None) -> str | None:
 # ------------------------------------------------------------------------------------------------ main
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out_dir", type=Path, help="where gpu-speed.json and gpu-table.json go")
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, as sbattn's own commands refuse an option, not the usage block
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _default(option: str) -> str:
+    gpu, dry = DEFAULTS[option]
+    return f"default: {gpu}; dry run {dry}"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = _Parser(prog="gpu.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out_dir", type=Path, help="where gpu-PART.json goes (and part call's reference-runs.tar.gz)")
     p.add_argument("part", nargs="?", choices=PARTS, default="all")
-    p.add_argument("--dry-run", action="store_true", help="the same steps on the CPU: fake set, width 0.0625, "
-                                                          "2 epochs")
+    p.add_argument("--dry-run", action="store_true",
+                   help="the same steps on the CPU, to check that they run, not to measure: fake set, width 0.0625, "
+                        "2 epochs, and smaller defaults (each option's 'dry run' one): --modes none, --mode fastest "
+                        f"is none, --seeds {DEFAULTS['seeds'][1]}, --at-once {DEFAULTS['at_once'][1]}, shorter "
+                        "limits; part call's CUDA tests only collected. A dry run of each part takes under a "
+                        "minute on two CPU cores")
     p.add_argument("--data-dir", help="CIFAR-10 (default: shared/data, else ../shared/data)")
     p.add_argument("--work-dir", default="/tmp/sbattn-gpu", help="the runs' files (default: /tmp/sbattn-gpu)")
-    p.add_argument("--budget", type=float, help="seconds per part, trainings stopped at its end (default: 510; "
-                                                "dry run 480)")
-    p.add_argument("--modes", default=",".join(MODES), help="--compile modes of the single runs (default: "
-                                                              "none,model,step)")
+    p.add_argument("--budget", type=float,
+                   help=f"seconds per part, trainings stopped at its end ({_default('budget')})")
+    p.add_argument("--modes", help=f"--compile modes of part speed's single runs ({_default('modes')})")
     p.add_argument("--mode", choices=(*MODES, "fastest"), default="fastest",
-                   help="--compile mode of the pair and the table (default: the fastest single run of part speed "
-                        "in OUT_DIR, else step)")
+                   help="--compile mode of the pair, the table and part call's runs (default fastest: the fastest "
+                        f"single run of part speed, in OUT_DIR or just measured, else {FALLBACK_MODE[0]}, the "
+                        f"fastest measured on an H200; in a dry run else {FALLBACK_MODE[1]})")
     p.add_argument("--no-pair", action="store_true", help="part speed: the single runs only")
-    p.add_argument("--seeds", type=int, default=3, help="part call: the table's runs at seeds 0..N-1 (default: 3)")
-    p.add_argument("--at-once", type=int, default=7,
-                   help="part call: runs trained at once, in the schemes' measurement too (default: 7, the table's)")
+    p.add_argument("--seeds", type=int, help=f"part call: the table's runs at seeds 0..N-1 ({_default('seeds')})")
+    p.add_argument("--at-once", type=int, help="part call: runs trained at once, in the schemes' measurement too "
+                                               f"({_default('at_once')}; 7 is the table's)")
     p.add_argument("--pack", choices=PACKS, help="part call: the scheme of the runs (default: the faster measured)")
-    p.add_argument("--skip", default="", help="part call: steps left out, of schemes,tests (done in an earlier call)")
-    p.add_argument("--scheme-seconds", type=float, default=75, help="part call: seconds per scheme (default: 75)")
-    p.add_argument("--tests-seconds", type=float, default=90, help="part call: the CUDA tests' limit (default: 90)")
+    p.add_argument("--skip", default="", help=f"part call: steps left out, of {','.join(SKIPPABLE)} (done in an "
+                                              "earlier call)")
+    p.add_argument("--scheme-seconds", type=float, help=f"part call: seconds per scheme ({_default('scheme_seconds')})")
+    p.add_argument("--tests-seconds", type=float,
+                   help=f"part call: the CUDA tests' limit ({_default('tests_seconds')})")
     p.add_argument("--runs-dir", default="docs/reference-table",
                    help="parts call and merge: the finished runs kept (default: docs/reference-table)")
     args = p.parse_args(argv)
-    setup = make_setup(args)
-    setup.pair = not args.no_pair
+    for option, defaults in DEFAULTS.items():
+        if getattr(args, option) is None:
+            setattr(args, option, defaults[int(args.dry_run)])
+    args.skip = set(filter(None, args.skip.split(",")))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:  # every default resolved and every option checked before anything starts
+        setup = make_setup(args)
+        setup.pair = not args.no_pair
+        check_options(args, setup)
+    except SbattnError as e:
+        print(f"gpu.sh: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return run_parts(args, setup)
+    except SbattnError as e:  # the data or a file, found unusable on the way: one line, as sbattn says it
+        print(f"gpu.sh: {e.label}: {e}", file=sys.stderr)
+        return e.code
+
+
+def run_parts(args: argparse.Namespace, setup: Setup) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     setup.work.mkdir(parents=True, exist_ok=True)
     os.environ["SBATTN_CACHE"] = str(setup.work / "cache")  # a cold cache: decoding is measured, once
     if args.part == "merge":  # here, after the call: the runs' recipes rebuilt on this machine's device
         setup.device = setup.device if torch.cuda.is_available() else "cpu"
         return merge(args.out_dir / "reference-runs.tar.gz", Path(args.runs_dir), setup)
-    args.skip = set(filter(None, args.skip.split(",")))
     for part in ("speed", "table") if args.part == "all" else (args.part,):
         started = time.perf_counter()
+        single = _single_runs_of(args.out_dir)
+        setup.mode = resolve_mode(setup, single)  # the table after speed: from the single runs it just measured
+        # part speed with --mode fastest: the fastest of the single runs it measures first
+        mode = "fastest single run" if part == "speed" and setup.requested_mode == "fastest" else setup.mode
         rec = Recorder(args.out_dir / f"gpu-{part}.json", {
             "part": part, "dry_run": args.dry_run, "started": datetime.now().isoformat(timespec="seconds"),
-            "budget_s": setup.budget_s, "environment": environment(setup)})
-        print(f"== part {part}: {json.dumps(rec.data['environment'])}", flush=True)
-        deadline = started + setup.budget_s - 15  # time to stop the runs and write their figures
+            "budget_s": setup.budget_s, "mode": mode, "environment": environment(setup)})
+        print(f"== part {part} (--compile {mode}): {json.dumps(rec.data['environment'])}", flush=True)
+        deadline = started + setup.budget_s - STOP_S  # time to stop the runs and write their figures
         if part == "speed":
             part_speed(setup, rec, deadline)
         elif part == "call":
             part_call(setup, rec, deadline, args)
         else:
-            single = _single_runs_of(args.out_dir)
-            if setup.mode == "fastest":
-                setup.mode = fastest_mode(single, "step")
             part_table(setup, rec, deadline, single)
         rec.put("seconds", time.perf_counter() - started, f"== part {part}: {time.perf_counter() - started:.0f} s")
     return 0

@@ -30,13 +30,19 @@ def table_rows(md: str) -> list[str]:
     return [line.strip("|").split("|")[0].strip() for line in lines[2:]]
 
 
+def gpu_sh(out, *args, cwd, timeout=600):
+    """benchmarks/gpu.sh as docs/gpu.md gives it, with `args` after OUT_DIR; one thread per run, as the suite's
+    tests train."""
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(out), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def test_dry_run_writes_every_figure(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    # --modes none: the compiled modes are tested in test_train.py, and compiling takes minutes on 2 cores.
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(out), "all", "--dry-run", "--modes", "none",
-                           "--work-dir", str(tmp_path / "work")], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=900)
+    # docs/gpu.md's dry run as written (its output folder and a work folder aside): the dry run's own defaults keep
+    # it eager (--modes none; the compiled modes are tested in test_train.py) and short
+    proc = gpu_sh(out, "all", "--dry-run", "--work-dir", str(tmp_path / "work"), cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["gpu-speed.json", "gpu-table.json"]  # the runs' files elsewhere
     speed, table = (json.loads((out / f"gpu-{part}.json").read_text()) for part in ("speed", "table"))
@@ -63,6 +69,7 @@ def test_dry_run_writes_every_figure(tmp_path):
     assert table_rows(t["tables"]["compare"])[:3] == ["baseline", "SE", "SB(Tanh)"]
     assert table_rows(t["tables"]["ablation"]) == ["Tanh", "Sigmoid", "ReLU", "Softmax", "Linear"]
     assert "== part table" in proc.stdout and "7 runs at once" in proc.stdout
+    assert speed["mode"] == "fastest single run" and table["mode"] == "none"  # --mode fastest, resolved
 
 
 def test_a_run_stopped_by_the_budget_is_projected_from_its_epochs(tmp_path):
@@ -131,22 +138,26 @@ def test_a_step_replayed_as_a_cuda_graph_trains_as_the_eager_step():
 def test_the_call_dry_run_brings_back_finished_runs_that_merge_checks_and_keeps(tmp_path):
     """Part call on the CPU: the schemes side by side, the CUDA tests, then the pair and the table's runs, finished
     ones archived; merge takes a run only when its checksum and recipe hold, and a second call trains nothing the
-    runs folder holds."""
+    runs folder holds. Each command as docs/gpu.md and the README give it, with --dry-run and the output folders
+    alone: the call's defaults (--mode fastest among them) are what a lent GPU would run."""
     out, runs, work = tmp_path / "out", tmp_path / "runs", tmp_path / "work"
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    common = ["--dry-run", "--mode", "none", "--work-dir", str(work), "--runs-dir", str(runs)]
+    folders = ["--dry-run", "--work-dir", str(work), "--runs-dir", str(runs)]
 
     def gpu(*args):
-        proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(out), *args, *common], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=600)
+        proc = gpu_sh(out, *args, *folders, cwd=tmp_path)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc.stdout
 
-    gpu("call", "--seeds", "1", "--at-once", "8", "--scheme-seconds", "60", "--tests-seconds", "120")
+    said = gpu("call")
     call = json.loads((out / "gpu-call.json").read_text())
+    assert call["mode"] == "none" and "== part call (--compile none)" in said  # fastest: none in a dry run
+    assert call["data"]["train_images"] == 1024
     schemes = call["schemes"]
     assert all(schemes[k]["aggregate_img_s"] > 0 for k in ("process", "stream")) and schemes["faster"]
+    assert all(len(schemes[k]["runs"]) == 2 for k in ("process", "stream", "fused"))  # the dry run's --at-once
     assert call["cuda_tests"]["returncode"] == 0
+    tests = call["cuda_tests"]  # a dry run collects them only, and never the dry-run tests (this one among them)
+    assert tests["collect_only"] and "collected" in tests["tail"] and "dry_run" not in tests["tail"]
     assert len(call["reference_runs"]["finished"]) == 8  # the fp32 run and the table's seven
 
     import tarfile
@@ -167,5 +178,70 @@ def test_the_call_dry_run_brings_back_finished_runs_that_merge_checks_and_keeps(
     assert "vgg16_0.5_False_True_tanh_w0.0625_seed0: its checksum does not match its contents" in said
     assert "merge: 7 run(s) added" in said and (runs / "compare.md").exists() and (runs / "fp32").is_dir()
     assert not (runs / edited.name).exists()
-    gpu("call", "--seeds", "1", "--skip", "schemes,tests")
-    assert json.loads((out / "gpu-call.json").read_text())["reference_runs"]["to_train"] == 1  # SE alone
+    gpu("call", "--skip", "schemes,tests")  # docs/gpu.md's later call
+    again = json.loads((out / "gpu-call.json").read_text())
+    assert again["reference_runs"]["to_train"] == 1  # SE alone
+    assert "schemes" not in again and "cuda_tests" not in again and again["reference_runs"]["finished"] == [
+        "vgg16_0.5_False_True_tanh_w0.0625_seed0"]
+
+
+@pytest.mark.parametrize("args, said", [
+    (["call", "--modes", "none,fast"], "--modes none,fast: each must be one of none, model, step"),
+    (["call", "--skip", "schemes,test"], "--skip schemes,test: test: no such step"),
+    (["call", "--seeds", "0"], "--seeds 0: must be from 1 to 1000"),
+    (["call", "--budget", "20"], "--budget 20.0: must be at least 45 s"),
+    (["speed", "--scheme-seconds", "0"], "--scheme-seconds 0.0: must be more than 0"),
+    (["merge"], "reference-runs.tar.gz: no such file; merge takes the folder that part call returned"),
+    (["call", "--mode", "fastests"], "argument --mode: invalid choice: 'fastests'"),
+], ids=["modes", "skip", "seeds", "budget", "seconds", "merge-without-archive", "mode"])
+def test_an_unusable_option_is_refused_in_one_line_before_anything_starts(tmp_path, capsys, args, said):
+    gpu = gpu_module()
+    out = tmp_path / "out"
+    try:
+        code = gpu.main([str(out), *args, "--dry-run", "--work-dir", str(tmp_path / "work")])
+    except SystemExit as e:  # argparse's own refusals
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not (tmp_path / "work").exists()  # nothing written, nothing started
+
+
+def test_gpu_sh_refuses_without_a_traceback(tmp_path):
+    proc = gpu_sh(tmp_path / "out", "call", "--dry-run", "--modes", "fastest", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "gpu.sh: error: --modes fastest: each must be one of none, model, step, comma-separated\n"
+
+
+def test_every_part_resolves_mode_fastest_before_it_trains(tmp_path):
+    """--mode fastest: part speed's fastest single run in OUT_DIR, else step (on the GPU) or none (a dry run), for
+    every part; a mode given stays."""
+    gpu = gpu_module()
+    out = tmp_path / "out"
+    for part in gpu.PARTS:
+        for dry, expected in ((False, "step"), (True, "none")):
+            args = gpu.parse_args([str(out), part, *(["--dry-run"] if dry else [])])
+            assert gpu.make_setup(args).mode == expected
+        assert gpu.make_setup(gpu.parse_args([str(out), part, "--mode", "model"])).mode == "model"
+    out.mkdir()
+    (out / "gpu-speed.json").write_text(json.dumps({"single_run": {
+        "none": {"projected_s": 955.0}, "model": {"projected_s": 343.0}, "step": {"projected_s": None}}}))
+    for part in gpu.PARTS:
+        assert gpu.make_setup(gpu.parse_args([str(out), part])).mode == "model"  # step did not train through
+    args = gpu.parse_args([str(out), "call", "--dry-run"])
+    assert (args.seeds, args.at_once, args.modes, args.budget) == (1, 2, "none", 180)  # a dry run's defaults
+    args = gpu.parse_args([str(out), "call"])
+    assert (args.seeds, args.at_once, args.modes, args.budget, args.scheme_seconds) == (3, 7, "none,model,step", 510,
+                                                                                          75)
+
+
+def test_part_speed_trains_its_pair_in_the_fastest_mode_it_measured(tmp_path, monkeypatch):
+    gpu = gpu_module()
+    setup = gpu.make_setup(gpu.parse_args([str(tmp_path / "out"), "speed", "--dry-run"]))
+    assert setup.mode == "none"  # before the single runs: a dry run's fallback
+    monkeypatch.setattr(gpu, "measure_data", lambda setup, rec: 0.0)
+    monkeypatch.setattr(gpu, "measure_single_runs", lambda setup, rec, decode_s, deadline: {
+        "none": {"projected_s": 9.0}, "model": {"projected_s": 5.0}, "step": {"projected_s": 3.0}})
+    trained = []
+    monkeypatch.setattr(gpu, "measure_precision_pair", lambda setup, rec, deadline: trained.append(setup.mode))
+    gpu.part_speed(setup, None, 0.0)
+    assert trained == ["step"]
