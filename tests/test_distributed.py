@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import select
 import shlex
 import signal
 import socket
@@ -17,6 +18,9 @@ import torch.multiprocessing as mp
 
 import sbattn
 from sbattn.data import load_cifar10
+from sbattn.errors import UserError
+from sbattn.records import RunPaths
+from sbattn.records.rundir import run_lock
 from sbattn.train.evaluation import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,21 +115,119 @@ def test_evaluate_sums_counts_not_averages(tmp_path):
 
 
 def test_killed_two_process_run_resumes_identically(two, tmp_path):
-    proc = subprocess.Popen(command(tmp_path, 2), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpt = tmp_path / f"{RUN}.ckpt"
-    deadline = time.time() + 120
-    while not ckpt.exists():
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / f"{RUN}.json").exists()
+    """kill -9 of torchrun's whole process group. Its workers, in sessions of their own, outlive it; told by the
+    kernel that their agent died (PR_SET_PDEATHSIG), they take the SIGTERM path: checkpoint at the ranks' next step
+    agreement, release the lock, exit. Until they have, a resume is refused, naming the leftover; the test waits
+    for them to be gone, then the resume finishes as the uninterrupted run."""
+    said = tmp_path / "killed-job.out"
+    with said.open("w") as sink:  # the workers write to the agent's standard output, which they inherit
+        proc = subprocess.Popen(command(tmp_path, 2), cwd=ROOT, env=ENV, stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    ckpt, ends = tmp_path / f"{RUN}.ckpt", {}
+    try:
+        deadline = time.time() + 120
+        while not ckpt.exists():
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)
+        # Children of the agent's main thread: the kernel's signal follows the thread that started a process.
+        workers = [_rank_process(proc.pid, rank) for rank in (0, 1)]
+        ends = {worker: os.pidfd_open(worker) for worker in workers}  # not this process's children: no wait()
+        for worker in workers:
+            os.kill(worker, signal.SIGSTOP)  # held still: rank 0 holds the lock while the resume asks for it
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        with pytest.raises(UserError) as refused, run_lock(RunPaths(tmp_path, RUN)):
+            pass
+        assert (f"pid {workers[0]}, a worker of a torchrun job whose agent (pid {proc.pid}) is gone, still holds "
+                f"{tmp_path / RUN}.lock: a leftover of the killed job" in str(refused.value)), str(refused.value)
+        assert "within 60 s (its --dist-timeout) at most" in str(refused.value)
+        for worker in workers:
+            os.kill(worker, signal.SIGCONT)
+        left = running(ends, seconds=60)
+        assert not left, f"workers {left} still running 60 s after their agent was killed"
+    finally:  # nothing left behind, whatever failed
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for worker in running(ends, seconds=0):
+            os.kill(worker, signal.SIGKILL)
+        for fd in ends.values():
+            os.close(fd)
+    out = said.read_text()
+    assert f"SIGTERM (the torchrun agent that started this process, pid {proc.pid}, is gone): stopped at epoch " in out
+    assert "resume with: torchrun --nproc_per_node=2 --master_addr=127.0.0.1 --master_port=" in out  # the agent's
+    assert not (tmp_path / f"{RUN}.json").exists() and not (tmp_path / f"{RUN}.lock").exists()
     run(tmp_path, 2, "--resume")
     drop = {"seconds", "images_per_sec", "eval_seconds"}
     strip = lambda h: [{k: v for k, v in e.items() if k not in drop} for e in h]  # noqa: E731
     assert strip(history(tmp_path)) == strip(history(two[0]))
+
+
+def running(ends: dict[int, int], seconds: float) -> list[int]:
+    """Which of the processes (pid: its pidfd) are still running after up to `seconds`: a pidfd becomes readable
+    when its process ends, whoever its parent is, and never names another process that took the pid since."""
+    deadline = time.monotonic() + seconds
+    while True:
+        ready, _, _ = select.select(list(ends.values()), [], [], max(0.0, min(0.2, deadline - time.monotonic())))
+        left = [pid for pid, fd in ends.items() if fd not in ready]
+        if not left or time.monotonic() >= deadline:
+            return left
+
+
+def test_a_lock_held_by_a_worker_whose_agent_is_gone_is_named_a_leftover_of_the_killed_job(tmp_path):
+    """What the lock says when another process holds it: a torchrun worker whose agent lives is another training;
+    one whose parent is no longer the agent it recorded is the leftover of a killed job, which stops by itself."""
+    paths = RunPaths(tmp_path, RUN)
+    with run_lock(paths, (os.getppid(), 300.0)):  # this process, a worker of its parent
+        with pytest.raises(UserError, match=rf"^another process \(pid {os.getpid()}\) is training "):
+            with run_lock(paths):
+                pass
+    gone = os.getppid() + 1  # the agent this process recorded, which is no longer its parent
+    with run_lock(paths, (gone, 300.0)):
+        with pytest.raises(UserError) as refused, run_lock(paths):
+            pass
+    assert str(refused.value).startswith(f"pid {os.getpid()}, a worker of a torchrun job whose agent (pid {gone}) "
+                                         f"is gone, still holds {paths.lock}: a leftover of the killed job, not "
+                                         f"another training"), str(refused.value)
+    assert "within 300 s (its --dist-timeout) at most: run this again once it has" in str(refused.value)
+    assert not paths.lock.exists()
+
+
+def test_a_worker_follows_its_agent_and_starts_nothing_when_the_agent_died_before_it_asked(monkeypatch):
+    """Under torchrun the worker asks for SIGTERM at its agent's death; the agent dead before the kernel took
+    the request (this process's parent no longer the one it had at its start): one line, nothing trained."""
+    from sbattn.train import agent
+    asked = []
+    monkeypatch.setattr(agent, "_ask_for_a_signal_at_parent_death", lambda signum: asked.append(signum) or True)
+    monkeypatch.setattr(agent, "_followed", None)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert agent.follow_agent() is None and asked == []  # not started by torchrun's agent: nothing asked
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setattr(agent, "_STARTED_BY", os.getppid())
+    assert agent.follow_agent() == os.getppid() and asked == [signal.SIGTERM] and not agent.agent_gone()
+    monkeypatch.setattr(agent, "_STARTED_BY", os.getppid() + 1)
+    with pytest.raises(UserError, match=rf"the torchrun agent that started this process \(pid "
+                                                      rf"{os.getppid() + 1}\) has gone .*nothing was trained"):
+        agent.follow_agent()
+
+
+def test_a_repeated_sigterm_asks_the_same_stop_and_a_second_ctrl_c_stops_at_once():
+    """A worker whose agent dies gets a SIGTERM for each of the agent's threads as they end: one stop, whose
+    checkpoint no later SIGTERM cuts short; a second Ctrl-C still stops at once."""
+    from sbattn.train.signals import StopRequest
+    stop = StopRequest()
+    with stop.installed():
+        try:
+            for _ in range(3):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.01)  # the handler runs here
+        except KeyboardInterrupt:
+            pytest.fail("a repeated SIGTERM stopped at once, cutting the first one's checkpoint short")
+        assert stop.signal == signal.SIGTERM and stop.name == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
 
 
 def children(pid: int) -> list[int]:

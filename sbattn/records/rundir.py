@@ -54,10 +54,14 @@ def _check_appendable(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def run_lock(paths: RunPaths) -> Iterator[None]:
-    """Hold <run>.lock while the run trains: a second process on the same run refuses with one line (exit 2)."""
+def run_lock(paths: RunPaths, agent: tuple[int, float] | None = None) -> Iterator[None]:
+    """Hold <run>.lock while the run trains: a second process on the same run refuses with one line (exit 2).
+
+    agent: (pid, seconds) for a torchrun worker, the agent that started it and within how long it stops once that
+    agent has died; written to the lock, so that a process refused while a killed job's worker still holds it says
+    so (that it will stop, when), rather than that another process is training."""
     path = paths.lock
-    fd = _acquire(path, paths)
+    fd = _acquire(path, paths, agent)
     try:
         yield
     except BaseException:
@@ -97,17 +101,15 @@ def _open_lock(path: Path) -> int:
     return fd
 
 
-def _acquire(path: Path, paths: RunPaths) -> int:
+def _acquire(path: Path, paths: RunPaths, agent: tuple[int, float] | None) -> int:
     while True:
         fd = _open_lock(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip()
+            holder = os.read(fd, 256).decode(errors="replace")
             os.close(fd)
-            raise UserError(f"another process{f' (pid {holder})' if holder.isdigit() else ''} is training "
-                            f"{paths.name} in {paths.output_dir} (it holds {path}); wait for it to finish, or stop "
-                            f"it first", code=2) from None
+            raise UserError(_held(holder, path, paths), code=2) from None
         try:
             current = os.lstat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -115,13 +117,41 @@ def _acquire(path: Path, paths: RunPaths) -> int:
         if current:
             try:
                 os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
+                os.write(fd, f"{os.getpid()}\n{_AGENT} {agent[0]} {agent[1]:.3f}\n".encode() if agent
+                         else f"{os.getpid()}\n".encode())
             except OSError as e:  # no space at all: the lock, empty, is removed; nothing was started
                 _release(path, fd, warn=False)
                 raise UserError(f"cannot write the lock file {path} ({e.strerror or e}); make room, then run it "
                                 f"again", code=2) from None
             return fd
         os.close(fd)  # its holder removed it between our open and our lock: lock the new one
+
+
+_AGENT = "torchrun-agent"  # the lock's second line, a torchrun worker's: "torchrun-agent <pid> <seconds>"
+_HOLDER = re.compile(rf"(\d{{1,10}})\n(?:{_AGENT} (\d{{1,10}}) (\d{{1,9}}(?:\.\d{{1,6}})?)\n)?", re.ASCII)
+
+
+def _held(content: str, path: Path, paths: RunPaths) -> str:
+    """Why the run's lock cannot be taken, from what its holder wrote there: its pid and, a torchrun worker, its
+    agent's. A worker whose parent is no longer that agent is a leftover of a killed job, stopping by itself."""
+    found = _HOLDER.fullmatch(content.strip() + "\n")
+    holder, agent, seconds = found.groups() if found else (None, None, None)
+    if holder and agent and seconds and _parent_of(int(holder)) not in (None, int(agent)):
+        return (f"pid {holder}, a worker of a torchrun job whose agent (pid {agent}) is gone, still holds {path}: "
+                f"a leftover of the killed job, not another training; told of its agent's death, it checkpoints "
+                f"{paths.name} at its next step and exits, within {float(seconds):g} s (its --dist-timeout) at "
+                f"most: run this again once it has")
+    return (f"another process{f' (pid {holder})' if holder else ''} is training {paths.name} in "
+            f"{paths.output_dir} (it holds {path}); wait for it to finish, or stop it first")
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent of process `pid` (Linux's /proc); None when it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def remove_stale_temporaries(paths: RunPaths) -> list[Path]:

@@ -18,6 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .agent import follow_agent
+from .launcher import remember_launch
+
 __all__ = ["Context", "setup", "teardown", "restart_count", "disagreement", "all_reduce_sum", "any_rank", "gather_objects", "wrap",
            "sync_batchnorm", "CrossRankBatchNorm", "lost_peer", "one_report", "entering", "passing", "unanswered"]
 
@@ -50,7 +53,12 @@ class Context:
 
 def setup(device: str, timeout: float) -> tuple[Context, str]:
     """Join the process group torchrun set up, if any, whose collectives fail after `timeout` seconds without
-    every rank (a rank that died or hung); returns the context and this rank's device."""
+    every rank (a rank that died or hung); returns the context and this rank's device.
+
+    Under torchrun (one process or several) this process stops when its agent dies (see agent.py), and reads the
+    agent's command line while it lives: the resume command it prints after that stop is the user's own launch."""
+    if follow_agent() is not None:
+        remember_launch()
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     if world_size <= 1:
         return Context(), device

@@ -7,7 +7,7 @@ import io
 import os
 from pathlib import Path
 
-__all__ = ["launcher_argv"]
+__all__ = ["launcher_argv", "remember_launch"]
 
 _LAUNCHERS = ("torchrun", "torch.distributed.run", "torch.distributed.launch")
 
@@ -38,7 +38,19 @@ def launcher_argv(cmdline: list[str] | None = None) -> list[str] | None:
     return ["torchrun", *options[:script]]
 
 
+_remembered: list[str] | None = None  # the agent's command line, read while it lived (remember_launch)
+
+
+def remember_launch() -> None:
+    """Read the torchrun agent's command line now, while it lives: a worker whose agent was killed checkpoints
+    and prints its resume command after the agent is gone, its parent then another process."""
+    global _remembered
+    _remembered = _parent_cmdline()
+
+
 def _parent_cmdline() -> list[str] | None:
+    if _remembered is not None:
+        return _remembered
     try:
         blob = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
     except OSError:

@@ -20,6 +20,7 @@ from ..records.rundir import (move_aside, prepare_output_dir, remove_stale_tempo
 from ..records.tensorboard_log import epoch_logger
 from ..version import __version__
 from . import distributed
+from .agent import followed_agent
 from .epoch import end_epoch, epoch_line, train_epoch
 from .precision import precision_label
 from .run import Run, RunResult
@@ -80,7 +81,9 @@ def run_steps(run: Run, quiet: bool, stop: StopRequest) -> Steps:
     ctx, paths = run.ctx, run.paths
     if ctx.main:
         prepare_output_dir(paths.output_dir)
-    with run_lock(paths) if ctx.main else contextlib.nullcontext():
+    agent = followed_agent()  # a torchrun worker that stops when its agent dies: the lock says so to a resume
+    lock = run_lock(paths, None if agent is None else (agent, run.config.dist_timeout))
+    with lock if ctx.main else contextlib.nullcontext():
         finished = distributed.gather_objects(ctx, _finished_or_cleared(run) if ctx.main else None)[0]
         if finished is not None:
             run.log(f"{paths.name} finished earlier: final test accuracy {finished.final_acc:.2f}%; its files are "

@@ -1,5 +1,6 @@
-"""The signals a training run obeys: Ctrl-C and SIGTERM stop it at a step's end, and a suite's ALONE_SIGNAL
-hands it every core when it is the last run still training (experiments/jobs.py sends it)."""
+"""The signals a training run obeys: Ctrl-C and SIGTERM stop it at a step's end (a torchrun worker's SIGTERM
+also comes from the kernel when its agent dies, see agent.py), and a suite's ALONE_SIGNAL hands it every core when
+it is the last run still training (experiments/jobs.py sends it)."""
 from __future__ import annotations
 
 import contextlib
@@ -10,6 +11,7 @@ from types import FrameType
 from typing import Any, Iterator
 
 from ..system import available_cores
+from .agent import agent_gone, followed_agent
 from .threads import set_ceiling
 
 __all__ = ["StopRequest", "ALONE_SIGNAL", "ALONE_THREADS", "alone_signal_handled"]
@@ -26,7 +28,12 @@ def _in_main_thread() -> bool:  # signal handlers live in the main thread
 
 
 class StopRequest:
-    """Turns SIGINT and SIGTERM into a flag the step loop checks, so a step is never cut in half."""
+    """Turns SIGINT and SIGTERM into a flag the step loop checks, so a step is never cut in half.
+
+    A second Ctrl-C (SIGINT) stops at once, without a checkpoint; a repeated SIGTERM asks the same as the first:
+    the kernel sends a torchrun worker one for each thread of its dying agent (the worker passes from thread to
+    thread as they exit), and a supervisor may repeat its request before its SIGKILL.
+    """
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -36,16 +43,21 @@ class StopRequest:
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.signal).name if self.signal is not None else "stop on another rank"
+        if self.signal is None:
+            return "stop on another rank"
+        if self.signal == signal.SIGTERM and agent_gone():
+            return f"SIGTERM (the torchrun agent that started this process, pid {followed_agent()}, is gone)"
+        return signal.Signals(self.signal).name
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopRequest]:
         previous: dict[signal.Signals, Any] = {}
         if _in_main_thread():
             def handler(signum: int, frame: FrameType | None) -> None:
-                if self.signal is not None:  # a second Ctrl-C: stop now
+                if self.signal is None:
+                    self.signal = signum
+                elif signum == signal.SIGINT:  # a second Ctrl-C: stop now
                     raise KeyboardInterrupt
-                self.signal = signum
             previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield self
