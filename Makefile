@@ -19,7 +19,7 @@ WHEEL_PY    := $(WHEEL)/venv/bin/python
 DATA   ?= $(if $(wildcard ../shared/data/cifar10-jpeg.tar.gz),../shared/data,./data)
 FETCH  ?= $(if $(wildcard ../shared/data/cifar10-jpeg.tar.gz),,--download)
 
-.PHONY: run test test-main test-interop test-wheel install install-interop bench clean
+.PHONY: run test test-fast test-main test-interop test-wheel install install-interop mutate bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ install: $(VENV)/.installed
 $(INTEROP)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(INTEROP)
 	$(INTEROP_PY) -m pip install --quiet $(INTEROP_TORCH)
-	$(INTEROP_PY) -m pip install --quiet -e ".[timm]" "pytest>=7"
+	$(INTEROP_PY) -m pip install --quiet -e ".[timm]" "pytest>=7" "pytest-xdist>=3.5"
 	touch $@
 
 install-interop: $(INTEROP)/.installed
@@ -49,6 +49,20 @@ test: test-main test-interop test-wheel
 test-main: install
 	$(PY) -m mypy -p sbattn
 	$(PY) -m pytest -q
+
+# For a working session, not CI: the main suite without torchrun, the GPU call's dry runs and the compiled modes
+# (the slowest third); `make test` runs everything.
+test-fast: install
+	$(PY) -m pytest -q --ignore=tests/test_distributed.py --ignore=tests/test_gpu_script.py -k "not compile"
+
+# How strong the suite is (docs/tests.md): the suite once under coverage, then each sampled defect against the
+# tests that run its line. Hours on 2 cores; not part of `make test`.
+MUTATION ?= build/mutation
+mutate: install
+	$(PY) -m pip install --quiet "coverage>=7.10" "pytest-cov>=6"
+	$(PY) tests/mutation.py map . $(MUTATION)
+	$(PY) tests/mutation.py run . $(MUTATION)
+	$(PY) tests/mutation.py report $(MUTATION)
 
 test-interop: install-interop
 	$(INTEROP_PY) -m pytest -q tests/interop tests/test_supported_torch.py

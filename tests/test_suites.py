@@ -572,7 +572,7 @@ def test_ctrl_c_to_a_jobs_suite_checkpoints_every_run_and_the_rerun_finishes(tmp
     import time
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "sbattn", "compare", *TINY, "--epochs", "30", "--jobs", "2",
+    command = [sys.executable, "-m", "sbattn", "compare", *TINY, "--epochs", "8", "--jobs", "2",
                "--output-dir", str(tmp_path)]
     suite = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120

@@ -63,7 +63,8 @@ class VGG(nn.Module):
 
 def _reference_init(module: nn.Module) -> None:
     """The reference implementation's initialisation: Linear and BatchNorm1d weights from N(0, 0.02), their biases 0."""
-    if isinstance(module, (nn.Linear, nn.BatchNorm1d)):
+    if isinstance(module, (nn.Linear, nn.BatchNorm1d)) and not module.weight.is_meta:
+        # A model on the meta device (a recipe's check) has no values to draw, and normal_ there imports dynamo (1 s).
         nn.init.normal_(module.weight, 0.0, 0.02)
         nn.init.zeros_(module.bias)
 
