@@ -38,8 +38,11 @@ def test_betainc_edges_and_a_closed_form():
     x = 0.3  # I_x(1, b) = 1 - (1 - x)^b
     assert betainc(1, 4, x) == pytest.approx(1 - (1 - x) ** 4, abs=1e-13)
     assert betainc(4, 1, 0.9) == pytest.approx(0.9 ** 4, abs=1e-13)  # the symmetric branch
-    with pytest.raises(ValueError):
-        betainc(0, 1, 0.5)
+    # Each bound apart, by its own message (lgamma(0) would raise a ValueError of its own, naming nothing).
+    for a, b, x, words in ((0, 1, 0.5, "a, b > 0"), (1, 0, 0.5, "a, b > 0"), (1, 1, -0.1, "0 <= x <= 1"),
+                           (1, 1, 1.1, "0 <= x <= 1")):
+        with pytest.raises(ValueError, match=f"needs {words}"):
+            betainc(a, b, x)
 
 
 def test_mean_and_sample_std():
