@@ -200,7 +200,7 @@ def _node_id(context: str) -> str | None:
         return None
     for sep, setup in (("|", "|setup"), (" (", " (setup)")):
         if sep in context:
-            node, _, phase = context.rpartition(sep)
+            node = context.rpartition(sep)[0]
             return node + ("#setup" if context.endswith(setup) else "")
     return context
 
@@ -209,7 +209,6 @@ def _durations(junit: Path) -> dict[str, float]:
     import xml.etree.ElementTree as ET
     result = {}
     for case in ET.parse(junit).iter("testcase"):
-        file = case.get("file") or "tests/" + case.get("classname", "").split(".")[-1] + ".py"
         result[f"{case.get('classname')}::{case.get('name')}"] = float(case.get("time", 0))
     return result
 
