@@ -82,8 +82,8 @@ def run_steps(run: Run, quiet: bool, stop: StopRequest) -> Steps:
     if ctx.main:
         prepare_output_dir(paths.output_dir)
     agent = followed_agent()  # a torchrun worker that stops when its agent dies: the lock says so to a resume
-    lock = run_lock(paths, None if agent is None else (agent, run.config.dist_timeout))
-    with lock if ctx.main else contextlib.nullcontext():
+    held = None if agent is None else (agent, run.config.dist_timeout)
+    with run_lock(paths, held) if ctx.main else contextlib.nullcontext():
         finished = distributed.gather_objects(ctx, _finished_or_cleared(run) if ctx.main else None)[0]
         if finished is not None:
             run.log(f"{paths.name} finished earlier: final test accuracy {finished.final_acc:.2f}%; its files are "
