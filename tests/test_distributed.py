@@ -477,3 +477,29 @@ def test_a_hung_rank_stops_the_run_in_the_timeout_with_one_line_naming_it(tmp_pa
 def test_a_timeout_that_is_no_number_of_seconds_is_refused(seconds):
     with pytest.raises(sbattn.ConfigError, match="dist_timeout=.*must be a number of seconds > 0"):
         sbattn.TrainConfig(device="cpu", dist_timeout=seconds)
+
+
+@pytest.mark.parametrize("args, code", [(["summary", "--arch=vgg16", "--attention=none", "--width=0.0625"], 0),
+                                        (["summary", "--width=-1"], 2)])
+def test_a_process_that_joined_a_group_ends_after_its_atexit_handlers_without_finalization(tmp_path, args, code):
+    """A torchrun worker's `main` ends the process (distributed.leave): exit code kept, atexit handlers run and
+    output flushed, but no Python finalization, in which gloo's threads can abort a finished run (SIGABRT)."""
+    script = f"""
+import atexit
+from sbattn.cli import main
+from sbattn.train import distributed
+distributed._joined = True  # as setup leaves it under torchrun
+atexit.register(print, "atexit ran")
+class Finalized:
+    def __del__(self):
+        print("finalized")
+kept = Finalized()
+print("buffered", end="")
+main({args!r})
+print("main returned")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout.startswith("buffered") and proc.stdout.endswith("atexit ran\n"), proc.stdout
+    assert "main returned" not in proc.stdout and "finalized" not in proc.stdout

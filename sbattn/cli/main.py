@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 from .. import console
 from ..errors import SbattnError
+from ..train import distributed
 from ..version import __version__
 from . import deploy, suites, train
 
@@ -57,6 +58,13 @@ def main(argv: Sequence[str] | None = None, defaults: dict | None = None) -> int
     console.install()  # a closed or broken standard stream stops the printing, never the run
     args = build_parser().parse_args(argv)
     args.entry_defaults = dict(defaults or {})
+    code = _run(args)
+    if distributed.joined():  # a torchrun worker: its process ends here (see leave)
+        distributed.leave(code)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.run(args)
     except SbattnError as e:
