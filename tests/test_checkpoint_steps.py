@@ -93,3 +93,18 @@ def test_a_step_count_that_is_no_count_is_one_line(value, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "checkpoint" in err and list(tmp_path.iterdir()) == []
+
+
+def test_random_states_restore_where_the_checkpoint_has_cuda_states_and_where_it_has_none(monkeypatch):
+    """A checkpoint written on a CPU resumes on a GPU machine (no CUDA states to restore), and one written on a
+    GPU restores its CUDA states where CUDA is."""
+    from sbattn.train import state as state_module
+    restored: list = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    generator = torch.Generator()
+    cpu_made = {"torch": torch.get_rng_state(), "augment": generator.get_state()}
+    state_module._set_rng_state(cpu_made, generator)
+    assert restored == []
+    state_module._set_rng_state({**cpu_made, "cuda": ["the GPU's states"]}, generator)
+    assert restored == [["the GPU's states"]]

@@ -333,6 +333,12 @@ def crafted_model(record):
     (lambda r: r.update(history=[{"epoch": 1, "lr": "fast"}]), "history is not 2 epoch(s)"),
     (lambda r: r.update(step=10**9, partial={"loss": torch.zeros(()), "correct": torch.zeros(()), "seen": 3,
                                               "seconds": 1.0}), "past the 32 steps of an epoch"),
+    (lambda r: r.update(step=32, partial={"loss": torch.zeros(()), "correct": torch.zeros(()), "seen": 3,
+                                          "seconds": 1.0}), "past the 32 steps of an epoch"),  # one past the last
+    (lambda r: r.update(step=3, partial=[]), "interrupted epoch's sums are malformed"),
+    (lambda r: r["history"][0].update(lr=torch.zeros(2)), "history is not 2 epoch(s)"),  # a tensor of one number
+    (lambda r: r.update(model=[1, 2]), "weights are not a state dict of tensors"),
+    (lambda r: r.update(model={"classifier.2.bias": 1}), "weights are not a state dict of tensors"),
     (lambda r: r.update(epoch=7), "epoch 7 is not one of 0..2"),
     (lambda r: r["model"].update({"classifier.2.bias": torch.full((10,), float("nan"))}), "non-finite values"),
     (lambda r: r["optimizer"]["state"][0].update(momentum_buffer=torch.zeros(2)), "momenta do not fit"),

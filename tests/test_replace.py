@@ -67,8 +67,10 @@ def test_a_state_dict_saved_before_attach_loads_after_it():
     source = sbattn.create_model("resnet20")  # no attention
     saved = {k: v + 1 for k, v in source.state_dict().items()}  # other weights than a fresh model's
     model = sbattn.attach(sbattn.create_model("resnet20"), "sb", where=lambda name, m: name.endswith("bn2"))
-    missing, unexpected = model.load_state_dict(saved, strict=False)  # keys `<name>.weight` mapped on loading
-    assert unexpected == [] and missing and all(".attention." in k for k in missing)
+    attached = next(k for k in model.state_dict() if ".attention." in k).split(".attention.")[0]
+    stray = f"{attached}.stray"  # neither before nor after attach: reported as given, never renamed
+    missing, unexpected = model.load_state_dict({**saved, stray: torch.zeros(1)}, strict=False)
+    assert unexpected == [stray] and missing and all(".attention." in k for k in missing)  # `<name>.weight` mapped
     loaded = sbattn.detach(model).state_dict()
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
 

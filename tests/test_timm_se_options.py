@@ -56,6 +56,7 @@ def test_norm_layer_maps_to_the_hidden_batchnorm_or_is_refused(cls):
     assert batchnorms(cls(16, norm_layer=nn.BatchNorm2d)) == [1]  # where timm's SEModule puts it (ReXNet)
     assert batchnorms(cls(16, branch_norm="hidden_bn")) == [1]
     assert batchnorms(cls(16, branch_norm="none")) == batchnorms(cls(16, use_bn=False)) == []
+    assert "branch_norm" not in repr(cls(16)) and "branch_norm=none" in repr(cls(16, branch_norm="none"))
     for wrong, match in [(dict(norm_layer=nn.LayerNorm), "only BatchNorm applies"),
                          (dict(norm_layer=nn.BatchNorm2d, branch_norm="none"), "asks for branch_norm='hidden_bn'"),
                          (dict(branch_norm="layer"), "unknown branch_norm 'layer'"),

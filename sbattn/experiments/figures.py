@@ -9,12 +9,8 @@ import math
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from matplotlib.ticker import MaxNLocator
-
-from ..records.figures import save_figure  # before pyplot: it selects matplotlib's Agg backend
+from ..records.figures import pyplot, save_figure
 from .stats import sample_std
-
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 __all__ = ["plot_suite", "plot_lambda", "has_lambda", "mean_band"]
 
@@ -42,7 +38,7 @@ def _final_acc(history: History) -> float | None:
 
 
 def _colors(n: int) -> list:
-    cmap = plt.get_cmap("tab10")
+    cmap = pyplot().get_cmap("tab10")
     return [cmap(i % 10) for i in range(n)]
 
 
@@ -53,7 +49,8 @@ def plot_suite(runs: Mapping[str, Sequence[History]], path: str | Path, title: s
     finals: per label, the runs' final accuracies in percent (the tables' numbers: the final weights in fp32);
     none given: each history's last evaluation.
     """
-    fig, (curves, bars) = plt.subplots(1, 2, figsize=FIGSIZE, gridspec_kw={"width_ratios": [3, 2]})
+    from matplotlib.ticker import MaxNLocator
+    fig, (curves, bars) = pyplot().subplots(1, 2, figsize=FIGSIZE, gridspec_kw={"width_ratios": [3, 2]})
     labels, colors = list(runs), _colors(len(runs))
     final_accs: list[list[float]] = []
     for label, color in zip(labels, colors):
@@ -111,6 +108,8 @@ def plot_lambda(runs: Mapping[str, Sequence[History]], path: str | Path, title: 
         raise ValueError("no run with SB lambda statistics to plot")
     columns = min(3, len(runs))
     rows = math.ceil(len(runs) / columns)
+    from matplotlib.ticker import MaxNLocator
+    plt = pyplot()
     fig, axes = plt.subplots(rows, columns, figsize=(max(8.0, 4.6 * columns + 1.5), 3.8 * rows + 0.6), squeeze=False,
                              sharey=True)
     for ax, (label, histories) in zip(axes.flat, runs.items()):
