@@ -202,3 +202,29 @@ def test_the_mean_and_the_shift_give_channels_last_gradients():
     for y in (spatial_mean(x), add_per_channel(x, torch.randn(4, 16))):
         grad, = torch.autograd.grad(y, x, torch.randn_like(y))
         assert grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_builder_that_cannot_take_what_models_pass_is_refused_when_it_registers(attention_registry):
+    from torch import nn
+
+    class NoRatio(nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+
+    class Options(nn.Module):  # any option: accepted
+        def __init__(self, channels, **options):
+            super().__init__()
+
+    for builder, said in [(NoRatio, "takes no `ratio`"), (lambda: nn.Identity(), "channel count as its first"),
+                          ("sb", "not a block class or a builder")]:
+        with pytest.raises(ValueError, match=said) as error:
+            sbattn.register_attention("bad")(builder)
+        assert "\n" not in str(error.value) and "bad" not in sbattn.list_attention()
+    sbattn.register_attention("options")(Options)
+    assert isinstance(sbattn.create_attention("options", 8, ratio=0.25), Options)
+
+    def no_placement(attention=None, num_classes=10):
+        return nn.Identity()
+    with pytest.raises(ValueError, match="no_placement must take `placement` with a default"):
+        sbattn.register_model(no_placement)
+    assert "no_placement" not in sbattn.list_models()

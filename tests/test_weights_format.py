@@ -1,4 +1,6 @@
 """Weights files (.pth) are versioned apart from training checkpoints: every format ever written still loads."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -61,3 +63,22 @@ def test_formats_from_the_future_are_refused_naming_what_this_version_reads(tmp_
                tmp_path / "old.ckpt")  # a checkpoint's number is its own: 1 is not what this version resumes
     with pytest.raises(CheckpointError, match="format 1, this sbattn reads checkpoint format 2"):
         checkpoint.read_record(tmp_path / "old.ckpt")
+
+
+def test_a_checkpoint_format_bump_keeps_requiring_the_checksum(tmp_path, model):
+    """checkpoint.py as it would be with its format bumped to 3: a format-3 checkpoint without a checksum was
+    stripped of it and is refused; format 2's without one (sbattn 0.1.0 wrote them so) is still read."""
+    import re
+    import types
+    source = Path(checkpoint.__file__).read_text()
+    bumped, n = re.subn(r"^CHECKPOINT_FORMAT = 2\b", "CHECKPOINT_FORMAT = 3", source, flags=re.M)
+    assert n == 1
+    module = types.ModuleType("sbattn.records.bumped_checkpoint")
+    module.__package__ = "sbattn.records"
+    exec(compile(bumped, checkpoint.__file__, "exec"), module.__dict__)
+    record = {"version": "0.3.0", "config": CONFIG_0_1, "model": model.state_dict()}
+    torch.save({"format": 3, **record}, tmp_path / "stripped.ckpt")
+    with pytest.raises(CheckpointError, match="checksum"):
+        module.read_record(tmp_path / "stripped.ckpt")
+    torch.save({"format": 2, **record}, tmp_path / "old.ckpt")
+    assert checkpoint.read_record(tmp_path / "old.ckpt")["format"] == 2

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from ..records.figures import pyplot, save_figure
+from ..records.figures import colormap, new_figure, save_figure
 from .stats import sample_std
 
 __all__ = ["plot_suite", "plot_lambda", "has_lambda", "mean_band"]
@@ -38,7 +38,7 @@ def _final_acc(history: History) -> float | None:
 
 
 def _colors(n: int) -> list:
-    cmap = pyplot().get_cmap("tab10")
+    cmap = colormap("tab10")
     return [cmap(i % 10) for i in range(n)]
 
 
@@ -50,7 +50,8 @@ def plot_suite(runs: Mapping[str, Sequence[History]], path: str | Path, title: s
     none given: each history's last evaluation.
     """
     from matplotlib.ticker import MaxNLocator
-    fig, (curves, bars) = pyplot().subplots(1, 2, figsize=FIGSIZE, gridspec_kw={"width_ratios": [3, 2]})
+    fig = new_figure(figsize=FIGSIZE)
+    curves, bars = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     labels, colors = list(runs), _colors(len(runs))
     final_accs: list[list[float]] = []
     for label, color in zip(labels, colors):
@@ -109,12 +110,11 @@ def plot_lambda(runs: Mapping[str, Sequence[History]], path: str | Path, title: 
     columns = min(3, len(runs))
     rows = math.ceil(len(runs) / columns)
     from matplotlib.ticker import MaxNLocator
-    plt = pyplot()
-    fig, axes = plt.subplots(rows, columns, figsize=(max(8.0, 4.6 * columns + 1.5), 3.8 * rows + 0.6), squeeze=False,
-                             sharey=True)
+    fig = new_figure(figsize=(max(8.0, 4.6 * columns + 1.5), 3.8 * rows + 0.6))
+    axes = fig.subplots(rows, columns, squeeze=False, sharey=True)
     for ax, (label, histories) in zip(axes.flat, runs.items()):
         blocks = max(len(h.get("lambda_abs_mean") or ()) for history in histories for h in history)
-        cmap = plt.get_cmap("viridis")
+        cmap = colormap("viridis")
         for block in range(blocks):
             color = cmap(block / max(1, blocks - 1))
             epochs, means, _ = mean_band(histories, lambda h: _at(h, "lambda_abs_mean", block))

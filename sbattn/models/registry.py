@@ -22,7 +22,15 @@ def register_prefix(prefix: str, builder: Callable[..., nn.Module]) -> None:
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: make a model builder available to create_model and the CLI under its function name."""
+    """Decorator: make a model builder available to create_model and the CLI under its function name. The builder
+    takes `placement` (where the attention blocks go; its default is the architecture's), else it is refused here."""
+    try:
+        placement = inspect.signature(fn).parameters.get("placement")
+    except (TypeError, ValueError):  # not callable, or no signature to read
+        raise ValueError(f"register_model: {fn!r} is not a model builder") from None
+    if placement is None or placement.default is inspect.Parameter.empty:
+        raise ValueError(f"register_model: {getattr(fn, '__name__', fn)} must take `placement` with a default (one of "
+                         f"{', '.join(PLACEMENTS)}), the placement its blocks use when given none")
     _MODELS[fn.__name__] = fn
     return fn
 

@@ -140,9 +140,26 @@ def register_attention(name: str) -> Callable[[_Builder], _Builder]:
     """Class decorator: make a block available under `name` to create_attention, attach, the models, and the
     command line's --attention (train and the suites)."""
     def add(cls: _Builder) -> _Builder:
+        _check_builder(name, cls)
         _ATTENTION[name] = cls
         return cls
     return add
+
+
+def _check_builder(name: str, builder: Callable[..., nn.Module]) -> None:
+    """A kind's builder takes the channel count first and `ratio` (every model hands its blocks one), or any
+    option (**options): refused when it registers, in one line, rather than by a TypeError deep in a run."""
+    try:
+        parameters = list(inspect.signature(builder).parameters.values())
+    except (TypeError, ValueError):  # not callable, or no signature to read
+        raise ValueError(f"attention {name!r}: {builder!r} is not a block class or a builder") from None
+    kinds = {p.kind for p in parameters}
+    first = parameters[0] if parameters else None
+    if first is None or first.kind not in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD, first.VAR_POSITIONAL):
+        raise ValueError(f"attention {name!r}: {builder!r} must take the channel count as its first argument")
+    if inspect.Parameter.VAR_KEYWORD not in kinds and not any(p.name == "ratio" for p in parameters):
+        raise ValueError(f"attention {name!r}: {builder!r} takes no `ratio` (every model passes its blocks' "
+                         f"ratio): add the parameter, or **options")
 
 
 def list_attention() -> list[str]:

@@ -24,8 +24,9 @@ CHECKPOINT_FORMAT = 2  # 2: every rank's random state, and the number of process
 WEIGHTS_FORMAT = 3
 WEIGHTS_FORMATS_READ = (1, 2, 3)
 # The first format of each kind whose every file carries a checksum: a file of it without one was stripped of it.
-# Weights: 3. Checkpoints: the next one, since sbattn 0.1.0 wrote checkpoints of format 2 without a checksum.
-SEALED_SINCE = {"weights": 3, "checkpoint": CHECKPOINT_FORMAT + 1}
+# Weights: 3. Checkpoints: 3, the next, since sbattn 0.1.0 wrote checkpoints of format 2 without a checksum (a
+# literal: bumping CHECKPOINT_FORMAT must not move it, or checksum-less files of the new format would pass).
+SEALED_SINCE = {"weights": 3, "checkpoint": 3}
 
 
 # What a training checkpoint holds besides its format, version and configuration.

@@ -10,21 +10,27 @@ from ..files import atomic_write
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["plot_history", "save_figure", "pyplot"]
+__all__ = ["plot_history", "new_figure", "save_figure", "colormap"]
 
 
-def pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend (files only; never needs a display), imported when a figure is first
-    drawn: at import it was a quarter of every `sbattn` command's start (0.35 of 1.4 s)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def new_figure(**options: Any) -> Figure:
+    """A matplotlib Figure drawn by the Agg canvas (files only; never a display). Without pyplot: no global state
+    to keep figures in, and 0.3 s of import instead of 0.55, paid when a figure is first drawn (pyplot at sbattn's
+    import was a quarter of every command's start)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(**options)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def colormap(name: str) -> Any:
+    from matplotlib import colormaps
+    return colormaps[name]
 
 
 def save_figure(fig: Figure, path: str | Path) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
-    pyplot().close(fig)
 
 
 def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -40,7 +46,8 @@ CURVES = {"train": (("", "-o", ""), ("_sampled", "--", ", the reference's (sampl
 
 def plot_history(history: list[dict], path: str | Path, title: str = "") -> None:
     from matplotlib.ticker import MaxNLocator
-    fig, (losses, accs) = pyplot().subplots(1, 2, figsize=(11, 4.2))
+    fig = new_figure(figsize=(11, 4.2))
+    losses, accs = fig.subplots(1, 2)
     for ax, metric, label in ((losses, "loss", "Losses"), (accs, "acc", "Accs")):
         for split, curves in CURVES.items():
             for ending, style, legend in curves:
