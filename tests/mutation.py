@@ -4,6 +4,8 @@
     python tests/mutation.py run  TREE OUT     # each defect into a copy of TREE; the tests that run its line
     python tests/mutation.py report OUT        # the counts and the defects no test caught
 
+`touch OUT/pause` holds a run between two defects (to time something else on the machine); removing it goes on.
+
 `make mutate` runs all three on the working tree (not part of `make test`: it takes hours on 2 cores). TREE is a
 checkout (a `git worktree` of an older commit measures the suite as it was). The defects are made mechanically
 from the syntax of the modules in TARGETS, so that two suites are measured on exactly the same list: a comparison
@@ -242,6 +244,8 @@ def run_mutants(tree_dir: Path, out: Path, limit_s: float, every: int) -> None:
         for m in mutants:
             if m.id in done:
                 continue
+            while (out / "pause").exists():  # held between defects while something is timed beside the run
+                time.sleep(5)
             tests = tests_for(m, lines)
             started = time.time()
             if not tests:

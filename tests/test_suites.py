@@ -16,7 +16,8 @@ import pytest
 
 from sbattn.cli import suites as cli
 from sbattn.experiments import suites, tables, variants
-from sbattn.errors import UserError
+from sbattn.cli import build_parser
+from sbattn.errors import ConfigError, UserError
 from sbattn.config import TrainConfig
 from sbattn.system import available_cores
 from sbattn.experiments.stats import t_quantile
@@ -238,6 +239,22 @@ def test_preset_sets_fields_and_explicit_flags_win():
 
     c = cli.base_config(parse("compare", ["--activation", "relu", "--output-dir", "x"]), variants.COMPARE)
     assert (c.activation, c.epochs, c.width, c.output_dir) == ("relu", 80, 1.0, "x")  # no preset: the defaults
+
+
+def test_a_preset_applies_to_train_as_to_the_suites_and_names_only_options(tmp_path):
+    from sbattn.config.options import config_from_args
+    from sbattn.config.presets import preset
+    quick = variants.PRESETS["quick"]
+    path = tmp_path / "epochs.json"
+    path.write_text('{"epochs": 5}')
+    args = build_parser().parse_args(["train", "--preset", "quick", "--config", str(path), "--width", "0.5"])
+    c = config_from_args(args)
+    assert (c.epochs, c.width, c.milestones, c.batch_size) == (5, 0.5, quick["milestones"], quick["batch_size"])
+    assert config_from_args(build_parser().parse_args(["train"])).epochs == 80  # none: the defaults
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--preset", "fast"])
+    with pytest.raises(ConfigError, match=r"^preset 'x': epoch, job: not an option of train nor of the suites$"):
+        preset("x", {"epoch": 3, "job": 2, "width": 0.5})
 
 
 def test_seeds_and_fixed_flags():

@@ -11,8 +11,7 @@ from ..errors import UserError
 from ..experiments.jobs import PACKS
 from ..experiments.suites import (CUDA_RUNS_AT_ONCE, JOBS_PER_CORE, MAX_SEEDS, job_count, report, run_suite,
                                   suite_config)
-from ..experiments.variants import (ABLATION, COMPARE, PRESET_ALIASES, PRESETS, Suite, ablation_variants,
-                                    compare_variants)
+from ..experiments.variants import ABLATION, COMPARE, Suite, ablation_variants, compare_variants
 from ..nn import list_attention
 
 __all__ = ["add_compare_options", "run_compare", "add_ablate_options", "run_ablate", "add_report_options",
@@ -35,9 +34,6 @@ def _add_suite_options(parser: argparse.ArgumentParser, suite: Suite, skip: tupl
     parser.add_argument("--seeds", type=int, default=1, metavar="N",
                         help=f"runs per configuration, seeds 0..N-1 (or SEED..SEED+N-1 with --seed), at most "
                              f"{MAX_SEEDS} (default: 1)")
-    preset_help = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items())
-                            for name, values in PRESETS.items())
-    aliases = ", ".join(f"{alias} is {name}" for alias, name in PRESET_ALIASES.items())
     parser.add_argument("--jobs", type=int, default=None, metavar="K",
                         help="train K runs at once (see --pack; on a CPU the cores are shared out; on a GPU small "
                              f"models leave room for several), at most {JOBS_PER_CORE} per core; none given: the "
@@ -47,9 +43,6 @@ def _add_suite_options(parser: argparse.ArgumentParser, suite: Suite, skip: tupl
                              "stream (all in this process, a step of each in turn, on CUDA each on its own stream), "
                              "fused (as stream, the seeds of each model stepped as one batched model); "
                              "auto: process, the scheme measured fastest so far (default: auto)")
-    parser.add_argument("--preset", choices=(*PRESETS, *PRESET_ALIASES), default=None, metavar="PRESET",
-                        help=f"a recipe, one of {', '.join(PRESETS)} ({aliases}); flags given explicitly win over "
-                             f"it ({preset_help})")
 
 
 def _attention_list(text: str) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError
 from .file import read_config_file
+from .presets import PRESET_ALIASES, PRESETS, preset_help, preset_options
 from .recipe import clip, shown
 from .train_config import FALSE_WORDS, TRUE_WORDS, TrainConfig, field_default
 
@@ -87,6 +88,8 @@ def add_config_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()
     reference_group = parser.add_argument_group("the reference implementation's hyper-parameters")
     own_group = parser.add_argument_group("sbattn's options")
     own_group.add_argument("--config", default=None, metavar="FILE", help=config_help)
+    own_group.add_argument("--preset", choices=(*PRESETS, *PRESET_ALIASES), default=None, metavar="PRESET",
+                           help=preset_help())
     for f in dataclasses.fields(TrainConfig):
         if f.name in skip:
             continue
@@ -131,6 +134,7 @@ def _file_value(path: str, name: str, value: Any) -> Any:
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     """The configuration: the fields' defaults, then the entry point's (`args.entry_defaults`: example.py's),
-    then --config's file, then the options given."""
+    then --preset's, then --config's file, then the options given."""
     from_file = file_options(args.config) if getattr(args, "config", None) else {}
-    return TrainConfig(**{**getattr(args, "entry_defaults", {}), **from_file, **given_options(args), **overrides})
+    return TrainConfig(**{**getattr(args, "entry_defaults", {}), **preset_options(getattr(args, "preset", None)),
+                          **from_file, **given_options(args), **overrides})

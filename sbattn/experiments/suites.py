@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..config import TrainConfig
 from ..data import load_cifar10
+from ..config.presets import preset_jobs, preset_options
 from ..errors import UserError, printable
 from ..records import FinishedRun, RunPaths, finished_run as finished_record
 from ..records.outputs import file_failure
@@ -26,8 +27,8 @@ from ..train import train
 from .jobs import Job, run_jobs, run_together
 from .reference_table import is_reference_recipe, write_reference_table
 from .tables import load_finished_runs, write_lambda_figure, write_suite_outputs
-from .variants import (ABLATION, ACTIVATION_LABELS, COMPARE, PRESET_ALIASES, PRESETS, SHARED_FIELDS, Suite, Variant,
-                       variant_of, variant_order)
+from .variants import (ABLATION, ACTIVATION_LABELS, COMPARE, SHARED_FIELDS, Suite, Variant, variant_of,
+                       variant_order)
 
 __all__ = ["suite_config", "job_count", "run_config", "finished_run", "run_suite", "report"]
 
@@ -38,8 +39,7 @@ _TABLES_AGAIN = "the runs are kept: make room or fix the path, then `sbattn repo
 def suite_config(suite: Suite, preset: str | None, explicit: dict[str, Any]) -> TrainConfig:
     """The shared configuration: TrainConfig defaults, then the suite's, then the preset, then explicit flags."""
     values: dict[str, Any] = {"activation": "sigmoid"} if suite is COMPARE else {}
-    recipe = PRESETS[PRESET_ALIASES.get(preset, preset)] if preset else {}
-    values.update({k: v for k, v in recipe.items() if k in _FIELDS})
+    values.update(preset_options(preset))
     values.update(explicit)
     if "output_dir" not in values:
         placement = values.get("placement", _FIELDS["placement"].default)
@@ -52,9 +52,7 @@ def job_count(preset: str | None, jobs: int | None, device: str | None = "cpu") 
     runs unasked), else 1."""
     if jobs is not None:
         return jobs
-    name = preset or ""
-    preset_jobs = PRESETS.get(PRESET_ALIASES.get(name, name), {}).get("jobs")
-    return preset_jobs or (CUDA_RUNS_AT_ONCE if str(device).startswith("cuda") else 1)
+    return preset_jobs(preset) or (CUDA_RUNS_AT_ONCE if str(device).startswith("cuda") else 1)
 
 
 def pack_scheme(pack: str) -> str:

@@ -7,18 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import RECIPE_FIELDS, TrainConfig
+from ..config.presets import PRESET_ALIASES, PRESETS
 
 __all__ = ["PRESETS", "PRESET_ALIASES", "ABLATION_ACTIVATIONS", "Variant", "Suite", "COMPARE", "ABLATION",
            "SHARED_FIELDS", "attention_variant", "compare_variants", "ablation_variants", "variant_of",
            "variant_order"]
-
-# What each preset sets; a flag given on the command line wins over its preset. quick's two jobs: at this width a
-# 2-core CPU trains about 1.3x more images per second as two one-thread processes than as one two-thread process.
-PRESETS: dict[str, dict[str, Any]] = {
-    "reference": {"epochs": 80, "batch_size": 64, "milestones": [40, 60, 80], "width": 1.0},
-    "quick": {"width": 0.25, "epochs": 18, "milestones": [9, 14], "batch_size": 64, "jobs": 2},
-}
-PRESET_ALIASES = {"seed": "reference"}  # the name the reference's recipe had before
 
 ABLATION_ACTIVATIONS = ("tanh", "sigmoid", "relu", "softmax", "linear")  # the reference's table order
 ACTIVATION_LABELS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "ReLU", "softmax": "Softmax", "linear": "Linear"}
