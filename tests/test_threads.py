@@ -1,4 +1,6 @@
 """The thread governor: a CPU run uses the cores other processes leave it, never more than its ceiling."""
+import time
+
 import pytest
 import torch
 
@@ -23,6 +25,7 @@ def machine(monkeypatch):
     monkeypatch.setattr(threads, "_busy_core_seconds", lambda cores: m.busy)
     monkeypatch.setattr(threads, "_own_core_seconds", lambda: m.own)
     monkeypatch.setattr(threads, "_ceiling", None)
+    monkeypatch.setattr(threads, "_pinned", False)
     before = torch.get_num_threads()
     yield m
     torch.set_num_threads(before)
@@ -69,3 +72,27 @@ def test_proc_stat_is_read_for_our_cores_only():
     if busy is None:
         pytest.skip("no /proc/stat on this platform")
     assert busy > 0 and threads._busy_core_seconds(set()) == 0
+
+
+@pytest.mark.parametrize("setting, reference, pinned", [("auto", False, None), ("auto", True, 2), ("1", False, 1),
+                                                        ("1", True, 1)])
+def test_a_pinned_count_holds_for_the_whole_run(machine, setting, reference, pinned):
+    """--threads N pins N; the reference's arithmetic keeps the count it starts with; nothing else pins. A pinned
+    run's count moves neither for busy cores nor for a suite's raise (ALONE_SIGNAL's set_ceiling)."""
+    torch.set_num_threads(2)
+    assert threads.pinned_threads(setting, reference) == pinned
+    governor = threads.ThreadGovernor(torch.device("cpu"), pinned)
+    machine.run(2.0, own_cores=1.0, other_cores=1.0)
+    governor.poll(time.perf_counter() + 2.0)
+    assert torch.get_num_threads() == (pinned or 1)
+    threads.set_ceiling(3)
+    assert torch.get_num_threads() == (pinned or 3)
+
+
+def test_threads_is_auto_or_a_count(tmp_path):
+    from sbattn import TrainConfig
+    from sbattn.errors import ConfigError
+    assert TrainConfig(threads="2", output_dir=str(tmp_path)).threads == "2"
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(ConfigError, match=rf"threads='{bad}': must be auto or a number of threads >= 1"):
+            TrainConfig(threads=bad, output_dir=str(tmp_path))

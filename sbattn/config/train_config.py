@@ -53,6 +53,10 @@ class TrainConfig(Recipe):
                                   "augmentation drawn at once (seeded by seed and epoch); True and False stand for "
                                   "model and none",
                           choices=lambda: list(COMPILE_MODES), bare="model")
+    threads: str = option("auto", "CPU threads of the run: N pins N for the whole run; auto: the count it starts "
+                                  "with (OMP_NUM_THREADS, else torch's default), lowered while other processes hold "
+                                  "cores and raised for a suite's last run, except in the reference's arithmetic "
+                                  "(--precision fp32 --rng reference), whose count stays what it started with")
     dist_timeout: float = option(300.0, "under torchrun, seconds a collective waits for every rank: a rank that "
                                         "died or hung then stops the run with one line naming it, the last good "
                                         "checkpoint kept")
@@ -74,6 +78,9 @@ class TrainConfig(Recipe):
         super().validate()
         if self.eval_batch_size < 1:
             fail(self, "eval_batch_size", "must be an integer >= 1")
+        if self.threads != "auto" and not (str(self.threads).isdigit() and int(self.threads) >= 1):
+            fail(self, "threads", "must be auto or a number of threads >= 1")
+        self.threads = str(self.threads)
         if self.checkpoint_steps < 0:
             fail(self, "checkpoint_steps", "must be an integer >= 0 (0: checkpoint at each epoch's end only)")
         if not 0 < self.dist_timeout <= MAX_DIST_TIMEOUT:

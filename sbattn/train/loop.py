@@ -173,7 +173,7 @@ def _finish(run: Run, ready: Ready) -> dict:
         "best_epoch": best["epoch"], "params": ready.params,
         "train_seconds": sum(h["seconds"] for h in history), "data": data.source, "classes": data.classes,
         "device": str(run.device), "precision": precision_label(run.amp_dtype), "finished": provenance.now_iso(),
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(), "threads": sorted({h["threads"] for h in history if h.get("threads")}),
     }
     summary["provenance"] = {**run.provenance, "finished": summary["finished"]}
     summary["earlier_sessions"] = state.sessions[:-1]  # the processes that trained the run before a resume

@@ -16,7 +16,7 @@ from ..records import RunPaths, provenance
 from . import distributed
 from .launcher import launcher_argv
 from .precision import resolve_precision, use_true_fp32
-from .threads import ThreadGovernor
+from .threads import ThreadGovernor, pinned_threads
 
 __all__ = ["Run", "RunResult", "resume_command"]
 
@@ -62,8 +62,12 @@ class Run:
         amp_dtype = resolve_precision(config.precision, device)
         if amp_dtype is None:
             use_true_fp32(device)
+        pinned = pinned_threads(config.threads, config.rng == "reference" and amp_dtype is None)
+        if pinned is not None and device.type == "cpu":
+            why = "--threads" if config.threads != "auto" else "the reference's arithmetic"
+            log(f"{pinned} CPU thread(s) for the whole run ({why}): the thread governor is off")
         return cls(config, ctx, device, paths, amp_dtype, log,
-                   not quiet and console.interactive(), ThreadGovernor(device),
+                   not quiet and console.interactive(), ThreadGovernor(device, pinned),
                    provenance.collect(device, ctx.world_size) if ctx.main else {})
 
     @property

@@ -15,16 +15,29 @@ import time
 
 import torch
 
-__all__ = ["ThreadGovernor", "set_ceiling"]
+__all__ = ["ThreadGovernor", "set_ceiling", "pinned_threads"]
 
 _ceiling: int | None = None  # set when a suite hands the run more cores; None: what the run started with
+_pinned = False  # a run whose thread count is fixed (--threads N, the reference's arithmetic): nothing changes it
 
 
 def set_ceiling(threads: int) -> None:
-    """From now on the run may use up to `threads` threads (and uses them while the cores are free)."""
+    """From now on the run may use up to `threads` threads (and uses them while the cores are free); nothing for a
+    run whose count is pinned."""
     global _ceiling
+    if _pinned:
+        return
     _ceiling = max(1, threads)
     torch.set_num_threads(_ceiling)
+
+
+def pinned_threads(threads: str, reference_arithmetic: bool) -> int | None:
+    """The thread count a run keeps from start to end, or None for a governed run: --threads N; in the reference's
+    arithmetic, the count it starts with (what the reference's own run uses: a count changed mid-run sums in
+    another order, and the run is no longer the reference's bit for bit)."""
+    if threads != "auto":
+        return int(threads)
+    return torch.get_num_threads() if reference_arithmetic else None
 
 
 def _cores() -> set[int]:
@@ -55,11 +68,16 @@ class ThreadGovernor:
     """Call poll(now) from the step loop; every `interval` seconds it resets the thread count to the cores
     other processes leave free. Inert on devices other than the CPU and where /proc/stat is missing."""
 
-    def __init__(self, device: torch.device, interval: float = 2.0):
+    def __init__(self, device: torch.device, pinned: int | None = None, interval: float = 2.0):
+        """pinned: a thread count for the whole run (the governor off, a suite's raise ignored); None: governed."""
+        global _pinned
+        _pinned = pinned is not None
+        if pinned is not None:
+            torch.set_num_threads(pinned)
         self.cores = _cores()
         self.interval = interval
         self.start_threads = torch.get_num_threads()
-        self._mark = self._sample(time.perf_counter()) if device.type == "cpu" else None
+        self._mark = self._sample(time.perf_counter()) if device.type == "cpu" and pinned is None else None
         self.enabled = self._mark is not None
 
     def _sample(self, now: float) -> tuple[float, float, float] | None:
