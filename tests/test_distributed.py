@@ -503,3 +503,27 @@ print("main returned")
     assert proc.returncode == code, proc.stderr
     assert proc.stdout.startswith("buffered") and proc.stdout.endswith("atexit ran\n"), proc.stdout
     assert "main returned" not in proc.stdout and "finalized" not in proc.stdout
+
+
+def test_a_one_process_torchrun_job_restarts_resumes_and_stops_like_a_bigger_one(tmp_path):
+    """torchrun with one process is torchrun: a worker SIGKILLed under --max-restarts=1 is restarted and continues
+    from its checkpoint, ending as the plain one-process run; SIGTERM prints the torchrun launch to resume with."""
+    run(tmp_path / "plain", 1)
+    launch = [sys.executable, "-W", "ignore", "-m", "torch.distributed.run", "--nproc_per_node=1",
+              "--master_addr=127.0.0.1", f"--master_port={free_port()}"]
+    argv = [*launch, "--max-restarts=1", "-m", "sbattn", "train", *ARGS, f"--output-dir={tmp_path / 'killed'}"]
+    proc, _ = started_until_its_checkpoint(argv, tmp_path / "killed")
+    os.kill(children(proc.pid)[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out[-2000:] + err[-2000:]
+    assert "torchrun restarted the workers (restart 1): continuing from the last checkpoint" in out
+    drop = {"seconds", "images_per_sec", "eval_seconds"}
+    strip = lambda h: [{k: v for k, v in e.items() if k not in drop} for e in h]  # noqa: E731
+    assert strip(history(tmp_path / "killed")) == strip(history(tmp_path / "plain"))
+
+    argv = [*launch, "-m", "sbattn", "train", *ARGS, f"--output-dir={tmp_path / 'stopped'}"]
+    proc, _ = started_until_its_checkpoint(argv, tmp_path / "stopped")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    resume = next(line for line in out.splitlines() if "resume with: " in line).split("resume with: ")[1]
+    assert resume.startswith("torchrun --nproc_per_node=1 --master_addr=127.0.0.1 --master_port="), resume

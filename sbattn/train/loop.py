@@ -42,9 +42,10 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
             raise UserError(f"--rng reference is the reference implementation's single-process run (one process "
                             f"draws every image from the global generator); under torchrun ({ctx.world_size} "
                             f"processes) use --rng sbattn", code=2)
-        if ctx.distributed and distributed.restart_count() and not config.resume:
-            # Restarted by torchrun's agent after a worker died: the same command, which must now continue the run
-            # from its last checkpoint (neither refuse it nor, with --overwrite, move it aside again).
+        if distributed.restart_count() and not config.resume:
+            # Restarted by torchrun's agent after a worker died (at any world size, one process included): the same
+            # command, which must now continue the run from its last checkpoint (neither refuse it nor, with
+            # --overwrite, move it aside again).
             config = dataclasses.replace(config, resume=True, overwrite=False)
         stop = StopRequest()
         with stop.installed(), alone_signal_handled():

@@ -14,6 +14,7 @@ from .. import console
 from ..config import TrainConfig
 from ..records import RunPaths, provenance
 from . import distributed
+from .agent import agent_pid
 from .launcher import launcher_argv
 from .precision import resolve_precision, use_true_fp32
 from .threads import ThreadGovernor, pinned_threads
@@ -79,7 +80,7 @@ def resume_command(paths: RunPaths, ctx: distributed.Context = distributed.Conte
     """The command that continues the run: its configuration file (written when it started) with --resume, under
     torchrun when it runs there, through the program the user started it with."""
     program = Path(sys.argv[0]).name
-    if ctx.distributed:
+    if ctx.distributed or agent_pid() is not None:  # under torchrun, one process included
         launcher = launcher_argv() or ["torchrun", f"--nproc_per_node={ctx.world_size}"]
         prefix = [*launcher, *([] if launcher[-1] in ("-m", "--module") else ["-m"]), "sbattn", "train"]
     elif program == "example.py":  # the reference implementation's entry point
