@@ -86,6 +86,9 @@ def test_load_pretrained_says_which_keys_are_new_and_refuses_a_stranger():
     with pytest.raises(ValueError, match="not this model's without its attention blocks: unexpected") as error:
         sbattn.load_pretrained(model, stranger)
     assert "\n" not in str(error.value)
+    extra = {**saved, **{f"extra{i}.weight": torch.zeros(1) for i in range(5)}}  # three named, the rest counted
+    with pytest.raises(ValueError, match=r"unexpected (extra[0-4]\.weight, ){2}extra[0-4]\.weight and 2 more$"):
+        sbattn.load_pretrained(model, extra)
 
 
 def test_load_pretrained_after_replace_keeps_the_branch_and_adds_lambda():
