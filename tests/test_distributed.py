@@ -304,7 +304,7 @@ def test_ranks_started_with_different_recipes_stop_at_the_start_with_one_line(tm
     either = ("was started differently from rank 0 (init_lr 0.03 there, 0.02 on rank 0",
               "was started differently from rank 0 (init_lr 0.02 there, 0.03 on rank 0")
     assert len(said) == 1 and any(words in said[0] for words in either), said
-    assert not (tmp_path / f"{RUN}.ckpt").exists() and not (tmp_path / f"{RUN}.json").exists()
+    assert not any(tmp_path.glob(f"{RUN}.*")), sorted(tmp_path.iterdir())  # nothing written, nor left behind
 
 
 def test_suites_refuse_torchrun_with_a_message(monkeypatch, capsys):
@@ -312,6 +312,8 @@ def test_suites_refuse_torchrun_with_a_message(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["compare", "--dataset=fake"]) == 2
     assert "torchrun" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")  # every rank refuses, rank 0 alone says so
+    assert main(["compare", "--dataset=fake"]) == 2 and capsys.readouterr().err == ""
 
 
 def test_mid_epoch_checkpoint_needs_the_same_number_of_processes(two, tmp_path):

@@ -138,8 +138,10 @@ def run_suite(suite: Suite, base: TrainConfig, variants: Sequence[Variant], seed
 def _check_suite(seeds: Sequence[int], jobs: int) -> None:
     """Refuse, before any work, a suite that cannot run here or would take longer to plan than is meant."""
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        raise UserError("a suite starts its trainings itself and does not run under torchrun: start it without "
-                        "torchrun, or each of its runs with torchrun -m sbattn train", code=2)
+        error = UserError("a suite starts its trainings itself and does not run under torchrun: start it without "
+                          "torchrun, or each of its runs with torchrun -m sbattn train", code=2)
+        error.quiet = os.environ.get("RANK", "0") != "0"  # every rank refuses; rank 0 says so, once
+        raise error
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: need at least 1", code=2)
     cores = available_cores()

@@ -53,6 +53,8 @@ def make_ready(run: Run, quiet: bool) -> Ready:
     facts = {**config.recipe.to_dict(), "sbattn": __version__, "data": identity["fingerprint"]}
     disagreement = distributed.disagreement(ctx, {k: facts[k] for k in sorted(facts)})
     if disagreement:
+        if ctx.main and not ckpt:  # nothing of the run exists: its configuration file, just written, goes too
+            paths.config.unlink(missing_ok=True)
         raise UserError(disagreement, code=2)
     if ckpt:
         check_same_data(ckpt, identity, paths.checkpoint)
