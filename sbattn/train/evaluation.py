@@ -16,6 +16,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..data import eval_batches, eval_shard
 from ..data.reference_draws import reference_normalize
+from . import distributed
 
 __all__ = ["Evaluation", "evaluate", "evaluate_run", "reference_evaluate", "fold_batchnorm",
            "inference_copy", "memory_format", "sum_dtype"]
@@ -95,6 +96,7 @@ def evaluate_run(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor
             totals[0].index_add_(0, chunk, F.cross_entropy(out, y, reduction="none").to(totals.dtype))
             totals[1].index_add_(0, chunk, (out.argmax(1) == y).to(totals.dtype))
     if world_size > 1:
+        distributed.entering("the evaluation's sums (all_reduce)")
         torch.distributed.all_reduce(totals)
     sizes = (n - torch.arange(chunks, device=device) * reference_batch).clamp(max=reference_batch)
     loss_sum, correct = totals.sum(1).tolist()
