@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from ..config import LAYOUTS
-from ..data import CIFAR10, load_cifar10, steps_per_epoch, to_device_uint8
+from ..data import CIFAR10, load_cifar10, normalize, steps_per_epoch, to_device_uint8
 from ..errors import UserError
 from ..models import create_model
 from ..records.checkpoint import load_checkpoint, unwrap
@@ -23,6 +23,8 @@ from .run import Run
 from .state import RunState
 from .step import EpochSums, make_step
 from .tuning import LayoutChoice, choose_layout, layout_name
+
+WHITENING_IMAGES = 5000  # what airbench sets its whitening from
 
 __all__ = ["Ready", "make_ready"]
 
@@ -64,6 +66,9 @@ def make_ready(run: Run, quiet: bool) -> Ready:
 
     layout = _layout(run, ckpt)
     model = create_model(config.arch, num_classes=len(data.classes), **config.model_options()).to(device)
+    init_from_data: Callable[[torch.Tensor], None] | None = getattr(model, "init_whitening", None)
+    if init_from_data is not None:  # a layer set from the data (airbench's whitening): its first training images
+        init_from_data(normalize(train_x[:WHITENING_IMAGES]))
     fmt = LAYOUTS[layout.layout]
     # Module.to takes memory_format=; torch's overloads of it omit that.
     wrapped = distributed.wrap(ctx, model.to(memory_format=fmt), device, config.sync_bn)  # type: ignore[call-overload]

@@ -1,0 +1,117 @@
+"""airbench94's network (Keller Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", arXiv 2404.00498), with
+attention blocks from the registry.
+
+The architecture is data: a 2x2 patch-whitening convolution (3 -> 24 channels, no padding) and a GELU, then conv
+groups of widths AIRBENCH_WIDTHS, each conv 3x3 - max pool 2x2 - BatchNorm - GELU - conv 3x3 - BatchNorm - GELU;
+a 3x3 max pool, a linear head without bias, the logits scaled by 1/9. Attention sits at the end of every group
+("stage"), or also after its first conv's GELU ("layer").
+
+Initialisation, as airbench's: the convolutions without bias are identity (dirac) on their first input channels;
+BatchNorm's weight is fixed at 1, its bias trained; the whitening weights come from the training images
+(`init_whitening`: each eigenvector of the covariance of their 2x2 patches, plus and minus, scaled by
+1/sqrt(eigenvalue + 5e-4)) and stay frozen; its bias trains (the airbench preset freezes it after 3 epochs).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.attention import create_attention
+from .registry import register_model
+from .vgg import scaled
+
+__all__ = ["AirbenchNet", "AIRBENCH_WIDTHS", "AIRBENCH_PLACEMENTS", "airbench", "patch_covariance"]
+
+AIRBENCH_WIDTHS: tuple[int, ...] = (64, 256, 256)
+AIRBENCH_PLACEMENTS = ("stage", "layer")
+WHITEN_PATCH = 2
+WHITEN_EPS = 5e-4
+BN_MOMENTUM = 0.4  # PyTorch's convention: the new batch's share of the running statistics (airbench keeps 0.6)
+BN_EPS = 1e-12
+LOGIT_SCALE = 1 / 9
+
+
+def _batch_norm(channels: int) -> nn.BatchNorm2d:
+    norm = nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+    norm.weight.requires_grad_(False)  # fixed at 1: only the bias trains
+    return norm
+
+
+def _conv(cin: int, cout: int) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+    if not conv.weight.is_meta:
+        with torch.no_grad():
+            nn.init.dirac_(conv.weight[:cin])  # identity on the first input channels; the rest as PyTorch draws
+    return conv
+
+
+class AirbenchNet(nn.Module):
+    """airbench94's network for 32x32 images: `widths` per conv group (times `width`), `attention` of a registered
+    kind after each group (placement "stage") or after each conv (placement "layer"), `num_classes` outputs.
+    Call init_whitening with training images before training; until then the whitening is PyTorch's random draw."""
+
+    def __init__(self, widths: Sequence[int] = AIRBENCH_WIDTHS, attention: str | None = None,
+                 placement: str = "stage", num_classes: int = 10, width: float = 1.0, in_chans: int = 3,
+                 **attn_options: Any) -> None:
+        super().__init__()
+        if placement not in AIRBENCH_PLACEMENTS:
+            raise ValueError(f"airbench supports placement {' or '.join(AIRBENCH_PLACEMENTS)}, not {placement!r}")
+        if width <= 0:
+            raise ValueError(f"width multiplier must be > 0, got {width}")
+        self.attention, self.placement = attention, placement
+        channels = 2 * in_chans * WHITEN_PATCH ** 2
+        self.whiten = nn.Conv2d(in_chans, channels, WHITEN_PATCH, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)  # set from the data (init_whitening), then frozen
+        groups: list[nn.Module] = []
+        for group_width in widths:
+            out = scaled(group_width, width)
+            layers: list[nn.Module] = [_conv(channels, out), nn.MaxPool2d(2), _batch_norm(out), nn.GELU()]
+            for where in ("layer", "stage"):
+                attn = create_attention(attention, out, **attn_options) if placement == "layer" or where == "stage" \
+                    else None
+                layers += [attn] if attn is not None else []
+                if where == "layer":
+                    layers += [_conv(out, out), _batch_norm(out), nn.GELU()]
+            groups.append(nn.Sequential(*layers))
+            channels = out
+        self.features = nn.Sequential(nn.GELU(), *groups, nn.MaxPool2d(3))
+        self.head = nn.Linear(channels, num_classes, bias=False)
+
+    def init_whitening(self, images: torch.Tensor, eps: float = WHITEN_EPS) -> None:
+        """The whitening weights from `images` (N, C, H, W), normalised as training sees them (airbench: 5,000
+        training images): each eigenvector of their patch covariance, and its negative, over sqrt(eigenvalue +
+        eps), the largest eigenvalue first."""
+        eigenvalues, eigenvectors = torch.linalg.eigh(patch_covariance(images, WHITEN_PATCH))
+        eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.T.flip(0)  # rows, largest first
+        scaled_vectors = eigenvectors / torch.sqrt(eigenvalues + eps)[:, None]
+        weight = torch.cat([scaled_vectors, -scaled_vectors]).reshape(self.whiten.weight.shape)
+        with torch.no_grad():
+            self.whiten.weight.copy_(weight.to(self.whiten.weight))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(self.whiten(x)).flatten(1)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x) * LOGIT_SCALE
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def patch_covariance(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The (uncentred) covariance of every size x size patch of `images`, each patch a vector in the order of a
+    convolution's weights (channel, row, column): mean of x x^T over the patches, in float64."""
+    patches = F.unfold(images.double(), size)  # (N, C * size * size, patches per image)
+    flat = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    return (flat.T @ flat / flat.shape[0]).float()
+
+
+@register_model
+def airbench(attention: str | None = None, activation: str = "tanh", ratio: float = 0.5, num_classes: int = 10,
+             width: float = 1.0, placement: str = "stage", **attn_options: Any) -> AirbenchNet:
+    """airbench94's network: whitening, three conv groups (64, 256, 256), attention after each group."""
+    return AirbenchNet(AIRBENCH_WIDTHS, attention, placement, num_classes, width,
+                       activation=activation, ratio=ratio, **attn_options)
