@@ -69,9 +69,16 @@ def test_two_processes_write_the_files_once(two):
     assert sorted(p.suffix for p in out.iterdir()) == [".csv", ".json", ".png", ".pth", ".txt"]
 
 
-def test_two_processes_follow_one_process(two, tmp_path):
-    run(tmp_path, 1)
-    one, both = history(tmp_path), history(two[0])
+@pytest.fixture(scope="module")
+def one(tmp_path_factory):
+    """The recipe trained by one plain process (no torchrun)."""
+    out = tmp_path_factory.mktemp("one")
+    run(out, 1)
+    return out
+
+
+def test_two_processes_follow_one_process(two, one):
+    one, both = history(one), history(two[0])
     for a, b in zip(one, both):
         for key in ("train_loss", "eval_loss"):
             # The global batch split and batch norm synchronised: only rounding differs, and it grows with the
@@ -510,10 +517,9 @@ print("main returned")
     assert "main returned" not in proc.stdout and "finalized" not in proc.stdout
 
 
-def test_a_one_process_torchrun_job_restarts_resumes_and_stops_like_a_bigger_one(tmp_path):
+def test_a_one_process_torchrun_job_restarts_resumes_and_stops_like_a_bigger_one(one, tmp_path):
     """torchrun with one process is torchrun: a worker SIGKILLed under --max-restarts=1 is restarted and continues
     from its checkpoint, ending as the plain one-process run; SIGTERM prints the torchrun launch to resume with."""
-    run(tmp_path / "plain", 1)
     launch = [sys.executable, "-W", "ignore", "-m", "torch.distributed.run", "--nproc_per_node=1",
               "--master_addr=127.0.0.1", f"--master_port={free_port()}"]
     argv = [*launch, "--max-restarts=1", "-m", "sbattn", "train", *ARGS, f"--output-dir={tmp_path / 'killed'}"]
@@ -524,7 +530,7 @@ def test_a_one_process_torchrun_job_restarts_resumes_and_stops_like_a_bigger_one
     assert "torchrun restarted the workers (restart 1): continuing from the last checkpoint" in out
     drop = {"seconds", "images_per_sec", "eval_seconds"}
     strip = lambda h: [{k: v for k, v in e.items() if k not in drop} for e in h]  # noqa: E731
-    assert strip(history(tmp_path / "killed")) == strip(history(tmp_path / "plain"))
+    assert strip(history(tmp_path / "killed")) == strip(history(one))
 
     argv = [*launch, "-m", "sbattn", "train", *ARGS, f"--output-dir={tmp_path / 'stopped'}"]
     proc, _ = started_until_its_checkpoint(argv, tmp_path / "stopped")
