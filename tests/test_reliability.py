@@ -305,6 +305,24 @@ def test_a_checkpoint_with_a_flipped_byte_is_refused_not_resumed(interrupted, tm
     assert checkpoint.read_bytes() == before
 
 
+def test_a_checkpoint_stripped_of_its_checksum_is_refused_and_one_from_before_checksums_resumes(interrupted,
+                                                                                                tmp_path, capsys):
+    """An edit hidden by deleting the checksum is refused; a checkpoint of format 2 (sbattn 0.1.0 wrote them
+    without a checksum) resumes, and the run says it had none."""
+    out = copy_of(interrupted, tmp_path)
+    checkpoint = out / f"{NAME}_seed0.ckpt"
+    record = torch.load(checkpoint, weights_only=True)
+    record.pop("checksum")
+    record["model"]["classifier.2.bias"] += 1.0
+    torch.save(record, checkpoint)
+    capsys.readouterr()
+    assert main(["train", *TINY, "--epochs=2", "--seed=0", f"--output-dir={out}", "--resume"]) == 2
+    assert "has no checksum, which every file of its format 3 carries" in one_line(capsys.readouterr().err)
+    torch.save({**record, "format": 2}, checkpoint)
+    assert main(["train", *TINY, "--epochs=2", "--seed=0", f"--output-dir={out}", "--resume"]) == 0
+    assert "has no checksum (format 2, from before checkpoints were sealed): resumed as it is" in capsys.readouterr().out
+
+
 def test_weights_with_a_flipped_byte_are_refused_by_evaluate(finished, tmp_path, capsys):
     weights = copy_of(finished, tmp_path) / f"{NAME}.pth"
     flip_a_tensor_byte(weights)

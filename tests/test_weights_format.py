@@ -61,24 +61,26 @@ def test_formats_from_the_future_are_refused_naming_what_this_version_reads(tmp_
         sbattn.load(tmp_path / "new.pth")
     torch.save({"format": 1, "version": "0.1.0", "config": CONFIG_0_1, "model": model.state_dict()},
                tmp_path / "old.ckpt")  # a checkpoint's number is its own: 1 is not what this version resumes
-    with pytest.raises(CheckpointError, match="format 1, this sbattn reads checkpoint format 2"):
+    with pytest.raises(CheckpointError, match="format 1, this sbattn reads checkpoint format 2, 3"):
         checkpoint.read_record(tmp_path / "old.ckpt")
 
 
-def test_a_checkpoint_format_bump_keeps_requiring_the_checksum(tmp_path, model):
-    """checkpoint.py as it would be with its format bumped to 3: a format-3 checkpoint without a checksum was
-    stripped of it and is refused; format 2's without one (sbattn 0.1.0 wrote them so) is still read."""
+def test_a_checkpoint_without_its_checksum_is_refused_unless_its_format_predates_checksums(tmp_path, model):
+    """A current checkpoint without a checksum was stripped of it: refused. Format 2's (sbattn 0.1.0 wrote them
+    without one) is read. And checkpoint.py with its format bumped once more still requires it of the new format."""
     import re
     import types
-    source = Path(checkpoint.__file__).read_text()
-    bumped, n = re.subn(r"^CHECKPOINT_FORMAT = 2\b", "CHECKPOINT_FORMAT = 3", source, flags=re.M)
-    assert n == 1
-    module = types.ModuleType("sbattn.records.bumped_checkpoint")
-    module.__package__ = "sbattn.records"
-    exec(compile(bumped, checkpoint.__file__, "exec"), module.__dict__)
     record = {"version": "0.3.0", "config": CONFIG_0_1, "model": model.state_dict()}
-    torch.save({"format": 3, **record}, tmp_path / "stripped.ckpt")
-    with pytest.raises(CheckpointError, match="checksum"):
-        module.read_record(tmp_path / "stripped.ckpt")
+    for number in (checkpoint.CHECKPOINT_FORMAT, checkpoint.CHECKPOINT_FORMAT + 1):
+        source = Path(checkpoint.__file__).read_text()
+        bumped, n = re.subn(r"^CHECKPOINT_FORMAT = \d+", f"CHECKPOINT_FORMAT = {number}", source, flags=re.M)
+        bumped = bumped.replace("CHECKPOINT_FORMATS_READ = (2, 3)", f"CHECKPOINT_FORMATS_READ = (2, 3, {number})")
+        assert n == 1
+        module = types.ModuleType("sbattn.records.bumped_checkpoint")
+        module.__package__ = "sbattn.records"
+        exec(compile(bumped, checkpoint.__file__, "exec"), module.__dict__)
+        torch.save({"format": number, **record}, tmp_path / "stripped.ckpt")
+        with pytest.raises(CheckpointError, match=f"has no checksum, which every file of its format {number}"):
+            module.read_record(tmp_path / "stripped.ckpt")
     torch.save({"format": 2, **record}, tmp_path / "old.ckpt")
     assert checkpoint.read_record(tmp_path / "old.ckpt")["format"] == 2

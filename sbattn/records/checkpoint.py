@@ -17,15 +17,16 @@ from .integrity import check_container, check_tensors, check_training_fields, ch
 __all__ = ["CHECKPOINT_FORMAT", "WEIGHTS_FORMAT", "save_checkpoint", "load_checkpoint", "save_weights", "load",
            "read_record", "unwrap", "recorded"]
 
-CHECKPOINT_FORMAT = 2  # 2: every rank's random state, and the number of processes
+CHECKPOINT_FORMAT = 3  # 2: every rank's random state, and the number of processes; 3: a checksum, always
+CHECKPOINT_FORMATS_READ = (2, 3)
 # Weights files (.pth, with a "state_dict") are numbered apart from checkpoints, so that a checkpoint's change
 # leaves every weights file loadable. 1 and 2: written by sbattn 0.1 under the checkpoint's number of the day (the
 # earliest without num_classes: 10 classes); 3: numbered apart, the run's provenance in its summary.
 WEIGHTS_FORMAT = 3
 WEIGHTS_FORMATS_READ = (1, 2, 3)
 # The first format of each kind whose every file carries a checksum: a file of it without one was stripped of it.
-# Weights: 3. Checkpoints: 3, the next, since sbattn 0.1.0 wrote checkpoints of format 2 without a checksum (a
-# literal: bumping CHECKPOINT_FORMAT must not move it, or checksum-less files of the new format would pass).
+# Weights: 3. Checkpoints: 3, since sbattn 0.1.0 wrote checkpoints of format 2 without one (a literal: bumping
+# CHECKPOINT_FORMAT must not move it, or checksum-less files of the new format would pass).
 SEALED_SINCE = {"weights": 3, "checkpoint": 3}
 
 
@@ -51,7 +52,7 @@ def read_record(path: str | Path) -> dict:
     if not isinstance(obj, dict) or "format" not in obj:
         raise CheckpointError(f"{path} is not an sbattn file; move it away to start over")
     kind = "weights" if "state_dict" in obj else "checkpoint"
-    readable = WEIGHTS_FORMATS_READ if kind == "weights" else (CHECKPOINT_FORMAT,)
+    readable = WEIGHTS_FORMATS_READ if kind == "weights" else CHECKPOINT_FORMATS_READ
     number = obj["format"]
     if type(number) is not int or number not in readable:  # True == 1, but no file sbattn wrote says True
         raise CheckpointError(f"{path} has format {number!r}, this sbattn reads {kind} format "

@@ -107,14 +107,17 @@ class RunState:
         self.history, self.epoch, self.step = ckpt["history"], ckpt["epoch"], ckpt["step"]
         self.sessions = [*ckpt.get("provenance", []), *self.sessions]  # checkpoints before provenance have none
         self.partial = ckpt["partial"] if ctx.main else None  # rank 0 carries the interrupted epoch's global sums
+        # read_record refuses a checkpoint of a sealed format without its checksum; an older one is said to lack it
+        notes = [] if "checksum" in ckpt else [f"{path} has no checksum (format {ckpt['format']}, from before "
+                                                f"checkpoints were sealed): resumed as it is"]
         if ckpt["world_size"] == ctx.world_size:
             with _restoring("random state", path):
                 _set_rng_state(ckpt["rng"][ctx.rank], self.generator)
-            return None
-        # At an epoch's end with another number of processes: fresh augmentation streams.
-        self.generator.manual_seed(augment_stream_seed(self.seed, ctx.rank, self.epoch))
-        return (f"resuming with {ctx.world_size} process(es) a run checkpointed with {ckpt['world_size']}: "
-                f"the same recipe, other augmentation draws")
+        else:  # at an epoch's end with another number of processes: fresh augmentation streams
+            self.generator.manual_seed(augment_stream_seed(self.seed, ctx.rank, self.epoch))
+            notes.append(f"resuming with {ctx.world_size} process(es) a run checkpointed with {ckpt['world_size']}: "
+                         f"the same recipe, other augmentation draws")
+        return "; ".join(notes) or None
 
     def _check_schedule(self, epoch: int, path: Path) -> None:
         """The optimiser's and the schedule's state as this run's would be at `epoch`: what load_state_dict takes
