@@ -168,7 +168,10 @@ def coverage_map(tree_dir: Path, out: Path) -> None:
                   "patch = subprocess\ncontext = ${PYTEST_CURRENT_TEST-}\n")
     env = {**os.environ, "PYTHONPATH": str(tree_dir), "COVERAGE_RCFILE": str(rc)}
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "--cov",
+    # pyproject's addopts (-n 2 --dist worksteal) off: with a --dist mode set, even under -n 0, pytest-cov records
+    # no per-test context; the two workers here are asked for plainly, and keep them.
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-n", "2",
+                           "--cov",
                            f"--cov-config={rc}", "--cov-context=test", "--cov-report=", "--durations=0",
                            f"--junitxml={out / 'junit.xml'}", "tests"], cwd=tree_dir, env=env)
     print(f"map: the suite ran in {time.time() - started:.0f} s, exit status {proc.returncode}")
@@ -255,8 +258,8 @@ def run_mutants(tree_dir: Path, out: Path, limit_s: float, every: int) -> None:
                 original = target.read_text()
                 target.write_text(apply(original, m))
                 try:
-                    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-n", "0",
-                                           *tests], cwd=work, env=env, capture_output=True, text=True,
+                    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                           "-o", "addopts=", *tests], cwd=work, env=env, capture_output=True, text=True,
                                           timeout=limit_s)
                     status = {0: "survived", 5: "uncovered"}.get(proc.returncode, "caught")
                 except subprocess.TimeoutExpired:
