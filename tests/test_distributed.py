@@ -306,14 +306,20 @@ def test_two_agents_on_loopback_train_as_the_two_process_run(two, tmp_path):
     assert sum(p.stdout.count("final test accuracy") for p in nodes) == 1  # rank 0 speaks, on one of the nodes
 
 
-def test_ranks_started_with_different_recipes_stop_at_the_start_with_one_line(tmp_path):
-    nodes = two_agents(tmp_path, node_flags=((), ("--init_lr=0.03",)))
+@pytest.mark.parametrize("flags, differences", [
+    (("--init_lr=0.03",), [("init_lr", "0.03", "0.02")]),
+    (("--checkpoint-steps=4", "--sync-bn=false"), [("checkpoint_steps", "4", "0"), ("sync_bn", "False", "True")])])
+def test_ranks_started_with_different_recipes_stop_at_the_start_with_one_line(tmp_path, flags, differences):
+    """The recipe, and the options that change the collectives or the result (a checkpoint every K steps, synced
+    BatchNorm), must be every rank's: else one line names each option and both values, printed once."""
+    nodes = two_agents(tmp_path, node_flags=((), flags))
     assert all(p.returncode != 0 for p in nodes)
     said = [line for p in nodes for line in p.stderr.splitlines() if line.startswith("sbattn train: ")]
     # which node's process is rank 0 is the rendezvous' choice
-    either = ("was started differently from rank 0 (init_lr 0.03 there, 0.02 on rank 0",
-              "was started differently from rank 0 (init_lr 0.02 there, 0.03 on rank 0")
-    assert len(said) == 1 and any(words in said[0] for words in either), said
+    def named(there: int) -> str:  # each option with the node-with-flags' value there (1) or on rank 0 (2)
+        return "; ".join(f"{d[0]} {d[there]} there, {d[3 - there]} on rank 0" for d in differences)
+    either = [f"was started differently from rank 0 ({named(there)}" for there in (1, 2)]
+    assert len(said) == 1 and any(words in said[0] for words in either), (said, either)
     assert not any(tmp_path.glob(f"{RUN}.*")), sorted(tmp_path.iterdir())  # nothing written, nor left behind
 
 

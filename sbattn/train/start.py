@@ -25,6 +25,9 @@ from .step import EpochSums, make_step
 from .tuning import LayoutChoice, choose_layout, layout_name
 
 WHITENING_IMAGES = 5000  # what airbench sets its whitening from
+# Besides the recipe, the options every rank must share: each changes the sequence of collectives or the result. The
+# rest may differ by process (the device's index, the folders, the threads, TensorBoard on rank 0, the timeout).
+RANKS_AGREE_ON = ("compile", "checkpoint_steps", "sync_bn", "eval_batch_size", "layout", "resume", "overwrite")
 
 __all__ = ["Ready", "make_ready"]
 
@@ -52,7 +55,8 @@ def make_ready(run: Run, quiet: bool) -> Ready:
     data = load_cifar10(config.data_dir, config.dataset, config.download, config.cache_dir, config.resize,
                         progress=not quiet)
     identity = data_identity(data)
-    facts = {**config.recipe.to_dict(), "sbattn": __version__, "data": identity["fingerprint"]}
+    facts = {**config.recipe.to_dict(), **{k: getattr(config, k) for k in RANKS_AGREE_ON}, "sbattn": __version__,
+             "data": identity["fingerprint"]}
     disagreement = distributed.disagreement(ctx, {k: facts[k] for k in sorted(facts)})
     if disagreement:
         if ctx.main and not ckpt:  # nothing of the run exists: its configuration file, just written, goes too
