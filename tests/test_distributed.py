@@ -544,3 +544,14 @@ def test_a_one_process_torchrun_job_restarts_resumes_and_stops_like_a_bigger_one
     out, err = proc.communicate(timeout=120)
     resume = next(line for line in out.splitlines() if "resume with: " in line).split("resume with: ")[1]
     assert resume.startswith("torchrun --nproc_per_node=1 --master_addr=127.0.0.1 --master_port="), resume
+
+
+def test_a_last_batch_too_small_to_share_among_the_ranks_is_refused():
+    """N processes train on every image, as one does: a last batch that would leave a rank one sample is refused
+    in one line (it was dropped: 1,020 images an epoch over 4 ranks against 1,024 in one process)."""
+    from sbattn.train.start import _check_last_batch
+    for n, batch, ranks in [(1024, 60, 1), (1024, 60, 2), (1024, 64, 4), (1024, 1016, 4)]:
+        _check_last_batch(n, batch, ranks)  # one process; 2 a rank; no last batch; 8 left, 2 a rank
+    with pytest.raises(UserError, match=r"^--batch_size 60 on 1,024 training images leaves a last batch of 4, "
+                                        r"under 2 a process over 4 processes .* one of at least 8$"):
+        _check_last_batch(1024, 60, 4)

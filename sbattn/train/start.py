@@ -47,6 +47,17 @@ class Ready:
         return self.pipeline.data
 
 
+def _check_last_batch(n: int, batch_size: int, world_size: int) -> None:
+    """Under torchrun every training image counts, as in one process: a last global batch that would leave a rank
+    a single sample (which BatchNorm cannot train on) is refused rather than dropped."""
+    rest = n % batch_size
+    if world_size > 1 and 0 < rest < 2 * world_size:
+        raise UserError(f"--batch_size {batch_size} on {n:,} training images leaves a last batch of {rest}, under "
+                        f"2 a process over {world_size} processes (BatchNorm trains on 2 or more): one process "
+                        f"would train on all {n:,}; choose a batch size that leaves no last batch or one of at least "
+                        f"{2 * world_size}", code=2)
+
+
 def make_ready(run: Run, quiet: bool) -> Ready:
     config, ctx, device, paths = run.config, run.ctx, run.device, run.paths
     ckpt = _checkpoint_to_resume(run)
@@ -55,6 +66,7 @@ def make_ready(run: Run, quiet: bool) -> Ready:
     data = load_cifar10(config.data_dir, config.dataset, config.download, config.cache_dir, config.resize,
                         progress=not quiet)
     identity = data_identity(data)
+    _check_last_batch(len(data.train_labels), config.batch_size, ctx.world_size)
     facts = {**config.recipe.to_dict(), **{k: getattr(config, k) for k in RANKS_AGREE_ON}, "sbattn": __version__,
              "data": identity["fingerprint"]}
     disagreement = distributed.disagreement(ctx, {k: facts[k] for k in sorted(facts)})
