@@ -98,6 +98,9 @@ def test_standard_input_when_named_and_bounded(name, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b" " * MAX_CONFIG_BYTES + b"{}")))
     with pytest.raises(ConfigError, match="standard input holds more than"):
         read_config_file(name)
+    monkeypatch.setattr(sys, "stdin", None)  # started with it closed
+    with pytest.raises(ConfigError, match=f"^--config {name}: standard input is closed: give a file"):
+        read_config_file(name)
 
 
 # ---------------------------------------------------------------- 2. values no option takes: one line, exit 2

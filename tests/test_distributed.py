@@ -240,6 +240,17 @@ def test_a_repeated_sigterm_asks_the_same_stop_and_a_second_ctrl_c_stops_at_once
             time.sleep(1)
 
 
+def test_a_closed_terminal_stops_the_run_as_sigterm_does():
+    """SIGHUP (the terminal or ssh session that started the run closed) asks the same stop at a step's end, with
+    its checkpoint and resume line, not Python's default death."""
+    from sbattn.train.signals import StopRequest
+    stop = StopRequest()
+    with stop.installed():
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.01)  # the handler runs here
+        assert stop.signal == signal.SIGHUP and stop.name == "SIGHUP"
+
+
 def children(pid: int) -> list[int]:
     """The processes whose parent is `pid` (torchrun's agent: its workers)."""
     found = []

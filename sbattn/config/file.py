@@ -59,6 +59,8 @@ def _read_text(path: Path) -> str:
     MAX_CONFIG_BYTES."""
     try:
         if str(path) in STDIN_NAMES:
+            if sys.stdin is None:  # started with its standard input closed
+                raise ConfigError(f"--config {path}: standard input is closed: give a file, or pipe the JSON in")
             blob = sys.stdin.buffer.read(MAX_CONFIG_BYTES + 1)
             if len(blob) > MAX_CONFIG_BYTES:
                 raise ConfigError(f"--config {path}: standard input holds more than the {MAX_CONFIG_BYTES:,} bytes "

@@ -27,8 +27,12 @@ def _in_main_thread() -> bool:  # signal handlers live in the main thread
     return threading.current_thread() is threading.main_thread()
 
 
+# Ctrl-C, SIGTERM, and SIGHUP (the terminal or ssh session that started the run closed): each a stop at a step's end
+STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
 class StopRequest:
-    """Turns SIGINT and SIGTERM into a flag the step loop checks, so a step is never cut in half.
+    """Turns SIGINT, SIGTERM and SIGHUP into a flag the step loop checks, so a step is never cut in half.
 
     A second Ctrl-C (SIGINT) stops at once, without a checkpoint; a repeated SIGTERM asks the same as the first:
     the kernel sends a torchrun worker one for each thread of its dying agent (the worker passes from thread to
@@ -58,7 +62,7 @@ class StopRequest:
                     self.signal = signum
                 elif signum == signal.SIGINT:  # a second Ctrl-C: stop now
                     raise KeyboardInterrupt
-            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+            previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
         try:
             yield self
         finally:
