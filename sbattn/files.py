@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 from .errors import UserError
 
-__all__ = ["atomic_write", "atomic_path", "check_regular", "file_kind"]
+__all__ = ["atomic_write", "atomic_path", "check_regular", "file_kind", "as_argument"]
 
 
 @contextlib.contextmanager
@@ -118,3 +118,10 @@ def _fsync(path: Path, flags: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def as_argument(path: str | Path) -> str:
+    """`path` as a command-line argument: a relative path that begins with "-" gets "./" before it, or a parser
+    would take it for an option (`--output-dir=-odd` made every printed resume command, and a suite's runs, fail)."""
+    text = str(path)
+    return f"./{text}" if text.startswith("-") else text

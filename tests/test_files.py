@@ -69,3 +69,18 @@ def test_companion_files_move_in_with_the_file(tmp_path):
         staged.write_bytes(b"graph")
         (staged.parent / "model.onnx.data").write_bytes(b"weights")
     assert sorted(os.listdir(tmp_path)) == ["model.onnx", "model.onnx.data"]
+
+
+def test_a_folder_named_like_an_option_is_passed_as_a_path(tmp_path, monkeypatch):
+    """`--output-dir=-odd`: the resume command (and a suite's runs, started the same way) must parse."""
+    import shlex
+    from sbattn.cli import build_parser
+    from sbattn.config import TrainConfig
+    from sbattn.files import as_argument
+    from sbattn.records import RunPaths
+    from sbattn.train.run import resume_command
+    assert (as_argument("-odd/a.json"), as_argument("odd/-a"), as_argument("/-x")) == ("./-odd/a.json", "odd/-a", "/-x")
+    monkeypatch.chdir(tmp_path)
+    command = resume_command(RunPaths.of(TrainConfig(output_dir="-odd", dataset="fake", device="cpu")))
+    args = build_parser().parse_args(shlex.split(command)[shlex.split(command).index("train"):])
+    assert args.config == "./-odd/vgg16_0.5_True_False_tanh.config.json" and args.resume

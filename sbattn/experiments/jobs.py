@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..config import TrainConfig
+from ..files import as_argument
 from ..records import RunPaths
 from ..records.outputs import file_failure, write_record
 from ..system import thread_budget
@@ -76,7 +77,7 @@ def _start(job: Job, device: str | None, env: dict, child_setup: Callable[[], No
     with file_failure(paths.config, "the run was not started"):
         paths.output_dir.mkdir(parents=True, exist_ok=True)
         write_record(paths.config, job.config.rerun_options())
-    command = ["train", "--config", str(paths.config), *job.config.action_flags(),
+    command = ["train", "--config", as_argument(paths.config), *job.config.action_flags(),
                f"--device={device or job.config.device}"]
     with file_failure(paths.log, "the run was not started"):  # never through a link planted at its name
         out = open(paths.log, "ab", opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW, 0o644))

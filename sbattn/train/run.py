@@ -12,6 +12,7 @@ import torch
 
 from .. import console
 from ..config import TrainConfig
+from ..files import as_argument
 from ..records import RunPaths, provenance
 from . import distributed
 from .agent import agent_pid
@@ -89,4 +90,4 @@ def resume_command(paths: RunPaths, ctx: distributed.Context = distributed.Conte
         prefix = ["python", "-m", "sbattn", "train"]
     else:
         prefix = ["sbattn", "train"]
-    return shlex.join([*prefix, "--config", str(paths.config), "--resume"])
+    return shlex.join([*prefix, "--config", as_argument(paths.config), "--resume"])
