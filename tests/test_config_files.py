@@ -238,3 +238,21 @@ def test_a_suites_seeds_are_checked_without_validating_each_run(tmp_path):
     config = base.with_seed(7)
     assert config.seed == 7 and base.seed is None and config.milestones == base.milestones
     assert config.milestones is not base.milestones
+
+
+def test_every_folder_option_expands_the_home_folder_alike(tmp_path, monkeypatch):
+    """`~` in --data-dir, --cache-dir, --output-dir (a config file's too) is the home folder; `~user` of a user the
+    machine lacks is one line, for the options and for SBATTN_CACHE."""
+    from sbattn.config import TrainConfig
+    from sbattn.data.cifar10 import default_cache_dir
+    from sbattn.errors import DataError
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = TrainConfig(output_dir="~/runs", data_dir="~/data", cache_dir="~/cache", device="cpu")
+    assert (config.output_dir, config.data_dir, config.cache_dir) == tuple(str(tmp_path / d)
+                                                                         for d in ("runs", "data", "cache"))
+    for name in ("output_dir", "data_dir", "cache_dir"):
+        with pytest.raises(ConfigError, match=rf"^{name}='~nosuchuser/x': begins with the home folder of a user"):
+            TrainConfig(**{name: "~nosuchuser/x"}, device="cpu")
+    monkeypatch.setenv("SBATTN_CACHE", "~nosuchuser/c")
+    with pytest.raises(DataError, match="SBATTN_CACHE='~nosuchuser/c' begins with a home folder"):
+        default_cache_dir()

@@ -7,6 +7,7 @@ both (config/options.py), so a field added here or there is a flag everywhere.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,11 @@ class TrainConfig(Recipe):
             if getattr(self, name) is not None and CONTROL_CHARACTER.search(getattr(self, name)):
                 fail(self, name, "holds a control character (a newline, an escape, a NUL, ...): name the folder "
                                  "without one")
+            if isinstance(getattr(self, name), str) and getattr(self, name).startswith("~"):  # every folder alike
+                home = os.path.expanduser(getattr(self, name))
+                if home.startswith("~"):
+                    fail(self, name, "begins with the home folder of a user this machine does not have")
+                setattr(self, name, home)
         if self.overwrite and self.resume:
             raise ConfigError("overwrite=True and resume=True: --overwrite starts the run afresh, --resume continues "
                               "it; choose one")

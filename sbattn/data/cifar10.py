@@ -57,9 +57,9 @@ def load_cifar10(
         return load_fake()
     if dataset != "cifar10":
         raise DataError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
-    src = _locate(Path(data_dir).expanduser(), download, progress, hint)
+    src = _locate(_home_expanded(str(data_dir), "--data-dir"), download, progress, hint)
     stamp, settled = _stamp(src)
-    cache = _Cache(Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
+    cache = _Cache(_home_expanded(str(cache_dir), "--cache-dir") if cache_dir is not None else default_cache_dir())
     key = {"version": CACHE_VERSION, "kind": src.kind, "path": str(src.path.resolve()), "resize": resize}
     data = cache.get(key, stamp)
     if data is None:
@@ -73,9 +73,17 @@ def load_cifar10(
 def default_cache_dir() -> Path:
     """``$SBATTN_CACHE``, else ``$XDG_CACHE_HOME/sbattn``, else ``~/.cache/sbattn``."""
     if os.environ.get("SBATTN_CACHE"):
-        return Path(os.environ["SBATTN_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "sbattn"
+        return _home_expanded(os.environ["SBATTN_CACHE"], "SBATTN_CACHE")
+    if os.environ.get("XDG_CACHE_HOME"):
+        return _home_expanded(os.environ["XDG_CACHE_HOME"], "XDG_CACHE_HOME") / "sbattn"
+    return _home_expanded("~/.cache", "the default cache folder") / "sbattn"
+
+
+def _home_expanded(path: str, what: str) -> Path:
+    expanded = os.path.expanduser(path)
+    if expanded.startswith("~"):  # a user this machine does not have, or no home folder at all
+        raise DataError(f"{what}={path!r} begins with a home folder this machine cannot find; give a folder path")
+    return Path(expanded)
 
 
 # ----------------------------------------------------------------------------------------- finding

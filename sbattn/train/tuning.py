@@ -55,7 +55,7 @@ def choose_layout(config: TrainConfig, device: torch.device, amp_dtype: torch.dt
         return LayoutChoice("contiguous", "fp32 rule")
     if device.type != "cpu":
         return LayoutChoice(layout_name(memory_format(device)), "rule")
-    cache = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+    cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()  # `~` expanded by validation
     key = json.dumps([cpu_model(), platform.machine(), torch.__version__, config.arch, config.attention,
                       config.width, config.placement, config.batch_size, str(amp_dtype), torch.get_num_threads()])
     known = _read(cache / "tuning.json")
