@@ -28,7 +28,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     _check_target(path)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    short = path.name.encode()[:100].decode(errors="ignore")  # the folder's name within 255 bytes, for any file's
+    staging = Path(tempfile.mkdtemp(prefix=f".{short}.", suffix=".tmp", dir=path.parent))
     try:
         yield staging / path.name
         companions = [p for p in staging.iterdir() if p.name != path.name]

@@ -84,3 +84,10 @@ def test_a_folder_named_like_an_option_is_passed_as_a_path(tmp_path, monkeypatch
     command = resume_command(RunPaths.of(TrainConfig(output_dir="-odd", dataset="fake", device="cpu")))
     args = build_parser().parse_args(shlex.split(command)[shlex.split(command).index("train"):])
     assert args.config == "./-odd/vgg16_0.5_True_False_tanh.config.json" and args.resume
+
+
+@pytest.mark.parametrize("name", ["m" * 250 + ".onnx", "é" * 125 + ".pt"])  # 255 and 254 bytes: legal names
+def test_a_file_whose_name_is_near_the_limit_is_written(tmp_path, name):
+    from sbattn.files import atomic_write
+    atomic_write(tmp_path / name, lambda f: f.write(b"x"))
+    assert [p.name for p in tmp_path.iterdir()] == [name] and (tmp_path / name).read_bytes() == b"x"
