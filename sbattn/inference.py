@@ -153,10 +153,11 @@ def read_images(paths: Sequence[str | Path], resize: bool = False) -> np.ndarray
         try:
             with open_image(read_regular(path, MAX_IMAGE_BYTES, "image"), str(path)) as im:
                 rgb = im.convert("RGB")
-        except OSError as e:  # missing, unreadable, not an image
-            raise UserError(f"cannot read image {path} ({type(e).__name__}: {e})", 2) from None
         except DataError as e:  # not a regular file, too large
             raise UserError(str(e), 2) from None
+        except Exception as e:  # missing, unreadable, not an image, or damaged: Pillow's decoders raise OSError,
+            # ValueError, NotImplementedError, ... (a PPM's bad maxval, a truncated QOI), as training's decode sees
+            raise UserError(f"cannot read image {path} ({type(e).__name__}: {e})", 2) from None
         if rgb.size != (IMAGE_SHAPE[2], IMAGE_SHAPE[1]):
             if not resize:
                 raise UserError(f"image {path} is {rgb.size[0]}x{rgb.size[1]}; the model takes 32x32 images "

@@ -162,6 +162,17 @@ def test_predict_refuses_a_fifo_and_a_decompression_bomb_in_one_line(weights, tm
         assert words in one_line(proc.stderr)
 
 
+def test_a_damaged_image_is_one_line_whatever_pillow_raises(tmp_path):
+    """Pillow's decoders raise ValueError and others besides OSError (a PPM with a bad maxval): one line, as in
+    training."""
+    from sbattn.errors import UserError
+    from sbattn.inference import read_images
+    bad = tmp_path / "bad.ppm"
+    bad.write_bytes(b"P6\n2 2\n0\n" + bytes(12))
+    with pytest.raises(UserError, match=r"^cannot read image .*bad\.ppm \(ValueError: maxval must be"):
+        read_images([bad])
+
+
 def test_predict_classifies_a_batch_at_a_time(weights, tmp_path, monkeypatch, capsys):
     import sbattn.cli.deploy as deploy_cli
     monkeypatch.setattr(deploy_cli, "PREDICT_BATCH", 4)
