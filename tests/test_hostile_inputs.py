@@ -22,7 +22,7 @@ from sbattn.data import MAX_ENTRY_BYTES, MAX_IMAGE_BYTES, DataError, load_cifar1
 from sbattn.records.checkpoint import save_weights
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _datagen import tree_files, write_official_dir, write_tree  # noqa: E402
+from _datagen import settle, tree_files, write_official_dir, write_tree  # noqa: E402
 from _runs import one_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,3 +202,15 @@ def test_predict_takes_no_field_of_a_file_on_trust(weights, tmp_path, capsys):
     image = write_tree(tmp_path, {FIRST_IMAGE: tree_files()[0][FIRST_IMAGE]}) / FIRST_IMAGE
     assert main(["predict", str(crafted), str(image), "--device", "cpu", "--topk", "1"]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[0].startswith("fake")  # the run's dataset's names
+
+
+def test_an_image_folder_with_names_that_are_not_utf8_loads(tmp_path):
+    """File and class-folder names in any bytes (os.fsdecode's surrogates): the cache's stamp and the data's
+    fingerprint hash their bytes, as a tar of the same tree trains."""
+    files, expected = tree_files()
+    odd = os.fsdecode(b"cl\xffss")  # a class folder's name that is not UTF-8
+    renamed = {name.replace(f"/{expected.classes[0]}/", f"/{odd}/").replace("0000.png", os.fsdecode(b"\xfe.png")):
+               blob for name, blob in files.items()}
+    data = load(settle(write_tree(tmp_path / "tree", renamed)), tmp_path)
+    assert odd in data.classes and len(data.train_labels) == len(expected.train_labels)
+    assert load(tmp_path / "tree", tmp_path).fingerprint() == data.fingerprint()  # from the cache: the same data

@@ -27,9 +27,10 @@ def _stat_stamp(paths: list[Path], base: Path) -> tuple[str, bool]:
         try:
             st = p.stat()
         except OSError:
-            h.update(f"{p.relative_to(base)}\0missing\n".encode())
+            h.update(f"{p.relative_to(base)}\0missing\n".encode(errors="surrogateescape"))  # any file name
             continue
-        h.update(f"{p.relative_to(base)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
+        line = f"{p.relative_to(base)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n"
+        h.update(line.encode(errors="surrogateescape"))
         newest = max(newest, st.st_mtime_ns)
     # A file rewritten within one timestamp tick of being stamped would keep its stamp (git's "racy clean"
     # problem), so sources modified in the last seconds are decoded but not cached.

@@ -37,7 +37,7 @@ class CIFAR10:
         for array in (self.train_images, self.train_labels, self.test_images, self.test_labels):
             h.update(f"{array.dtype}{array.shape}".encode())
             h.update(np.ascontiguousarray(array).data)
-        h.update("\0".join(self.classes).encode())
+        h.update("\0".join(self.classes).encode(errors="surrogateescape"))  # a folder's name may be any bytes
         return h.hexdigest()
 
 
