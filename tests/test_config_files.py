@@ -111,6 +111,7 @@ def test_standard_input_when_named_and_bounded(name, monkeypatch):
     ("run.toml", "milestones = [1979-05-27]\n", "milestones = [datetime.date(1979, 5, 27)]"),
     ("run.json", '{"epochs": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
     ("run.toml", "milestones = " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deeply"),
+    ("run.json", '{"milestones": [[1]]}', "expected a list of integers like [40,60,80], got '[[1]]'"),
 ])
 def test_dates_and_deep_nesting_are_one_line(tmp_path, capsys, name, text, words):
     refused(["train", "--config", write(tmp_path / name, text), *TINY], capsys, words)
@@ -136,7 +137,7 @@ def test_an_option_set_twice_in_json_is_refused(tmp_path, text, words):
 
 # ---------------------------------------------------------------- 4. control characters in folder names
 
-@pytest.mark.parametrize("character", ["\n", "\x1b", "\0", "\x7f"])
+@pytest.mark.parametrize("character", ["\n", "\x1b", "\0", "\x7f", "\u202e"])  # U+202E: shown text reversed
 @pytest.mark.parametrize("name", ["output_dir", "data_dir", "cache_dir"])
 def test_a_control_character_in_a_folder_is_refused_naming_the_option(tmp_path, name, character):
     value = f"{tmp_path}/a{character}b"

@@ -35,8 +35,12 @@ def parse_bool(text: str) -> bool:
 
 def parse_int_list(text: str) -> list[int]:
     """'[40,60,80]', '40,60,80' or '40 60 80' -> [40, 60, 80]."""
-    body = str(text).strip().strip("'\"").strip("[]()")
+    body = str(text).strip().strip("'\"")
+    if body and body[0] in "[(" and body[-1] in "])":
+        body = body[1:-1]  # one pair of brackets: [[1]] is a list of lists, not [1]
     try:
+        if any(c in body for c in "[]()"):
+            raise ValueError(body)
         return [int(part) for part in body.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a list of integers like [40,60,80], got {text!r}") from None

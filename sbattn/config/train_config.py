@@ -34,7 +34,7 @@ FALSE_WORDS = ("false", "0", "no", "n", "off")
 # meant in a folder's name; it breaks the log's lines, drives the terminal, or ends in a traceback from the OS.
 FOLDERS = ("data_dir", "cache_dir", "output_dir")
 MAX_DIST_TIMEOUT = 86400.0
-CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")  # with text-direction overrides
 
 
 @dataclass
@@ -88,8 +88,8 @@ class TrainConfig(Recipe):
             fail(self, "dist_timeout", f"must be a number of seconds > 0 and at most {MAX_DIST_TIMEOUT:g} (a day)")
         for name in FOLDERS:
             if getattr(self, name) is not None and CONTROL_CHARACTER.search(getattr(self, name)):
-                fail(self, name, "holds a control character (a newline, an escape, a NUL, ...): name the folder "
-                                 "without one")
+                fail(self, name, "holds a control character (a newline, an escape, a NUL, a text-direction "
+                                 "override, ...): name the folder without one")
             if isinstance(getattr(self, name), str) and getattr(self, name).startswith("~"):  # every folder alike
                 home = os.path.expanduser(getattr(self, name))
                 if home.startswith("~"):
