@@ -398,6 +398,11 @@ def test_report_reproduces_the_suite_table(compare_dir, tmp_path, monkeypatch):
     assert (copy / "compare.md").read_text() == (directory / "compare.md").read_text()
     assert (copy / "compare.csv").read_text() == (directory / "compare.csv").read_text()
     assert_png(copy / "compare.png")
+    first = sorted(copy.glob("vgg16_*_seed0.json"))[0]
+    shutil.copy(first, copy / f"{first.stem} (copy).json")  # the same run twice: it must not count as two seeds
+    with pytest.raises(UserError, match=rf"holds one run twice: .*{first.stem}( \(copy\))?\.json and .*\(the same "
+                                        r"recipe and seed\)"):
+        cli.run_report(parse("report", [str(copy)]))
 
 
 def test_a_crashed_suite_trains_only_what_is_missing(tmp_path, monkeypatch):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ..config import RECIPE_FIELDS
 from ..errors import UserError, printable
 from ..files import atomic_write
 from ..records import FinishedRun, RunPaths
@@ -24,9 +26,20 @@ CONFIDENCE = 0.95
 
 
 def load_finished_runs(directory: Path) -> list[FinishedRun]:
-    """The finished runs in `directory`; a damaged one (read_run) is a UserError naming its file and field."""
+    """The finished runs in `directory`; a damaged one (read_run) is a UserError naming its file and field, and so
+    is a run found twice (a copied JSON: the same recipe and seed), which would count as two seeds."""
     runs = (read_run(RunPaths(Path(directory), path.stem)) for path in sorted(Path(directory).glob("*.json")))
-    return [run for run in runs if run is not None]
+    found: dict[str, FinishedRun] = {}
+    for run in runs:
+        if run is None:
+            continue
+        key = json.dumps({k: run.config.get(k) for k in RECIPE_FIELDS}, sort_keys=True, default=str)
+        if key in found:
+            raise UserError(f"{printable(directory)} holds one run twice: {printable(found[key].name)}.json and "
+                            f"{printable(run.name)}.json (the same recipe and seed); keep one, it would count as two "
+                            f"seeds", code=2)
+        found[key] = run
+    return list(found.values())
 
 
 @dataclass
