@@ -30,7 +30,7 @@ from .records.checkpoint import read_record
 from .version import __version__
 
 __all__ = ["FORMATS", "PREDICT_BATCH", "EXPORT_INSTALL", "NORMALIZATION", "export_onnx", "export_program",
-           "export_metadata", "class_names", "read_images", "predict"]
+           "export_metadata", "class_names", "trained_classes", "read_images", "predict"]
 
 IMAGE_SHAPE = (3, 32, 32)
 PREDICT_BATCH = 256  # images read, decoded and classified at a time by `sbattn predict`
@@ -134,14 +134,25 @@ def class_names(path: str | Path, num_classes: int) -> list[str]:
     return _class_names(read_record(Path(path)), num_classes)
 
 
-def _class_names(obj: dict, num_classes: int) -> list[str]:
+def trained_classes(path: str | Path) -> list[str] | None:
+    """The class names a checkpoint records (its training data's), or None when it records none."""
+    return _recorded_classes(read_record(Path(path)))
+
+
+def _recorded_classes(obj: dict) -> list[str] | None:
     def entry(name: str) -> dict:  # a file of unknown origin may hold anything under any name
         return obj[name] if isinstance(obj.get(name), dict) else {}
     recorded = (entry("summary").get("classes"), entry("data").get("classes"), obj.get("classes"))
     names = next((n for n in recorded if isinstance(n, list) and n), None)
+    return None if names is None else [str(n) for n in names]
+
+
+def _class_names(obj: dict, num_classes: int) -> list[str]:
+    names = _recorded_classes(obj)
     if names is None:
-        names = load_fake(1, 1).classes if entry("config").get("dataset") == "fake" else CLASSES
-    names = [str(n) for n in names]
+        config = obj.get("config")
+        fake = isinstance(config, dict) and config.get("dataset") == "fake"
+        names = load_fake(1, 1).classes if fake else list(CLASSES)
     return names if len(names) == num_classes else [f"class {i}" for i in range(num_classes)]
 
 

@@ -432,3 +432,15 @@ def test_evaluate_refuses_data_of_another_number_of_classes(finished, tmp_path, 
     assert main(["evaluate", str(weights), "--device", "cpu", "--dataset", "cifar10", "--data-dir", str(folder),
                  "--cache-dir", str(tmp_path / "cache")]) == 2
     assert "classifies 10 classes" in one_line(capsys.readouterr().err)
+
+
+def test_evaluate_refuses_data_of_other_class_names_unless_told(finished, tmp_path, capsys):
+    """The same number of classes under other names is another task: refused as --resume refuses it, unless
+    --other-classes says the data's i-th class is the model's i-th."""
+    folder = write_tree(tmp_path / "ten", tree_files(classes=[f"kind{i}" for i in range(10)], n_train=1, n_test=1)[0])
+    command = ["evaluate", str(finished / f"{NAME}.pth"), "--device", "cpu", "--dataset", "cifar10", "--data-dir",
+               str(folder), "--cache-dir", str(tmp_path / "cache")]
+    assert main(command) == 2
+    assert "was trained on the classes" in one_line(capsys.readouterr().err)
+    assert main([*command, "--other-classes"]) == 0
+    assert "accuracy" in capsys.readouterr().out

@@ -11,7 +11,7 @@ from ..config import PRECISIONS, TrainConfig, resolve_device
 from ..data import DATASETS, load_cifar10, to_device_uint8
 from ..errors import UserError, printable
 from ..inference import (EXPORT_INSTALL, FORMATS, PREDICT_BATCH, class_names, export_metadata, export_onnx,
-                         export_program, predict, read_images)
+                         export_program, predict, read_images, trained_classes)
 from ..records.checkpoint import load, recorded
 from ..train.evaluation import evaluate_run, reference_evaluate
 from ..train.precision import precision_label, resolve_precision
@@ -72,6 +72,9 @@ def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help=DEVICE_HELP)
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=None,
                         help="evaluation batch size; none given: the training run's --eval-batch-size")
+    parser.add_argument("--other-classes", action="store_true",
+                        help="evaluate on data whose class names differ from those the model was trained on, the "
+                             "data's i-th class scored as the model's i-th (refused otherwise)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", metavar="PRECISION",
                         help=f"fp32 reproduces the final accuracy the training run reported; "
                              f"{_FIELDS['precision'].metadata['help']}; one of {', '.join(PRECISIONS)} "
@@ -91,6 +94,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if len(data.classes) != num_classes:
         raise UserError(f"{args.checkpoint} classifies {num_classes} classes, {data.source} has "
                         f"{len(data.classes)}: evaluate it on data of the classes it was trained on", 2)
+    names = trained_classes(args.checkpoint)
+    if names is not None and names != list(data.classes) and not args.other_classes:
+        raise UserError(f"{args.checkpoint} was trained on the classes {printable(', '.join(names))}; "
+                        f"{data.source} has {printable(', '.join(data.classes))}: evaluate it on data of its "
+                        f"classes, or pass --other-classes to score the data's i-th class as its i-th", 2)
     images = to_device_uint8(data.test_images, device)
     labels = torch.from_numpy(data.test_labels).to(device)
     amp_dtype = resolve_precision(args.precision, device)
