@@ -67,6 +67,10 @@ class Stream(io.TextIOBase):
             try:
                 self.real.write(text)
                 return len(text)
+            except UnicodeEncodeError:  # what the stream's encoding lacks (PYTHONIOENCODING=ascii, a name é.jpg)
+                encoding = getattr(self.real, "encoding", None) or "ascii"  # is escaped, as stderr does: not lost
+                self.write(text.encode(encoding, "backslashreplace").decode(encoding))
+                return len(text)
             except (OSError, ValueError) as e:  # ValueError: the stream was closed
                 if isinstance(e, OSError) and e.errno not in _LOST:
                     raise

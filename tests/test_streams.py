@@ -78,3 +78,17 @@ def test_an_epoch_is_checkpointed_before_it_is_reported(tmp_path, monkeypatch):
     with pytest.raises(BrokenPipeError):
         loop.train(config, quiet=True)
     assert read_record(tmp_path / f"{NAME}.ckpt")["epoch"] == 1
+
+
+def test_what_the_streams_encoding_lacks_is_escaped_not_lost():
+    """PYTHONIOENCODING=ascii and an image named é.jpg: each line still prints, the é escaped (it was taken for a
+    closed stream, and every line after it was lost)."""
+    import io
+    from sbattn.console import Stream
+    raw = io.BytesIO()
+    real = io.TextIOWrapper(raw, encoding="ascii")
+    stream = Stream(real, -1)
+    stream.write("\u00e9.jpg: cat 0.91\n")
+    stream.write("dog.jpg: dog 0.88\n")
+    stream.flush()
+    assert raw.getvalue().decode() == "\\xe9.jpg: cat 0.91\ndog.jpg: dog 0.88\n" and stream.real is real
