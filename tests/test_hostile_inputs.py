@@ -214,3 +214,13 @@ def test_an_image_folder_with_names_that_are_not_utf8_loads(tmp_path):
     data = load(settle(write_tree(tmp_path / "tree", renamed)), tmp_path)
     assert odd in data.classes and len(data.train_labels) == len(expected.train_labels)
     assert load(tmp_path / "tree", tmp_path).fingerprint() == data.fingerprint()  # from the cache: the same data
+
+
+def test_a_fifo_where_the_decoded_data_is_cached_is_a_miss_not_a_wait(tree, tmp_path):
+    first = load(settle(tree), tmp_path)  # a settled tree is cached
+    cached = next((tmp_path / "cache").glob("cifar10-*.npz"))
+    cached.unlink()
+    os.mkfifo(cached)
+    with pytest.warns(UserWarning, match="ignoring unreadable cache file .* is a FIFO"):
+        again = load(tree, tmp_path)  # decoded again; no writer ever opens the FIFO
+    assert again.fingerprint() == first.fingerprint()

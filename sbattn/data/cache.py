@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from ..errors import UserError
 from ..files import atomic_write
 from .dataset import CIFAR10, _validate
+from .limits import check_regular
 
 CACHE_VERSION = 1                               # bump when the cache format or decoding changes
 _SETTLE_S = 2.0                                 # files modified more recently are not cached yet
@@ -37,6 +40,12 @@ def _stat_stamp(paths: list[Path], base: Path) -> tuple[str, bool]:
     return h.hexdigest(), newest < time.time_ns() - int(_SETTLE_S * 1e9)
 
 
+def _regular(f: BinaryIO, path: Path) -> BinaryIO:
+    """`f`, opened from `path`, when it is a regular file; a FIFO or a device there is a DataError (a miss)."""
+    check_regular(path, os.fstat(f.fileno()).st_mode)
+    return f
+
+
 class _Cache:
     """One .npz per source, named after the source, holding the stamp it was decoded from."""
 
@@ -50,7 +59,8 @@ class _Cache:
     def get(self, key: dict, stamp: str) -> CIFAR10 | None:
         path = self._file(key)
         try:
-            with np.load(path, allow_pickle=False) as z:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not wait for a writer
+            with os.fdopen(fd, "rb") as f, np.load(_regular(f, path), allow_pickle=False) as z:
                 if str(z["stamp"]) != stamp:
                     return None
                 data = CIFAR10(
