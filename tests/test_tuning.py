@@ -107,3 +107,24 @@ def test_under_torchrun_rank_0_alone_measures_and_every_rank_takes_its_choice(mo
                           amp_dtype=None)
     assert start._layout(run, None) == rank0
     assert measured == []  # rank 1 neither measured nor wrote the cache
+
+
+@pytest.mark.parametrize("poison", ["a string", "5", "bogus layout", "deep", "fifo"])
+def test_a_poisoned_cache_or_a_fifo_there_is_measured_again_not_trusted(tmp_path, measured, poison):
+    """tuning.json is a cache: an entry that is no measurement, a file nested too deeply, or a FIFO at its name
+    (never waited on) costs a measurement, not a traceback or a hang."""
+    c, cpu = config(tmp_path, precision="bf16"), torch.device("cpu")
+    assert tuning.choose_layout(c, cpu, torch.bfloat16, 10).layout == "contiguous" and len(measured) == 1
+    path = tmp_path / "cache" / "tuning.json"
+    key = next(iter(json.loads(path.read_text())))
+    path.unlink()
+    if poison == "fifo":
+        import os
+        os.mkfifo(path)
+    elif poison == "deep":
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        entry = {"a string": "contiguous", "5": 5, "bogus layout": {"layout": "bogus", "step_seconds": {}}}[poison]
+        path.write_text(json.dumps({key: entry}))
+    choice = tuning.choose_layout(c, cpu, torch.bfloat16, 10)
+    assert (choice.layout, choice.how, len(measured)) == ("contiguous", "measured", 2)

@@ -18,12 +18,15 @@ import torch
 
 from ..config import LAYOUTS, TrainConfig
 from ..data import default_cache_dir
-from ..errors import UserError
+from ..data.limits import read_regular
+from ..errors import DataError, UserError
 from ..files import atomic_write
 from ..models import create_model
 from ..system import cpu_model
 from .evaluation import memory_format
 from .step import EpochSums, train_step
+
+MAX_TUNING_BYTES = 1 << 20  # the cache of layout measurements: a few hundred bytes a model
 
 __all__ = ["LayoutChoice", "choose_layout", "layout_name"]
 WARMUP, TIMED, ROUNDS = 2, 3, 2  # steps per layout and round; rounds alternate the layouts
@@ -59,8 +62,9 @@ def choose_layout(config: TrainConfig, device: torch.device, amp_dtype: torch.dt
     key = json.dumps([cpu_model(), platform.machine(), torch.__version__, config.arch, config.attention,
                       config.width, config.placement, config.batch_size, str(amp_dtype), torch.get_num_threads()])
     known = _read(cache / "tuning.json")
-    if key in known:
-        return LayoutChoice(known[key]["layout"], "cached", known[key]["step_seconds"])
+    entry = known.get(key)
+    if isinstance(entry, dict) and entry.get("layout") in LAYOUTS and isinstance(entry.get("step_seconds"), dict):
+        return LayoutChoice(entry["layout"], "cached", entry["step_seconds"])  # anything else: measured again
     times = _measure(config, device, amp_dtype, num_classes)
     choice = LayoutChoice(min(times, key=times.__getitem__), "measured", times)
     _write(cache / "tuning.json", {**known, key: {"layout": choice.layout, "step_seconds": times}})
@@ -93,10 +97,12 @@ def _measure(config: TrainConfig, device: torch.device, amp_dtype: torch.dtype |
 
 
 def _read(path: Path) -> dict:
+    """The cache's measurements; an unreadable, oversized, poisoned file (or a FIFO there, never waited on) is
+    no cache."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_regular(path, MAX_TUNING_BYTES, "tuning cache"))
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError, DataError):
         return {}
 
 
