@@ -357,6 +357,9 @@ def crafted_model(record):
     (lambda r: r["history"][0].update(lr=torch.zeros(2)), "history is not 2 epoch(s)"),  # a tensor of one number
     (lambda r: r.update(model=[1, 2]), "weights are not a state dict of tensors"),
     (lambda r: r.update(model={"classifier.2.bias": 1}), "weights are not a state dict of tensors"),
+    (lambda r: r.update(layout="bogus"), "its layout 'bogus' is not one of"),
+    (lambda r: r.update(layout=[5]), "its layout [5] is not one of"),
+    (lambda r: r.update(provenance=5), "its provenance 5 is not a list of the sessions"),
     (lambda r: r.update(epoch=7), "epoch 7 is not one of 0..2"),
     (lambda r: r["model"].update({"classifier.2.bias": torch.full((10,), float("nan"))}), "non-finite values"),
     (lambda r: r["optimizer"]["state"][0].update(momentum_buffer=torch.zeros(2)), "momenta do not fit"),

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 from torch import nn
 
+from ..config import LAYOUTS
+from ..config.recipe import shown
 from ..errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -181,6 +183,11 @@ def check_training_fields(ckpt: dict, epochs: int, seed: int | None, path: Path)
         fail("its random states are malformed")
     if not is_count(ckpt["num_classes"], 1):
         fail(f"its number of classes {ckpt['num_classes']!r} is not a positive integer")
+    if ckpt.get("layout") is not None and (not isinstance(ckpt["layout"], str) or ckpt["layout"] not in LAYOUTS):
+        fail(f"its layout {shown(ckpt['layout'])} is not one of {', '.join(LAYOUTS)}")
+    sessions = ckpt.get("provenance", [])  # checkpoints before provenance have none
+    if not (isinstance(sessions, list) and all(isinstance(session, dict) for session in sessions)):
+        fail(f"its provenance {shown(sessions)} is not a list of the sessions that trained it")
 
 
 def _partial_ok(partial: object) -> bool:
