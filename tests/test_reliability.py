@@ -447,3 +447,13 @@ def test_evaluate_refuses_data_of_other_class_names_unless_told(finished, tmp_pa
     assert "was trained on the classes" in one_line(capsys.readouterr().err)
     assert main([*command, "--other-classes"]) == 0
     assert "accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("field, value", [("data_dir", 5), ("cache_dir", ["x"]), ("eval_batch_size", "x"),
+                                          ("eval_batch_size", 0)])
+def test_evaluate_refuses_a_recorded_option_that_is_no_value_it_takes(finished, tmp_path, capsys, field, value):
+    weights = copy_of(finished, tmp_path) / f"{NAME}.pth"
+    rewrite(weights, lambda r: r["config"].update({field: value}))
+    capsys.readouterr()
+    assert main(["evaluate", str(weights), "--device", "cpu"]) == 2
+    assert f"records {field}={value!r}, not a value it takes" in one_line(capsys.readouterr().err)

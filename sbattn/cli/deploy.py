@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..config import PRECISIONS, TrainConfig, resolve_device
+from ..config.recipe import shown
 from ..data import DATASETS, load_cifar10, to_device_uint8
 from ..errors import UserError, printable
 from ..inference import (EXPORT_INSTALL, FORMATS, PREDICT_BATCH, class_names, export_metadata, export_onnx,
@@ -87,6 +88,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     device = torch.device(resolve_device(args.device))
     model = load(args.checkpoint, device)
     recipe, trained, num_classes = recorded(model)
+    recorded_options = {"data_dir": ("--data-dir", args.data_dir, lambda v: isinstance(v, str)),
+                        "cache_dir": ("--cache-dir", args.cache_dir, lambda v: v is None or isinstance(v, str)),
+                        "eval_batch_size": ("--batch-size", args.batch_size, lambda v: type(v) is int and v >= 1)}
+    for name, (flag, given, fits) in recorded_options.items():  # the file's record of how it trained, unchecked
+        if given is None and not fits(trained[name]):
+            raise UserError(f"{args.checkpoint} records {name}={shown(trained[name])}, not a value it takes: pass "
+                            f"{flag}", 2)
     data = load_cifar10(args.data_dir or trained["data_dir"], args.dataset or recipe.dataset, False,
                         args.cache_dir if args.cache_dir is not None else trained["cache_dir"], progress=False,
                         hint="pass --data-dir with the folder or archive that holds CIFAR-10 "
