@@ -69,6 +69,16 @@ def test_overwrite_moves_the_finished_run_aside_then_trains_afresh(finished, tmp
     assert len((out / "results.txt").read_text().splitlines()) == 2  # the old line, and the new run's
 
 
+def test_overwrite_never_moves_a_run_through_a_link_at_replaced(finished, tmp_path, capsys):
+    out, elsewhere = copy_of(finished, tmp_path), tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "replaced").symlink_to(elsewhere)
+    before = snapshot(out)
+    assert main(["train", *TINY, f"--output-dir={out}", "--overwrite"]) == 2
+    assert f"{out / 'replaced'} is a link: --overwrite moves" in one_line(capsys.readouterr().err)
+    assert snapshot(out) == before and list(elsewhere.iterdir()) == []
+
+
 def test_a_finished_run_of_another_recipe_is_refused(finished, tmp_path, capsys):
     out = copy_of(finished, tmp_path)
     before = snapshot(out)

@@ -182,8 +182,12 @@ def move_aside(paths: RunPaths) -> Path | None:
     if not present:
         return None
     staging = None
+    root = paths.replaced
+    if root.is_symlink() or (root.exists() and not root.is_dir()):  # never move a run's files out of its folder
+        raise UserError(f"{root} is {'a link' if root.is_symlink() else 'not a folder'}: --overwrite moves the earlier "
+                        f"files of {paths.name} into a folder of that name; remove it or rename it; nothing was "
+                        f"trained", code=2)
     try:
-        root = paths.replaced
         root.mkdir(exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{paths.name}.{time.strftime('%Y%m%d-%H%M%S')}.", suffix=MOVING,
                                         dir=root))
