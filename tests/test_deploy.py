@@ -280,3 +280,37 @@ def test_a_failed_export_is_one_line_and_keeps_the_earlier_export(trained, tmp_p
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err and f"the earlier {output.name} is left as it was" in err
     assert output.read_bytes() == earlier and [p.name for p in tmp_path.iterdir()] == [output.name]
+
+
+def test_sigterm_during_an_export_leaves_the_earlier_file_and_no_half_made_one(trained, tmp_path):
+    """SIGTERM while the file is written interrupts as Ctrl-C does: exit 130 in one line, the staging folder
+    removed, the earlier export as it was (SIGTERM's default death left a hidden .*.tmp folder behind)."""
+    import subprocess
+    import sys
+    path, _ = trained
+    output = tmp_path / "model.pt2"
+    assert main(["export", str(path), "--format", "torch-export", "-o", str(output)]) == 0
+    earlier = output.read_bytes()
+    script = f"""
+import os, signal, sys
+import sbattn.files
+real_open = open
+class Terminated:  # the write is under way when SIGTERM comes
+    def __init__(self, *args):
+        self.f = real_open(*args)
+    def write(self, data):
+        self.f.write(bytes(data)[:10])
+        os.kill(os.getpid(), signal.SIGTERM)
+        return self.f.write(bytes(data)[10:])
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        self.f.close()
+sbattn.files.open = Terminated
+from sbattn.cli import main
+sys.exit(main(["export", {str(path)!r}, "--format", "torch-export", "-o", {str(output)!r}]))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130 and proc.stderr.strip().splitlines() == ["sbattn export: interrupted"], proc.stderr
+    assert output.read_bytes() == earlier and [p.name for p in tmp_path.iterdir()] == [output.name]

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import typing
-from typing import Callable, Sequence
+from types import FrameType
+from typing import Callable, Iterator, Sequence
 
 from .. import console
 from ..errors import SbattnError
@@ -64,9 +68,30 @@ def main(argv: Sequence[str] | None = None, defaults: dict | None = None) -> int
     return code
 
 
+# Commands without signal handling of their own (train and the suites stop at a step's end): SIGTERM interrupts
+# them as Ctrl-C does, so that a file being written is removed with its staging folder, not left half-made.
+SIGTERM_INTERRUPTS = ("report", "export", "evaluate", "predict", "summary")
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts(command: str) -> Iterator[None]:
+    if command not in SIGTERM_INTERRUPTS or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
-        return args.run(args)
+        with _sigterm_interrupts(args.command):
+            return args.run(args)
     except SbattnError as e:
         if not e.quiet:  # under torchrun, one rank speaks for all that hit the same error
             print(f"sbattn {args.command}: {e.label}: {e}", file=sys.stderr)
