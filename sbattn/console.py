@@ -11,8 +11,11 @@ import errno
 import io
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TextIO
+
+from .errors import SbattnWarning
 
 __all__ = ["install", "log_to", "append_to_log", "interactive"]
 
@@ -97,6 +100,17 @@ class Stream(io.TextIOBase):
         return True
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    """sbattn's own warnings as one line (Python's form adds the warning's file and its source line)."""
+    if issubclass(category, SbattnWarning):
+        return f"sbattn: warning: {message}\n"
+    return _python_warning(message, category, filename, lineno, line)
+
+
+_python_warning = warnings.formatwarning
+
+
 def install() -> None:
     """Put the stand-ins in place of sys.stdout and sys.stderr (once; a closed stream is None in Python). A closed
     standard descriptor is held open on /dev/null, so that no file the run opens can take its number and receive
@@ -109,6 +123,7 @@ def install() -> None:
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
+    warnings.formatwarning = _one_line_warning
     if not isinstance(sys.stdout, Stream):
         sys.stdout = Stream(sys.stdout, 1)
     if not isinstance(sys.stderr, Stream):

@@ -3,7 +3,8 @@ line and turned into the exit status it carries. The library raises the subclass
 the base class once."""
 from __future__ import annotations
 
-__all__ = ["SbattnError", "ConfigError", "DataError", "CheckpointError", "UserError", "one_line", "printable"]
+__all__ = ["SbattnError", "ConfigError", "DataError", "CheckpointError", "UserError", "SbattnWarning", "one_line",
+           "printable"]
 
 
 class SbattnError(Exception):
@@ -33,6 +34,10 @@ def printable(text: object) -> str:
     """Text read from a file as a terminal shows it harmlessly: every character a terminal would act on (ESC and the
     rest, carriage returns, bidirectional overrides) written as its Python escape, the rest as it is."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
+class SbattnWarning(UserWarning):
+    """What sbattn says and goes on (a cache it cannot read or write): one line on the command line."""
 
 
 class ConfigError(SbattnError, ValueError):

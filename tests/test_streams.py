@@ -92,3 +92,14 @@ def test_what_the_streams_encoding_lacks_is_escaped_not_lost():
     stream.write("dog.jpg: dog 0.88\n")
     stream.flush()
     assert raw.getvalue().decode() == "\\xe9.jpg: cat 0.91\ndog.jpg: dog 0.88\n" and stream.real is real
+
+
+def test_sbattns_warnings_are_one_line_on_the_command_line(tmp_path):
+    """A cache that cannot be read is said in one line, not Python's two (file, line and the source line)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    script = ("import warnings, sbattn.console\nfrom sbattn.errors import SbattnWarning\nsbattn.console.install()\n"
+              "warnings.warn('ignoring unreadable cache file x', SbattnWarning)\nwarnings.warn('a library speaks')")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "sbattn: warning: ignoring unreadable cache file x"
+    assert "UserWarning: a library speaks" in lines[1]  # others keep Python's form

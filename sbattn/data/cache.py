@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import SbattnWarning, UserError
 from ..files import atomic_write
 from .dataset import CIFAR10, _validate
 from .limits import check_regular
@@ -72,7 +72,8 @@ class _Cache:
         except FileNotFoundError:
             return None
         except Exception as e:  # a damaged cache is only a miss; the new file replaces it
-            warnings.warn(f"ignoring unreadable cache file {path} ({type(e).__name__}: {e})", stacklevel=3)
+            warnings.warn(f"ignoring unreadable cache file {path} ({type(e).__name__}: {e})", SbattnWarning,
+                          stacklevel=3)
             return None
 
     def put(self, key: dict, stamp: str, data: CIFAR10) -> None:
@@ -86,4 +87,4 @@ class _Cache:
             ))
         except (OSError, UserError) as e:  # a full disk, or a FIFO where the file goes: only a miss next time
             warnings.warn(f"could not write the cache {path} ({e}); the data will be decoded again next time",
-                          stacklevel=3)
+                          SbattnWarning, stacklevel=3)
