@@ -21,7 +21,7 @@ from torch import nn
 
 from ..nn.attention import create_attention
 from .registry import register_model
-from .vgg import scaled
+from .vgg import check_shape_options, scaled
 
 __all__ = ["AirbenchNet", "AIRBENCH_WIDTHS", "AIRBENCH_PLACEMENTS", "airbench", "patch_covariance"]
 
@@ -57,10 +57,7 @@ class AirbenchNet(nn.Module):
                  placement: str = "stage", num_classes: int = 10, width: float = 1.0, in_chans: int = 3,
                  **attn_options: Any) -> None:
         super().__init__()
-        if placement not in AIRBENCH_PLACEMENTS:
-            raise ValueError(f"airbench supports placement {' or '.join(AIRBENCH_PLACEMENTS)}, not {placement!r}")
-        if width <= 0:
-            raise ValueError(f"width multiplier must be > 0, got {width}")
+        check_shape_options("airbench", placement, AIRBENCH_PLACEMENTS, width)
         self.attention, self.placement = attention, placement
         channels = 2 * in_chans * WHITEN_PATCH ** 2
         self.whiten = nn.Conv2d(in_chans, channels, WHITEN_PATCH, padding=0, bias=True)

@@ -20,6 +20,14 @@ VGG16_STAGES: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 3), (512, 
 VGG_PLACEMENTS = ("stage", "layer")  # VGG has no residual blocks
 
 
+def check_shape_options(network: str, placement: str, placements: Sequence[str], width: float) -> None:
+    """A network's placement among those it offers, and a positive width multiplier; else one ValueError."""
+    if placement not in placements:
+        raise ValueError(f"{network} supports placement {' or '.join(placements)}, not {placement!r}")
+    if width <= 0:
+        raise ValueError(f"width multiplier must be > 0, got {width}")
+
+
 def scaled(width: int, multiplier: float) -> int:
     """A layer width under a width multiplier, never below 1."""
     return max(1, int(round(width * multiplier)))
@@ -30,10 +38,7 @@ class VGG(nn.Module):
                  placement: str = "stage", num_classes: int = 10, width: float = 1.0, hidden: int = 256,
                  in_chans: int = 3, **attn_options: Any) -> None:
         super().__init__()
-        if placement not in VGG_PLACEMENTS:
-            raise ValueError(f"VGG supports placement {' or '.join(VGG_PLACEMENTS)}, not {placement!r}")
-        if width <= 0:
-            raise ValueError(f"width multiplier must be > 0, got {width}")
+        check_shape_options("VGG", placement, VGG_PLACEMENTS, width)
         self.attention, self.placement = attention, placement
         blocks: list[nn.Module] = []
         channels = in_chans
