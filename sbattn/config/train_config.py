@@ -87,14 +87,14 @@ class TrainConfig(Recipe):
         if not 0 < self.dist_timeout <= MAX_DIST_TIMEOUT:
             fail(self, "dist_timeout", f"must be a number of seconds > 0 and at most {MAX_DIST_TIMEOUT:g} (a day)")
         for name in FOLDERS:
-            if getattr(self, name) is not None and CONTROL_CHARACTER.search(getattr(self, name)):
+            folder = getattr(self, name)
+            if folder is not None and CONTROL_CHARACTER.search(folder):
                 fail(self, name, "holds a control character (a newline, an escape, a NUL, a text-direction "
                                  "override, ...): name the folder without one")
-            if isinstance(getattr(self, name), str) and getattr(self, name).startswith("~"):  # every folder alike
-                home = os.path.expanduser(getattr(self, name))
-                if home.startswith("~"):
+            if isinstance(folder, str) and folder.startswith("~"):  # every folder alike, the output's too
+                if os.path.expanduser(folder).startswith("~"):
                     fail(self, name, "begins with the home folder of a user this machine does not have")
-                setattr(self, name, home)
+                setattr(self, name, os.path.expanduser(folder))
         if self.overwrite and self.resume:
             raise ConfigError("overwrite=True and resume=True: --overwrite starts the run afresh, --resume continues "
                               "it; choose one")
