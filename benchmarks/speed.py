@@ -13,6 +13,11 @@ Figures are medians over --repeats; the machines are shared and noisy, so compar
 
 times instead one whole epoch of real training through `sbattn train` (50,000 images, every step as a run takes
 it), and the evaluation of the 10,000 test images after it.
+
+    python benchmarks/speed.py --preset airbench
+
+measures a preset's network, batch size, optimiser and augmentation instead (airbench: its network at batch 1024,
+bf16 where the machine has it).
 """
 from __future__ import annotations
 
@@ -34,10 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sbattn import create_model  # noqa: E402
 from sbattn.data import train_batches  # noqa: E402
 from sbattn.config import TrainConfig  # noqa: E402
+from sbattn.config.presets import preset_options  # noqa: E402
 from sbattn.train.evaluation import evaluate, memory_format  # noqa: E402
 from sbattn.train.loop import train  # noqa: E402
 from sbattn.train.precision import precision_label, resolve_precision  # noqa: E402
-from sbattn.train.optimizer import reference_optimizer  # noqa: E402
+from sbattn.train.optimizer import make_optimization, reference_optimizer  # noqa: E402
 from sbattn.models.summary import summarize  # noqa: E402
 from sbattn.system import cpu_matrix_isa, cpu_model  # noqa: E402
 
@@ -105,17 +111,21 @@ def timed(fn, n: int, device: torch.device) -> float:
 
 def measure(attention, amp_dtype, device, args, images, labels) -> dict:
     torch.manual_seed(0)
-    model = create_model("vgg16", attention=attention, width=args.width).to(device)
+    model = create_model(args.arch, attention=attention, width=args.width).to(device)
     fmt = memory_format(device)
     model = model.to(memory_format=fmt)
-    optimizer = reference_optimizer(model, 0.01, 9e-6)
+    if args.preset:  # the preset's optimiser (airbench: its parameter groups)
+        config = TrainConfig(**preset_options(args.preset), width=args.width, device=str(device))
+        optimizer = make_optimization(model, config, len(labels) // args.batch_size).optimizer
+    else:
+        optimizer = reference_optimizer(model, 0.01, 9e-6)
     autocast = dict(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
     forward = torch.compile(model, mode=args.compile) if args.compile else model
 
     def step(x, y):
         train_step(forward, optimizer, x.contiguous(memory_format=fmt), y, autocast)
 
-    x0, y0 = next(iter(train_batches(images, labels, args.batch_size, seed=0, epoch=0,
+    x0, y0 = next(iter(train_batches(images, labels, args.batch_size, seed=0, epoch=0, mode=args.augment,
                                      generator=torch.Generator(device).manual_seed(0))))
     generator = torch.Generator(device).manual_seed(0)
 
@@ -124,7 +134,8 @@ def measure(attention, amp_dtype, device, args, images, labels) -> dict:
             step(x0, y0)
 
     def end_to_end(n):
-        batches = train_batches(images, labels, args.batch_size, seed=0, epoch=0, generator=generator)
+        batches = train_batches(images, labels, args.batch_size, seed=0, epoch=0, generator=generator,
+                                mode=args.augment)
         for _, (x, y) in zip(range(n), batches):
             step(x, y)
 
@@ -155,9 +166,10 @@ def train_step(model, optimizer, x, y, autocast: dict) -> None:
 def whole_epoch(attention, precision: str, device, args) -> dict:
     """One real training epoch and its evaluation, timed by the training loop itself."""
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(device=str(device), use_sb=attention == "sb", use_se=attention == "se", epochs=1,
-                             milestones=[1], batch_size=args.batch_size, width=args.width, data_dir=args.data_dir,
-                             precision=precision, compile=bool(args.compile), output_dir=out, seed=0)
+        config = TrainConfig(**{**preset_options(args.preset), "epochs": 1, "milestones": [1]}, device=str(device),
+                             attention=attention or "none", batch_size=args.batch_size, width=args.width,
+                             data_dir=args.data_dir, precision=precision, compile=bool(args.compile),
+                             output_dir=out, seed=0)
         epoch = train(config, quiet=True).history[0]
     return {"model": attention or "baseline", "precision": precision_label(resolve_precision(precision, device)),
             "train_img_s": epoch["images_per_sec"], "eval_img_s": 10_000 / epoch["eval_seconds"]}
@@ -179,7 +191,15 @@ def main() -> None:
     p.add_argument("--epoch", action="store_true", help="time one whole epoch of real training on --data-dir")
     p.add_argument("--data-dir", default="../shared/data", help="CIFAR-10 for --epoch (default: ../shared/data)")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--preset", choices=["airbench"], help="a preset's network, batch, optimiser and augmentation")
     args = p.parse_args()
+    args.arch, args.augment = "vgg16", "reference"
+    if args.preset:
+        options = preset_options(args.preset)
+        args.arch, args.augment, args.batch_size = options["arch"], options["augment"], options["batch_size"]
+        args.precisions = "auto" if args.precisions == p.get_default("precisions") else args.precisions
+        args.steps = min(args.steps, 6)
+        args.warmup = min(args.warmup, 2)
     device = torch.device(args.device)
 
     images = labels = None  # --epoch trains on the real data
@@ -201,7 +221,7 @@ def main() -> None:
           f"{'of limit':>9}{'limit img/s':>12}", flush=True)
     for attention in args.models.split(","):
         attention = None if attention == "baseline" else attention
-        flops = summarize(create_model("vgg16", attention=attention, width=args.width)).flops_train
+        flops = summarize(create_model(args.arch, attention=attention, width=args.width)).flops_train
         for precision in args.precisions.split(","):
             amp_dtype = resolve_precision(precision, device)
             row = (whole_epoch(attention, precision, device, args) if args.epoch

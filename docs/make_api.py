@@ -20,7 +20,7 @@ from pathlib import Path
 API_MD = Path(__file__).resolve().parent / "api.md"
 PACKAGE = API_MD.parents[1] / "sbattn"
 # The public modules, in the order of the layers (docs/architecture.md).
-MODULES = ["sbattn", "sbattn.nn", "sbattn.models", "sbattn.data", "sbattn.config", "sbattn.records", "sbattn.train",
+MODULES = ["sbattn", "sbattn.nn", "sbattn.models", "sbattn.data", "sbattn.optim", "sbattn.config", "sbattn.records", "sbattn.train",
            "sbattn.inference", "sbattn.experiments", "sbattn.cli"]
 # Deprecated re-exports, given one line each (their names are documented where they live).
 DEPRECATED = ["sbattn.engine"]

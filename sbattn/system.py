@@ -1,12 +1,14 @@
 """What this machine offers: cores this process may use, the CPU's bf16 support, optional packages."""
 from __future__ import annotations
 
+import ctypes
+import functools
 import importlib.util
 import os
 import platform
 from pathlib import Path
 
-__all__ = ["available_cores", "thread_budget", "cpu_has_bf16", "cpu_model", "cpu_matrix_isa", "TENSORBOARD_HINT",
+__all__ = ["keep_freed_memory", "available_cores", "thread_budget", "cpu_has_bf16", "cpu_model", "cpu_matrix_isa", "TENSORBOARD_HINT",
            "tensorboard_available"]
 
 TENSORBOARD_HINT = 'pip install "sbattn[tensorboard]"'
@@ -54,3 +56,23 @@ def cpu_has_bf16() -> bool:
 
 def tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
+
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc serve every block from its heap and keep what is freed there, for this process's life.
+
+    By default a block over 32 MB is mapped afresh and unmapped when freed, so a training step whose activations
+    are hundreds of MB (airbench at batch 1024) has the kernel zero them page by page every step: a fifth of the
+    step, in max pooling's backward, the first to write its gradient. Measured on 2-core AMD EPYC (AVX-512 BF16),
+    airbench's SB step in bf16: 1.39 s to 1.08 s, the peak memory 6% higher. Returns False (nothing changed) where
+    the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt, _ = libc.mallopt, libc.gnu_get_libc_version
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

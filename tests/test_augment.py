@@ -212,7 +212,7 @@ def test_none_and_repeatability() -> None:
         augment(x, torch.Generator(), "random")
     with pytest.raises(ValueError, match="uint8"):
         augment(x.float(), torch.Generator())
-    assert AUGMENTS == ("reference", "standard", "none")
+    assert AUGMENTS == ("reference", "standard", "none", "airbench")
 
 
 def test_seed_is_an_alias_of_reference() -> None:

@@ -44,7 +44,7 @@ def test_reference_defaults():
     ("width", 1e6, "width=1000000.0: must be > 0 and at most 64"),
     ("width", 12.0, "1.17e+09 parameters, more than the 1e+09"),
     ("seed", 2**64, "seed=18446744073709551616: must be an integer from 0 to 9223372036854775807"),
-    ("epochs", "3", "epochs='3': must be an integer"),
+    ("epochs", "3", "epochs='3': must be a number"),
     ("init_lr", "0.1", "init_lr='0.1': must be a number"),
     ("data_dir", 7, "data_dir=7: must be a str"),
     ("milestones", 40, "milestones=40: must be a list of integers"),

@@ -28,6 +28,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "reference": preset("reference", {"epochs": 80, "batch_size": 64, "milestones": [40, 60, 80], "width": 1.0}),
     "quick": preset("quick", {"width": 0.25, "epochs": 18, "milestones": [9, 14], "batch_size": 64, "jobs": 2}),
 }
+# airbench94's training (Jordan, arXiv 2404.00498), the numbers as its published code sets them: 9.9 epochs of
+# 1024 (the last batch of each epoch dropped), Nesterov SGD in its decoupled form, BatchNorm biases at 64x the rate,
+# label smoothing, a per-step warm-up and warm-down, lookahead, the alternating flip and 2-pixel translations, the
+# whitening bias frozen after 3 epochs, and test-time augmentation of the final accuracy.
+PRESETS["airbench"] = preset("airbench", {
+    "arch": "airbench", "batch_size": 1024, "epochs": 9.9, "drop_last": True, "optimizer": "sgd_decoupled",
+    "init_lr": 11.5, "momentum": 0.85, "weight_decay": 0.0153, "bn_bias_lr": 64.0, "label_smoothing": 0.2,
+    "schedule": "warmup_warmdown", "warmup": 0.23, "lr_start": 0.2, "lr_end": 0.07, "lookahead_every": 5,
+    "lookahead_decay": 0.95, "whiten_bias_epochs": 3, "augment": "airbench", "tta": 2, "jobs": 1})
 PRESET_ALIASES = {"seed": "reference"}  # the name the reference's recipe had before
 
 

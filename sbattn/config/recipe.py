@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import hashlib
+import json
 import math
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from ..data import AUGMENTS, DATASETS, canonical_augment
 from ..errors import ConfigError, SbattnError
 from ..models import PLACEMENTS, create_model, default_placement, list_models
 from ..nn import LAMBDA_INITS, list_activations, list_attention
+from ..optim import OPTIMIZERS, SCHEDULES
 
 __all__ = ["Recipe", "RECIPE_FIELDS", "PRECISIONS", "RNG_MODES", "canonical_config", "recipe_differences", "option", "shown",
            "clip"]
@@ -59,7 +62,8 @@ class Recipe:
     use_se: bool = option(False, "Squeeze-and-Excitation attention (the reference's spelling of --attention se; "
                                  "not together with use_sb)", reference=True)
     activation: str = option("tanh", "SB activation", reference=True, choices=list_activations)
-    epochs: int = option(80, "training epochs", reference=True)
+    epochs: float = option(80, "training epochs; a fraction trains the last one in part (airbench: 9.9)",
+                           reference=True)
     batch_size: int = option(64, "batch size (the global batch under torchrun)", reference=True)
     init_lr: float = option(0.1, "initial learning rate", reference=True)
     gamma: float = option(0.2, "learning-rate decay factor at each milestone", reference=True)
@@ -91,6 +95,30 @@ class Recipe:
                                 "the device) or reference (the reference implementation's: its DataLoader's and "
                                 "torchvision's draws from the global torch generator, Pillow's augmentation, one "
                                 "image at a time; one process, slower)", choices=lambda: list(RNG_MODES))
+    # How the weights move: the reference's Nesterov SGD and MultiStepLR unless a preset (airbench) says otherwise.
+    optimizer: str = option("sgd", "optimiser: sgd (the reference's: Nesterov SGD, PyTorch's learning rate and "
+                                   "weight decay) or sgd_decoupled (airbench's: the loss summed, --init_lr and "
+                                   "--weight_decay per 1024 examples, independent of momentum and of each other)",
+                            choices=lambda: list(OPTIMIZERS))
+    momentum: float = option(0.9, "Nesterov momentum")
+    schedule: str = option("multistep", "learning-rate schedule: multistep (per epoch: times --gamma at each "
+                                        "milestone) or warmup_warmdown (per batch: from --lr-start up to 1 over "
+                                        "the first --warmup of the steps, then down to --lr-end)",
+                           choices=lambda: list(SCHEDULES))
+    warmup: float = option(0.23, "warmup_warmdown: the share of the steps that warm up")
+    lr_start: float = option(0.2, "warmup_warmdown: the rate's factor at the first step")
+    lr_end: float = option(0.07, "warmup_warmdown: the rate's factor at the last step")
+    bn_bias_lr: float = option(1.0, "BatchNorm biases learn this many times faster (airbench: 64)")
+    label_smoothing: float = option(0.0, "label smoothing of the training loss")
+    lookahead_every: int = option(0, "lookahead: every N steps the weights move to their running average, "
+                                     "decaying --lookahead-decay**N x (step/steps)**3, and to it at the end "
+                                     "(0: none)")
+    lookahead_decay: float = option(0.95, "lookahead's decay per step")
+    whiten_bias_epochs: int | None = option(None, "the whitening layer's bias (--arch airbench) trains for this "
+                                                  "many epochs, then holds still (none: throughout)")
+    drop_last: bool = option(False, "drop each epoch's last, smaller batch (airbench's loader)")
+    tta: int = option(0, "test-time augmentation of the final accuracy: 0 none, 1 the mirror image too, 2 also "
+                         "translated a pixel both ways (airbench's level 2)")
 
     def __post_init__(self) -> None:
         if isinstance(self.milestones, tuple):
@@ -111,7 +139,18 @@ class Recipe:
             name += f"_w{self.width:g}"
         if self.seed is not None:
             name += f"_seed{self.seed}"
-        return name
+        return name + self.recipe_tag
+
+    @property
+    def recipe_tag(self) -> str:
+        """'_r' and a stable 6-digit hash of the fields that no other part of the name shows and that differ from
+        their defaults (the optimiser, the schedule, the loss, ...); empty for the defaults. The reference's own
+        hyper-parameters stay out, as the reference names its files."""
+        changed = {name: getattr(self, name) for name in TAGGED_FIELDS
+                   if getattr(self, name) != RECIPE_DEFAULTS[name]}
+        if not changed:
+            return ""
+        return f"_r{hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:6]}"
 
     @property
     def recipe(self) -> "Recipe":
@@ -152,14 +191,48 @@ class Recipe:
         check_choices(self)
         self.use_sb, self.use_se = self.attention == "sb", self.attention == "se"
         self._validate_numbers()
+        if self.rng == "reference" and (self.recipe_tag or self.augment == "airbench"):
+            raise ConfigError("rng='reference' draws as the reference implementation trains: its optimiser, "
+                              "schedule, loss and augmentation; this recipe changes them (the airbench preset?): "
+                              "use --rng sbattn")
         if self.placement == "auto":
             self.placement = default_placement(self.arch)
         self._validate_model_size()
 
+    @property
+    def epoch_count(self) -> int:
+        """The epochs a run enters: the last of a fractional --epochs in part."""
+        return math.ceil(self.epochs)
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The optimiser steps of the whole run (airbench's: the epochs times the steps of one, rounded up)."""
+        return math.ceil(self.epochs * steps_per_epoch)
+
+    def steps_in_epoch(self, epoch: int, steps_per_epoch: int) -> int:
+        """The steps epoch `epoch` (from 0) trains: all of them but in a fractional run's last."""
+        return min(steps_per_epoch, self.total_steps(steps_per_epoch) - epoch * steps_per_epoch)
+
     def _validate_numbers(self) -> None:
-        for name in ("epochs", "eval_every"):
-            if getattr(self, name) < 1:
-                fail(self, name, "must be an integer >= 1")
+        if not _is_finite(self.epochs) or self.epochs < 1:
+            fail(self, "epochs", "must be a number >= 1 (a fraction trains the last epoch in part, e.g. 9.9)")
+        if isinstance(self.epochs, float) and self.epochs.is_integer():
+            self.epochs = int(self.epochs)  # 80, not 80.0, in the run's files
+        if self.eval_every < 1:
+            fail(self, "eval_every", "must be an integer >= 1")
+        for name in ("momentum", "warmup", "label_smoothing"):
+            if not (_is_finite(getattr(self, name)) and 0 <= getattr(self, name) < 1):
+                fail(self, name, "must be a number >= 0 and below 1")
+        for name in ("lr_start", "lr_end", "bn_bias_lr", "lookahead_decay"):
+            if not (_is_finite(getattr(self, name)) and 0 < getattr(self, name) <= MAX_MULTIPLIER):
+                fail(self, name, f"must be a number > 0 and at most {MAX_MULTIPLIER}")
+        if self.lookahead_decay > 1:
+            fail(self, "lookahead_decay", "must be at most 1")
+        if self.lookahead_every < 0:
+            fail(self, "lookahead_every", "must be an integer >= 0 (0: no lookahead)")
+        if self.whiten_bias_epochs is not None and self.whiten_bias_epochs < 0:
+            fail(self, "whiten_bias_epochs", "must be an integer >= 0, or none (trained throughout)")
+        if self.tta not in (0, 1, 2):
+            fail(self, "tta", "must be 0 (none), 1 (mirror) or 2 (mirror and translations)")
         if self.batch_size < 2:
             fail(self, "batch_size", "must be an integer >= 2 (BatchNorm needs 2 samples per batch)")
         for name in ("init_lr", "gamma", "weight_decay", "attn_ratio", "width"):
@@ -195,6 +268,9 @@ class Recipe:
         except ValueError as e:
             raise ConfigError(f"{self.arch} with attn_ratio={self.attn_ratio}, width={self.width:g}, "
                               f"placement={self.placement!r}: {e}") from None
+        if self.whiten_bias_epochs is not None and not isinstance(getattr(model, "whiten", None), torch.nn.Conv2d):
+            fail(self, "whiten_bias_epochs", f"{self.arch} has no whitening layer (--arch airbench has): leave it "
+                                             f"unset")
         params = sum(p.numel() for p in model.parameters())
         if params > MAX_PARAMETERS:
             raise ConfigError(f"{self.arch} with attn_ratio={self.attn_ratio}, width={self.width:g}: {params:.3g} "
@@ -204,6 +280,10 @@ class Recipe:
 
 # The fields that make two runs the same run; the rest (device, paths, compile, ...) may change on resume.
 RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe))
+# The fields a run's name shows through Recipe.recipe_tag: the training's, added with the airbench recipe.
+TAGGED_FIELDS = ("optimizer", "momentum", "schedule", "warmup", "lr_start", "lr_end", "bn_bias_lr",
+                 "label_smoothing", "lookahead_every", "lookahead_decay", "whiten_bias_epochs", "drop_last", "tta")
+RECIPE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Recipe) if f.name in TAGGED_FIELDS}
 
 
 def fail(config: Any, name: str, why: str) -> typing.NoReturn:
@@ -252,6 +332,8 @@ def canonical_config(saved: dict) -> dict:
     if isinstance(saved.get("augment"), str):
         saved["augment"] = canonical_augment(saved["augment"])
     saved.setdefault("rng", "sbattn")  # runs saved before --rng existed drew from sbattn's streams
+    for name in TAGGED_FIELDS:  # runs saved before the airbench recipe trained as the defaults say
+        saved.setdefault(name, RECIPE_DEFAULTS[name])
     return saved
 
 

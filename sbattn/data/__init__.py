@@ -6,7 +6,7 @@ one-line ``DataError``s."""
 from ..errors import DataError
 from .augmentation import (AUGMENT_ALIASES, AUGMENTS, MAX_ANGLE, PAD, AugmentParams, apply_params, augment,
                            canonical_augment, sample_params)
-from .batches import (STREAM_STRIDE, augment_stream_seed, epoch_augment_seed, epoch_batches, epoch_order,
+from .batches import (STREAM_STRIDE, alternating_flips, augment_stream_seed, epoch_augment_seed, epoch_batches, epoch_order,
                       eval_batches, eval_shard, normalize, steps_per_epoch, to_device_uint8, train_batches)
 from .cifar10 import DATASETS, default_cache_dir, load_cifar10
 from .dataset import ARCHIVE_NAME, BATCHES_DIR, CIFAR10, CLASSES, IMAGE_SIZE, META, TEST_BATCH, TRAIN_BATCHES
@@ -20,6 +20,6 @@ __all__ = [
     "TEST_BATCH", "META", "IMAGE_SIZE",
     "AUGMENTS", "AUGMENT_ALIASES", "canonical_augment", "PAD", "MAX_ANGLE", "AugmentParams", "sample_params",
     "apply_params", "augment", "normalize", "to_device_uint8", "epoch_order", "train_batches", "eval_batches", "eval_shard",
-    "steps_per_epoch", "STREAM_STRIDE", "augment_stream_seed", "epoch_batches", "epoch_augment_seed",
+    "steps_per_epoch", "alternating_flips", "STREAM_STRIDE", "augment_stream_seed", "epoch_batches", "epoch_augment_seed",
     "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "MAX_ENTRY_BYTES", "MAX_ARCHIVE_BYTES", "open_image", "read_regular",
 ]

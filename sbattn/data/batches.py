@@ -35,6 +35,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+def alternating_flips(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """airbench's alternating flip: which of ``n`` images are mirrored in ``epoch``. Each is mirrored at random
+    (from ``seed`` alone) in epoch 0, then the whole set is mirrored every other epoch, so that every image is seen
+    both ways in any two epochs."""
+    g = torch.Generator().manual_seed((seed * STREAM_STRIDE - 1) % 2**63)
+    first = torch.rand(n, generator=g) < 0.5
+    return (first ^ bool(epoch % 2)).to(device)
+
+
 def augment_stream_seed(seed: int, rank: int, epoch: int = 0) -> int:
     """The seed of a rank's augmentation generator: one stream per rank (rank 0's is the single-process run's),
     moved on by ``epoch`` where a resume starts fresh streams."""
@@ -68,11 +77,12 @@ def _labels_on(labels: torch.Tensor | np.ndarray, device: torch.device) -> torch
     return _to_device(labels.to(torch.int64), device)
 
 
-def steps_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
-    """Batches ``train_batches`` yields per rank: the full global batches, and the last unless a share is < 2."""
+def steps_per_epoch(n: int, batch_size: int, world_size: int = 1, drop_last: bool = False) -> int:
+    """Batches ``train_batches`` yields per rank: the full global batches, and the last unless ``drop_last`` or a
+    share of it is < 2."""
     _check_split(batch_size, 0, world_size)
     full, rest = divmod(n, batch_size)
-    return full + (1 if rest // world_size >= 2 else 0)
+    return full + (1 if rest // world_size >= 2 and not drop_last else 0)
 
 
 def train_batches(
@@ -88,6 +98,7 @@ def train_batches(
     world_size: int = 1,
     dtype: torch.dtype = torch.float32,
     start: int = 0,
+    drop_last: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One shuffled, augmented, normalised epoch: yields (x, y) for this rank, from step ``start`` on.
 
@@ -97,12 +108,14 @@ def train_batches(
     augmentations differ.
     """
     mode, y_all, order = _epoch_plan(images_u8, labels, batch_size, seed, epoch, mode, rank, world_size)
-    steps = steps_per_epoch(images_u8.shape[0], batch_size, world_size)
+    steps = steps_per_epoch(images_u8.shape[0], batch_size, world_size, drop_last)
+    flips = _flips(mode, images_u8, seed, epoch)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for step in range(start, steps):  # a resumed epoch skips its first steps without drawing for them
             idx = _step_indices(order, step, batch_size, rank, world_size)
-            x = augment(images_u8.index_select(0, idx), generator, mode)
+            flip = None if flips is None else flips.index_select(0, idx)
+            x = augment(images_u8.index_select(0, idx), generator, mode, flip=flip)
             yield normalize(x, dtype), y_all.index_select(0, idx)
 
     return batches()
@@ -118,6 +131,11 @@ def _epoch_plan(images_u8: torch.Tensor, labels: torch.Tensor | np.ndarray, batc
     if y_all.shape[0] != n:
         raise ValueError(f"{n} images but {y_all.shape[0]} labels")
     return mode, y_all, _to_device(epoch_order(n, seed, epoch), images_u8.device)
+
+
+def _flips(mode: str, images_u8: torch.Tensor, seed: int, epoch: int) -> torch.Tensor | None:
+    """The epoch's flip of every image where the mode alternates them (airbench), else None (drawn per batch)."""
+    return alternating_flips(images_u8.shape[0], seed, epoch, images_u8.device) if mode == "airbench" else None
 
 
 def _step_indices(order: torch.Tensor, step: int, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
@@ -138,6 +156,7 @@ def epoch_batches(
     dtype: torch.dtype = torch.float32,
     memory_format: torch.memory_format = torch.contiguous_format,
     start: int = 0,
+    drop_last: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The batches of ``train_batches`` (the same samples in the same order), augmented before the first step in
     one pass over the rank's whole epoch, so that a step only takes a slice (``--compile step``).
@@ -149,10 +168,12 @@ def epoch_batches(
     mode, y_all, order = _epoch_plan(images_u8, labels, batch_size, seed, epoch, mode, rank, world_size)
     device = images_u8.device
     parts = [_step_indices(order, step, batch_size, rank, world_size) for step in range(steps_per_epoch(
-        images_u8.shape[0], batch_size, world_size))]
+        images_u8.shape[0], batch_size, world_size, drop_last))]
     idx = torch.cat(parts)
     generator = torch.Generator(device).manual_seed(epoch_augment_seed(seed, epoch, rank))
-    x = augment(images_u8.index_select(0, idx), generator, mode, chunk=EPOCH_CHUNK)
+    flips = _flips(mode, images_u8, seed, epoch)
+    x = augment(images_u8.index_select(0, idx), generator, mode, chunk=EPOCH_CHUNK,
+                flip=None if flips is None else flips.index_select(0, idx))
     xs = normalize(x.contiguous(memory_format=memory_format), dtype).split([len(p) for p in parts])
     ys = y_all.index_select(0, idx).split([len(p) for p in parts])
     return zip(xs[start:], ys[start:])

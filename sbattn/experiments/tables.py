@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import RECIPE_FIELDS
+from ..config.recipe import RECIPE_DEFAULTS, TAGGED_FIELDS, canonical_config
 from ..errors import UserError, printable
 from ..files import atomic_write
 from ..records import FinishedRun, RunPaths
@@ -116,12 +117,22 @@ def _verdict(a: str, b: str, d: Difference) -> str:
 
 
 def recipe_text(config: dict) -> str:
-    milestones = ", ".join(map(str, config.get("milestones", [])))
+    config = canonical_config(config)
+    if config["schedule"] == "multistep":
+        milestones = ", ".join(map(str, config.get("milestones", [])))
+        schedule = f"lr {config.get('init_lr'):g} ×{config.get('gamma'):g} at epochs {milestones}"
+    else:
+        schedule = (f"lr {config.get('init_lr'):g} ({config['optimizer']}, momentum {config['momentum']:g}) "
+                    f"{config['schedule']} from ×{config['lr_start']:g} over {config['warmup']:.0%} of the steps "
+                    f"to ×{config['lr_end']:g}")
+    extras = [f"{name.replace('_', ' ')} {config[name]}" for name in TAGGED_FIELDS
+              if name not in ("optimizer", "momentum", "schedule", "warmup", "lr_start", "lr_end")
+              and config[name] != RECIPE_DEFAULTS[name]]
     return (f"{config.get('arch')}, attention placement `{config.get('placement')}`, width ×{config.get('width'):g}, "
-            f"{config.get('epochs')} epochs, batch {config.get('batch_size')}, lr {config.get('init_lr'):g} "
-            f"×{config.get('gamma'):g} at epochs {milestones}, weight decay {config.get('weight_decay'):g}, "
-            f"attention ratio {config.get('attn_ratio'):g}, dataset {config.get('dataset')}, "
-            f"augmentation {config.get('augment')}, precision {config.get('precision')}")
+            f"{config.get('epochs')} epochs, batch {config.get('batch_size')}, {schedule}, weight decay "
+            f"{config.get('weight_decay'):g}, attention ratio {config.get('attn_ratio'):g}, dataset "
+            f"{config.get('dataset')}, augmentation {config.get('augment')}, precision {config.get('precision')}"
+            + "".join(f", {e}" for e in extras))
 
 
 def render_markdown(suite: Suite, rows: Sequence[Row]) -> str:

@@ -32,6 +32,10 @@ WHITEN_EPS = 5e-4
 BN_MOMENTUM = 0.4  # PyTorch's convention: the new batch's share of the running statistics (airbench keeps 0.6)
 BN_EPS = 1e-12
 LOGIT_SCALE = 1 / 9
+# airbench normalises by CIFAR-10's channel statistics, sbattn's data come as (x/255 - 0.5)/0.5: the network turns
+# the one into the other first, so that the whitening (its eps) and the first layers see airbench's numbers.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 def _batch_norm(channels: int) -> nn.BatchNorm2d:
@@ -60,6 +64,10 @@ class AirbenchNet(nn.Module):
         check_shape_options("airbench", placement, AIRBENCH_PLACEMENTS, width)
         self.attention, self.placement = attention, placement
         channels = 2 * in_chans * WHITEN_PATCH ** 2
+        mean, std = torch.tensor(CIFAR_MEAN[:in_chans]), torch.tensor(CIFAR_STD[:in_chans])
+        # x in [-1, 1] -> ((x + 1) / 2 - mean) / std; not saved: a constant of the architecture
+        self.register_buffer("input_scale", (0.5 / std).view(-1, 1, 1), persistent=False)
+        self.register_buffer("input_shift", ((0.5 - mean) / std).view(-1, 1, 1), persistent=False)
         self.whiten = nn.Conv2d(in_chans, channels, WHITEN_PATCH, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)  # set from the data (init_whitening), then frozen
         groups: list[nn.Module] = []
@@ -78,18 +86,23 @@ class AirbenchNet(nn.Module):
         self.head = nn.Linear(channels, num_classes, bias=False)
 
     def init_whitening(self, images: torch.Tensor, eps: float = WHITEN_EPS) -> None:
-        """The whitening weights from `images` (N, C, H, W), normalised as training sees them (airbench: 5,000
-        training images): each eigenvector of their patch covariance, and its negative, over sqrt(eigenvalue +
+        """The whitening weights from `images` (N, C, H, W), normalised as training sees them, standardised
+        (airbench: 5,000 training images): each eigenvector of their patch covariance, and its negative, over sqrt(eigenvalue +
         eps), the largest eigenvalue first."""
-        eigenvalues, eigenvectors = torch.linalg.eigh(patch_covariance(images, WHITEN_PATCH))
+        eigenvalues, eigenvectors = torch.linalg.eigh(patch_covariance(self.standardize(images), WHITEN_PATCH))
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.T.flip(0)  # rows, largest first
         scaled_vectors = eigenvectors / torch.sqrt(eigenvalues + eps)[:, None]
         weight = torch.cat([scaled_vectors, -scaled_vectors]).reshape(self.whiten.weight.shape)
         with torch.no_grad():
             self.whiten.weight.copy_(weight.to(self.whiten.weight))
 
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """Images as sbattn normalises them, (x/255 - 0.5)/0.5, as airbench does: by CIFAR-10's mean and std."""
+        scale, shift = self.get_buffer("input_scale"), self.get_buffer("input_shift")
+        return x * scale + shift
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(self.whiten(x)).flatten(1)
+        return self.features(self.whiten(self.standardize(x))).flatten(1)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x) * LOGIT_SCALE

@@ -75,7 +75,7 @@ def load_checkpoint(path: str | Path, config: TrainConfig) -> dict:
     if differences:
         raise CheckpointError(f"{path} is from another configuration ({'; '.join(differences)}); "
                               f"run with its settings or move it away to start over")
-    check_training_fields(ckpt, config.epochs, config.seed, path)
+    check_training_fields(ckpt, config.epoch_count, config.seed, path)
     return ckpt
 
 

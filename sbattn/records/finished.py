@@ -3,6 +3,7 @@ is read (the one place that reads them), and the one check that a finished run i
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,8 @@ CONFIG_FIELDS = {**dict.fromkeys(("activation", "arch", "placement", "dataset", 
                                   "lambda_init"), _TEXT),
                  **dict.fromkeys(("attn_ratio", "width", "init_lr", "gamma", "weight_decay"),
                                  (is_number, "a finite number")),
-                 **dict.fromkeys(("epochs", "batch_size", "eval_every"), _POSITIVE),
+                 **dict.fromkeys(("batch_size", "eval_every"), _POSITIVE),
+                 "epochs": (lambda v: is_number(v, 1), "a number >= 1"),
                  "milestones": (lambda v: isinstance(v, list) and all(is_count(m, 1) for m in v),
                                 "a list of positive integers"),
                  "seed": (lambda v: v is None or is_count(v, 0, MAX_SEED), f"null or an integer from 0 to {MAX_SEED}")}
@@ -83,8 +85,8 @@ def _problem(summary: dict, history: object) -> str | None:
     if not (isinstance(config["attention"], str) and config["attention"] in kinds):
         return wrong("summary.config.attention", config["attention"], f"an attention kind registered here "
                      f"({', '.join(kinds)}; register a kind of your own before reading its runs)")
-    if not (isinstance(history, list) and len(history) == config["epochs"]):
-        return f"history is not a list of {config['epochs']} epoch(s)"
+    if not (isinstance(history, list) and len(history) == math.ceil(config["epochs"])):
+        return f"history is not a list of {math.ceil(config['epochs'])} epoch(s)"
     bad = next((i for i, entry in enumerate(history) if not (entry_ok(entry, i + 1) and all(
         entry.get(k) is None or isinstance(entry[k], list) and all(map(is_number, entry[k]))
         for k in ("lambda_abs_mean", "lambda_abs_std")))), None)

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..data import steps_per_epoch
 from ..errors import UserError
 from ..nn import ShiftBalance
+from ..optim import hold_finished_groups
 from . import distributed
 from .precision import precision_label
 from .run import Run
@@ -51,20 +51,30 @@ def train_epoch(run: Run, state: RunState, step_fn: Callable[[torch.Tensor, torc
     config, ctx, epoch, start_step = run.config, run.ctx, state.epoch, state.step
     sums.restart(state.partial, start_step)
     seen_before = sums.seen
-    steps = steps_per_epoch(len(pipeline.train_y), config.batch_size, ctx.world_size)
+    steps = config.steps_in_epoch(epoch, state.steps_per_epoch)  # a fractional run's last epoch stops early
     lr = float(state.optimizer.param_groups[0]["lr"])
     state.model.train()
-    bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+    bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{config.epoch_count}", leave=False,
                disable=not run.interactive, dynamic_ncols=True)
     started = refreshed = time.perf_counter()
     step, stopping = start_step, False
     distributed.passing(ctx, state.epoch, start_step)
     distributed.entering("a training step's gradient all-reduce")
+    first_step = state.global_step
     for step, (x, y) in enumerate(pipeline.batches(state), start=start_step):
+        if step == steps:
+            break
+        done = first_step + step - start_step  # optimiser steps of the run before this one
+        hold_finished_groups(state.optimizer, done)
         step_fn(x.contiguous(memory_format=state.memory_format), y)
         sums.seen += len(y)
         bar.update(1)
         yield  # to the driver: other runs of this process may step now (train/pack.py); a stop is seen below
+        # After the yield: a fused group computes its members' steps when the driver flushes the round.
+        if state.per_batch:
+            state.scheduler.step()
+        if state.lookahead is not None:
+            state.lookahead.update(done + 1)
         now = time.perf_counter()
         run.threads.poll(now)
         last = step + 1 == steps
@@ -125,7 +135,7 @@ def end_epoch(run: Run, state: RunState, sums: EpochTotals, pipeline: Pipeline) 
                              "train_loss_sampled": sums.sampled_loss / sums.sampled,
                              "train_acc_sampled": sums.sampled_acc / sums.sampled,
                              "eval_loss_batch_mean": None, "eval_acc_batch_mean": None}
-    if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
+    if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epoch_count:
         started = time.perf_counter()
         result = pipeline.evaluate(state.model)
         entry.update(eval_loss=result.loss, eval_acc=result.acc, eval_loss_batch_mean=result.batch_mean_loss,
@@ -133,7 +143,8 @@ def end_epoch(run: Run, state: RunState, sums: EpochTotals, pipeline: Pipeline) 
         entry["eval_seconds"] = time.perf_counter() - started
         entry["eval_precision"] = precision_label(run.amp_dtype)  # the training's; the final accuracy is fp32's
     pipeline.epoch_ended()
-    state.scheduler.step()
+    if not state.per_batch:
+        state.scheduler.step()
     entry.update(lambda_stats(state.model))
     state.history.append(entry)
     state.epoch += 1

@@ -18,7 +18,7 @@ from ..data import eval_batches, eval_shard
 from ..data.reference_draws import reference_normalize
 from . import distributed
 
-__all__ = ["Evaluation", "evaluate", "evaluate_run", "reference_evaluate", "fold_batchnorm",
+__all__ = ["Evaluation", "evaluate", "evaluate_run", "tta_logits", "reference_evaluate", "fold_batchnorm",
            "inference_copy", "memory_format", "sum_dtype"]
 
 
@@ -76,12 +76,39 @@ def evaluate(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, ba
     return result.loss, result.acc
 
 
+def mirrored_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The mean of the logits of `x` and of its mirror image."""
+    return 0.5 * model(x) + 0.5 * model(x.flip(-1))
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
+    """The logits under airbench's test-time augmentation: 0 the image alone; 1 the mean with its mirror image;
+    2 half that, half the mean of the same for the image translated one pixel up-left and one down-right (reflect
+    padded)."""
+    if level == 0:
+        return model(x)
+    logits = mirrored_logits(model, x)
+    if level == 1:
+        return logits
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
+    return 0.5 * logits + 0.25 * sum(mirrored_logits(model, v.contiguous(memory_format=_format_of(x)))
+                                     for v in shifted)
+
+
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
+
+
 @torch.no_grad()
 def evaluate_run(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
                  amp_dtype: torch.dtype | None = None, rank: int = 0, world_size: int = 1,
-                 reference_batch: int = 64) -> Evaluation:
-    """Both figures on the inference copy, `batch_size` images at a time; the reference's figures group the
-    samples into batches of `reference_batch`, as its test loader did."""
+                 reference_batch: int = 64, tta: int = 0) -> Evaluation:
+    """Both figures on the inference copy, `batch_size` images at a time, under test-time augmentation `tta`
+    (tta_logits); the reference's figures group the samples into batches of `reference_batch`, as its test loader
+    did."""
     device = images_u8.device
     fast, fmt = inference_copy(model, device)
     n = images_u8.shape[0]
@@ -90,7 +117,7 @@ def evaluate_run(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor
     shard_start = eval_shard(n, rank, world_size)[0]
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         for i, (x, y) in enumerate(eval_batches(images_u8, labels, batch_size, rank=rank, world_size=world_size)):
-            out = fast(x.contiguous(memory_format=fmt)).float()
+            out = tta_logits(fast, x.contiguous(memory_format=fmt), tta).float()
             first = shard_start + i * max(1, batch_size // world_size)
             chunk = torch.arange(first, first + len(y), device=device) // reference_batch
             totals[0].index_add_(0, chunk, F.cross_entropy(out, y, reduction="none").to(totals.dtype))

@@ -23,7 +23,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ..config import TrainConfig
 from ..errors import UserError
-from .step import EpochSums, set_lr_form, train_step
+from .step import EpochSums, Objective, set_lr_form, train_step
 
 __all__ = ["FusedGroup", "fusion_key", "fusion_order"]
 
@@ -31,7 +31,8 @@ __all__ = ["FusedGroup", "fusion_key", "fusion_order"]
 def fusion_key(config: TrainConfig) -> tuple:
     """What runs must share to be stepped as one: the model, its precision and batches, the device; not the seed."""
     model = tuple(sorted(config.model_options().items()))  # what the model is built from, whatever is added later
-    return (config.arch, model, config.dataset, config.batch_size, config.precision, config.device, config.layout)
+    return (config.arch, model, config.dataset, config.batch_size, config.precision, config.device, config.layout,
+            config.optimizer, config.label_smoothing, config.drop_last)
 
 
 def fusion_order(configs: Sequence[TrainConfig]) -> list[int]:
@@ -48,6 +49,7 @@ class _Member:
     optimizer: torch.optim.Optimizer
     amp_dtype: torch.dtype | None
     sums: EpochSums
+    objective: Objective
 
 
 @dataclass
@@ -58,12 +60,12 @@ class FusedGroup:
     fused_steps: int = 0  # how many flushes ran as one batched step (the rest stepped one by one)
 
     def make_step(self, mode: str, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                  amp_dtype: torch.dtype | None, sums: EpochSums,
-                  device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], None]:
+                  amp_dtype: torch.dtype | None, sums: EpochSums, device: torch.device,
+                  objective: Objective = Objective()) -> Callable[[torch.Tensor, torch.Tensor], None]:
         if mode != "none" or scaler.is_enabled():
             raise UserError("fused runs step eagerly in fp32 or bf16, without fp16's loss scaling: use --pack stream", code=2)
         set_lr_form(optimizer, None)
-        member = _Member(model, optimizer, amp_dtype, sums)  # held by the run's step alone: freed as it ends
+        member = _Member(model, optimizer, amp_dtype, sums, objective)  # held by the run's step alone: freed as it ends
         return lambda x, y: self.pending.append((member, x, y))
 
     def flush(self) -> None:
@@ -75,7 +77,8 @@ class FusedGroup:
             return
         for member, x, y in pending:
             member.optimizer.zero_grad(set_to_none=True)
-            train_step(member.model, member.optimizer, None, member.amp_dtype, member.sums, x, y)
+            train_step(member.model, member.optimizer, None, member.amp_dtype, member.sums, x, y,
+                       objective=member.objective)
 
 
 def _fused_step(pending: list[tuple[_Member, torch.Tensor, torch.Tensor]]) -> None:
@@ -85,18 +88,21 @@ def _fused_step(pending: list[tuple[_Member, torch.Tensor, torch.Tensor]]) -> No
     template = models[0]
     xs, ys = torch.stack([x for _, x, _ in pending]), torch.stack([y for _, _, y in pending])
 
-    def loss_of(p: dict, b: dict, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    objective = members[0].objective  # one recipe's (fusion_key)
+
+    def loss_of(p: dict, b: dict, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = functional_call(template, (p, b), (x,))
-        return F.cross_entropy(out, y), out
+        return (*objective(out, y), out)
 
     amp = members[0].amp_dtype
     with torch.autocast(xs.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        losses, outs = vmap(loss_of)(params, buffers, xs, ys)
-    losses.sum().backward()  # each run's loss reaches its own parameters alone
+        backward_values, losses, outs = vmap(loss_of)(params, buffers, xs, ys)
+    backward_values.sum().backward()  # each run's loss reaches its own parameters alone
     with torch.no_grad():
         for k, (member, model) in enumerate(zip(members, models)):
             for name, p in model.named_parameters():
-                p.grad = params[name].grad[k]
+                if p.requires_grad:  # a frozen one (airbench's whitening) takes no step, as in a lone run
+                    p.grad = params[name].grad[k]
             for name, b in model.named_buffers():
                 b.copy_(buffers[name][k])  # BatchNorm's running statistics, updated in the batched forward
     for k, (member, (_, _, y)) in enumerate(zip(members, pending)):

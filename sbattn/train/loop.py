@@ -124,7 +124,7 @@ def _epochs(run: Run, ready: Ready, stop: StopRequest) -> Steps:
     config, ctx, paths, state = run.config, run.ctx, run.paths, ready.state
     events = paths.tensorboard if config.tensorboard and ctx.main else None
     with epoch_logger(events, state.epoch) as log_epoch:
-        while state.epoch < config.epochs:
+        while state.epoch < config.epoch_count:
             totals = yield from train_epoch(run, state, ready.step, ready.sums, ready.pipeline, stop,
                                             save=lambda: _save(run, state))
             if state.step:  # stopped inside the epoch
@@ -135,7 +135,7 @@ def _epochs(run: Run, ready: Ready, stop: StopRequest) -> Steps:
             end_epoch(run, state, totals, ready.pipeline)
             _save(run, state)  # before the epoch is reported: a reader that has gone must not cost it
             log_epoch(state.history[-1])
-            run.log(epoch_line(state.history, config.epochs))
+            run.log(epoch_line(state.history, config.epoch_count))
             if distributed.any_rank(ctx, bool(stop), run.device):
                 run.log(f"stopped after epoch {state.epoch}; resume with: {run.resume_command}")
                 return RunResult(130, paths, state.history)
@@ -164,18 +164,20 @@ def _finish(run: Run, ready: Ready) -> dict:
     state, data = ready.state, ready.data
     history = state.history
     best = max((h for h in history if h["eval_acc"] is not None), key=lambda h: h["eval_acc"])
-    final = ready.pipeline.evaluate(state.model, final=True)
+    final = ready.pipeline.evaluate(state.model, final=True, tta=run.config.tta)
     summary = {
         "complete": True, "run": run.paths.name, "version": __version__, "config": run.config.to_dict(),
         "seed": state.seed, "final_eval_acc": final.acc, "final_eval_loss": final.loss,
         "final_eval_acc_batch_mean": final.batch_mean_acc, "final_eval_loss_batch_mean": final.batch_mean_loss,
-        "final_eval_precision": "fp32", "last_epoch_eval_acc": history[-1]["eval_acc"],
+        "final_eval_precision": "fp32", "final_eval_tta": run.config.tta, "last_epoch_eval_acc": history[-1]["eval_acc"],
         "last_epoch_eval_loss": history[-1]["eval_loss"], "best_eval_acc": best["eval_acc"],
         "best_epoch": best["epoch"], "params": ready.params,
         "train_seconds": sum(h["seconds"] for h in history), "data": data.source, "classes": data.classes,
         "device": str(run.device), "precision": precision_label(run.amp_dtype), "finished": provenance.now_iso(),
         "peak_rss_mb": peak_rss_mb(), "threads": sorted({h["threads"] for h in history if h.get("threads")}),
     }
+    if run.config.tta:  # the same weights without it, for comparison with runs that have none
+        summary["final_eval_acc_no_tta"] = ready.pipeline.evaluate(state.model, final=True).acc
     summary["provenance"] = {**run.provenance, "finished": summary["finished"]}
     summary["earlier_sessions"] = state.sessions[:-1]  # the processes that trained the run before a resume
     write_finished_run(run.config, run.paths, state.model, history, summary, len(data.classes))

@@ -36,9 +36,9 @@ class Pipeline:
         """The batches of the epoch under way, from its next step."""
         raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, final: bool = False) -> Evaluation:
+    def evaluate(self, model: nn.Module, final: bool = False, tta: int = 0) -> Evaluation:
         """The test set's figures during training (in the run's precision, over the ranks), or with `final` the
-        final weights' in fp32 in this process alone."""
+        final weights' in fp32 in this process alone, under test-time augmentation `tta`."""
         raise NotImplementedError
 
     def epoch_ended(self) -> None:
@@ -51,18 +51,19 @@ class SbattnPipeline(Pipeline):
 
     def batches(self, state: RunState) -> Batches:
         config, ctx = self.run.config, self.run.ctx
-        common: dict[str, Any] = dict(seed=state.seed, epoch=state.epoch, mode=config.augment, start=state.step, rank=ctx.rank,
-                      world_size=ctx.world_size)
+        common: dict[str, Any] = dict(seed=state.seed, epoch=state.epoch, mode=config.augment, start=state.step,
+                                      rank=ctx.rank, world_size=ctx.world_size, drop_last=config.drop_last)
         if config.compile == "step":
             return epoch_batches(self.train_x, self.train_y, config.batch_size, memory_format=state.memory_format,
                                  **common)
         return train_batches(self.train_x, self.train_y, config.batch_size, generator=state.generator, **common)
 
-    def evaluate(self, model: nn.Module, final: bool = False) -> Evaluation:
+    def evaluate(self, model: nn.Module, final: bool = False, tta: int = 0) -> Evaluation:
         run = self.run
-        spread: dict[str, Any] = {} if final else dict(amp_dtype=run.amp_dtype, rank=run.ctx.rank, world_size=run.ctx.world_size)
+        spread: dict[str, Any] = {} if final else dict(amp_dtype=run.amp_dtype, rank=run.ctx.rank,
+                                                       world_size=run.ctx.world_size)
         return evaluate_run(model, self.test_x, self.test_y, run.config.eval_batch_size,
-                            reference_batch=run.config.batch_size, **spread)
+                            reference_batch=run.config.batch_size, tta=tta, **spread)
 
 
 class ReferencePipeline(Pipeline):
@@ -81,7 +82,7 @@ class ReferencePipeline(Pipeline):
         return reference_batches(self.data.train_images, self.data.train_labels, config.batch_size, draws,
                                  state.step, steps, self.run.device)
 
-    def evaluate(self, model: nn.Module, final: bool = False) -> Evaluation:
+    def evaluate(self, model: nn.Module, final: bool = False, tta: int = 0) -> Evaluation:
         return reference_evaluate(model, self.test_x, self.test_y, self.run.config.batch_size,
                                   None if final else self.run.amp_dtype)
 

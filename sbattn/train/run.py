@@ -14,6 +14,7 @@ from .. import console
 from ..config import TrainConfig
 from ..files import as_argument
 from ..records import RunPaths, provenance
+from ..system import keep_freed_memory
 from . import distributed
 from .agent import agent_pid
 from .launcher import launcher_argv
@@ -61,6 +62,8 @@ class Run:
             if ctx.main:
                 console.log_to(paths.log)  # where its words go if standard output or error is lost
         device = torch.device(device_name)
+        if device.type == "cpu":
+            keep_freed_memory()  # the step's large activations reused, not mapped afresh each step
         amp_dtype = resolve_precision(config.precision, device)
         if amp_dtype is None:
             use_true_fp32(device)

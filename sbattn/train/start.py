@@ -21,7 +21,7 @@ from .precision import precision_label
 from .pipeline import Pipeline, make_pipeline
 from .run import Run
 from .state import RunState
-from .step import EpochSums, make_step
+from .step import EpochSums, Objective, make_step
 from .tuning import LayoutChoice, choose_layout, layout_name
 
 WHITENING_IMAGES = 5000  # what airbench sets its whitening from
@@ -29,7 +29,7 @@ WHITENING_IMAGES = 5000  # what airbench sets its whitening from
 # rest may differ by process (the device's index, the folders, the threads, TensorBoard on rank 0, the timeout).
 RANKS_AGREE_ON = ("compile", "checkpoint_steps", "sync_bn", "eval_batch_size", "layout", "resume", "overwrite")
 
-__all__ = ["Ready", "make_ready"]
+__all__ = ["Ready", "make_ready", "whitening_sample"]
 
 
 @dataclass
@@ -45,6 +45,13 @@ class Ready:
     @property
     def data(self) -> CIFAR10:
         return self.pipeline.data
+
+
+def whitening_sample(n: int, seed: int) -> torch.Tensor:
+    """The training images a data-set layer is set from: WHITENING_IMAGES of the `n` drawn from the run's seed
+    (airbench takes the official set's first 5,000, in random order there; an image-folder copy lists them by
+    class)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:WHITENING_IMAGES]
 
 
 def _check_last_batch(n: int, batch_size: int, world_size: int) -> None:
@@ -66,7 +73,8 @@ def make_ready(run: Run, quiet: bool) -> Ready:
     data = load_cifar10(config.data_dir, config.dataset, config.download, config.cache_dir, config.resize,
                         progress=not quiet)
     identity = data_identity(data)
-    _check_last_batch(len(data.train_labels), config.batch_size, ctx.world_size)
+    if not config.drop_last:
+        _check_last_batch(len(data.train_labels), config.batch_size, ctx.world_size)
     facts = {**config.recipe.to_dict(), **{k: getattr(config, k) for k in RANKS_AGREE_ON}, "sbattn": __version__,
              "data": identity["fingerprint"]}
     disagreement = distributed.disagreement(ctx, {k: facts[k] for k in sorted(facts)})
@@ -83,22 +91,23 @@ def make_ready(run: Run, quiet: bool) -> Ready:
     layout = _layout(run, ckpt)
     model = create_model(config.arch, num_classes=len(data.classes), **config.model_options()).to(device)
     init_from_data: Callable[[torch.Tensor], None] | None = getattr(model, "init_whitening", None)
-    if init_from_data is not None:  # a layer set from the data (airbench's whitening): its first training images
-        init_from_data(normalize(train_x[:WHITENING_IMAGES]))
+    if init_from_data is not None:  # a layer set from the data (airbench's whitening)
+        init_from_data(normalize(train_x[whitening_sample(len(train_y), seed).to(device)]))
     fmt = LAYOUTS[layout.layout]
     # Module.to takes memory_format=; torch's overloads of it omit that.
     wrapped = distributed.wrap(ctx, model.to(memory_format=fmt), device, config.sync_bn)  # type: ignore[call-overload]
+    steps = steps_per_epoch(len(train_y), config.batch_size, ctx.world_size, config.drop_last)
     state = RunState.start(config, unwrap(wrapped), device, run.amp_dtype, seed, len(data.classes), ctx.rank,
-                           layout.layout, run.provenance)
+                           layout.layout, steps, run.provenance)
     state.data = identity
     if ckpt:  # SyncBatchNorm conversion makes new modules: the state holds the ones that train
-        steps = steps_per_epoch(len(train_y), config.batch_size, ctx.world_size)
         note = state.restore(ckpt, ctx, paths.checkpoint, steps)
         run.log(note) if note else None
         run.log(f"resuming {paths.name} at epoch {state.epoch + 1}, step {state.step}")
     sums = EpochSums.zeros(device, config.batch_size, len(train_y))
+    objective = Objective(config.label_smoothing, ctx.world_size if config.optimizer == "sgd_decoupled" else 0)
     step = (run.step_maker or make_step)(config.compile, wrapped, state.optimizer, state.scaler, run.amp_dtype,
-                                         sums, device)
+                                         sums, device, objective)
     params = sum(p.numel() for p in state.model.parameters())
     run.log(f"{paths.name}: {config.arch} attention={config.attention} params={params:,} data={data.source} "
             f"device={device}{f' x {ctx.world_size} processes' if ctx.distributed else ''} "

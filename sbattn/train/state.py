@@ -22,7 +22,8 @@ from ..records.checkpoint import save_checkpoint
 from ..records.integrity import check_weights_fit, is_number
 from ..version import __version__
 from . import distributed
-from .optimizer import reference_schedule
+from ..optim import Lookahead
+from .optimizer import make_optimization
 
 __all__ = ["RunState"]
 
@@ -63,6 +64,14 @@ class RunState:
     # The global generator's state where the epoch under way drew its batches from it (--rng reference draws an
     # epoch whole at its start): what a checkpoint inside the epoch saves, so that a resumed run draws it again.
     epoch_rng: torch.Tensor | None = None
+    per_batch: bool = False  # the schedule steps after every optimiser step (else after every epoch)
+    lookahead: Lookahead | None = None
+    steps_per_epoch: int = 0
+
+    @property
+    def global_step(self) -> int:
+        """Optimiser steps done in the whole run (every epoch before the last is whole)."""
+        return self.epoch * self.steps_per_epoch + self.step
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -70,14 +79,16 @@ class RunState:
 
     @classmethod
     def start(cls, config: TrainConfig, model: nn.Module, device: torch.device, amp_dtype: torch.dtype | None,
-              seed: int, num_classes: int, rank: int, layout: str, provenance: dict | None = None) -> "RunState":
-        """A run's state before its first step: the reference's optimiser and schedule on `model`."""
-        optimizer, scheduler = reference_schedule(model, config)
+              seed: int, num_classes: int, rank: int, layout: str, steps_per_epoch: int,
+              provenance: dict | None = None) -> "RunState":
+        """A run's state before its first step: the recipe's optimiser, schedule and lookahead on `model`."""
+        made = make_optimization(model, config, steps_per_epoch)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         # Each rank augments with its own stream; rank 0's is the single-process run's.
         generator = torch.Generator(device).manual_seed(augment_stream_seed(seed, rank))
-        return cls(model, optimizer, scheduler, scaler, generator, seed, num_classes, layout,
-                   sessions=[provenance] if provenance else [])
+        return cls(model, made.optimizer, made.scheduler, scaler, generator, seed, num_classes, layout,
+                   sessions=[provenance] if provenance else [], per_batch=made.per_batch, lookahead=made.lookahead,
+                   steps_per_epoch=steps_per_epoch)
 
     def save(self, path: Path, config: TrainConfig, ctx: distributed.Context) -> None:
         """Write the checkpoint (rank 0); a collective, so every rank calls it."""
@@ -90,7 +101,8 @@ class RunState:
                 "step": self.step,
                 "partial": self.partial, "history": self.history, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": rng, "provenance": self.sessions, "data": self.data})
+                "scaler": self.scaler.state_dict(), "rng": rng, "provenance": self.sessions, "data": self.data,
+                **({} if self.lookahead is None else {"lookahead": self.lookahead.state_dict()})})
 
     def restore(self, ckpt: dict, ctx: distributed.Context, path: Path, steps: int) -> str | None:
         """Continue from a checkpoint read by load_checkpoint (`steps`: the steps of an epoch of this run); whatever
@@ -103,7 +115,10 @@ class RunState:
                            ("scaler", self.scaler)):
             with _restoring(name, path):
                 part.load_state_dict(ckpt[name])
-        self._check_schedule(ckpt["epoch"], path)
+        if self.lookahead is not None:
+            with _restoring("lookahead average", path):
+                self.lookahead.load_state_dict(ckpt["lookahead"])
+        self._check_schedule(ckpt["epoch"] * steps + ckpt["step"] if self.per_batch else ckpt["epoch"], path)
         self.history, self.epoch, self.step = ckpt["history"], ckpt["epoch"], ckpt["step"]
         self.sessions = [*ckpt.get("provenance", []), *self.sessions]  # checkpoints before provenance have none
         self.partial = ckpt["partial"] if ctx.main else None  # rank 0 carries the interrupted epoch's global sums
@@ -119,9 +134,9 @@ class RunState:
                          f"the same recipe, other augmentation draws")
         return "; ".join(notes) or None
 
-    def _check_schedule(self, epoch: int, path: Path) -> None:
-        """The optimiser's and the schedule's state as this run's would be at `epoch`: what load_state_dict takes
-        unchecked and a later step would trip over."""
+    def _check_schedule(self, steps: int, path: Path) -> None:
+        """The optimiser's and the schedule's state as this run's would be after `steps` schedule steps (epochs or
+        batches, as the schedule steps): what load_state_dict takes unchecked and a later step would trip over."""
         for group in self.optimizer.param_groups:
             for p in group["params"]:
                 buffer = self.optimizer.state.get(p, {}).get("momentum_buffer")
@@ -131,9 +146,10 @@ class RunState:
             if not all(is_number(group.get(k)) and group[k] >= 0 for k in rates):
                 raise CheckpointError(f"{path}: its optimiser's learning rate or decay is malformed; the file is "
                                       f"damaged")
-        if self.scheduler.last_epoch != epoch:
-            raise CheckpointError(f"{path}: its learning-rate schedule stands at epoch {self.scheduler.last_epoch!r}, "
-                                  f"its run at {epoch}; the file is damaged")
+        if self.scheduler.last_epoch != steps:
+            unit = "step" if self.per_batch else "epoch"
+            raise CheckpointError(f"{path}: its learning-rate schedule stands at {unit} {self.scheduler.last_epoch!r}, "
+                                  f"its run at {steps}; the file is damaged")
 
 
 @contextlib.contextmanager

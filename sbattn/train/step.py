@@ -19,7 +19,7 @@ from torch import nn
 
 from .evaluation import sum_dtype
 
-__all__ = ["EpochSums", "SUM_NAMES", "train_step", "make_step", "compile_mode", "compile_step", "set_lr_form",
+__all__ = ["EpochSums", "Objective", "SUM_NAMES", "train_step", "make_step", "compile_mode", "compile_step", "set_lr_form",
            "make_momentum_buffers"]
 
 
@@ -87,21 +87,36 @@ class EpochSums:
         self.sampled_acc += torch.where(taken, (hits.float() / batch.float()).to(self.loss.dtype), 0)
 
 
+@dataclass(frozen=True)
+class Objective:
+    """The training loss: cross-entropy with `label_smoothing`, averaged over the batch (the reference's), or with
+    `summed_over` = the number of processes, summed over the global batch (airbench's; DDP averages the ranks'
+    gradients, so each rank's sum is scaled by their number)."""
+
+    label_smoothing: float = 0.0
+    summed_over: int = 0  # 0: the mean
+
+    def __call__(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what backward takes, the batch's mean loss for the sums)."""
+        loss = F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
+        return (loss * (len(y) * self.summed_over) if self.summed_over else loss), loss
+
+
 def train_step(model: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler | None, amp_dtype: torch.dtype | None, sums: EpochSums, x: torch.Tensor,
-               y: torch.Tensor, cast_cache: bool = True) -> None:
+               y: torch.Tensor, cast_cache: bool = True, objective: Objective = Objective()) -> None:
     """One step after the gradients were cleared: forward, loss, backward, optimiser step, sums. scaler: fp16's
     loss scaling, else None (torch.compile does not trace the scaler, and the optimiser step must be traced).
     cast_cache: autocast's cache of weight casts; a step captured as a CUDA graph by hand must not use it."""
     with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None,
                         cache_enabled=cast_cache):
         out = model(x)
-        loss = F.cross_entropy(out, y)
+        objective_value, loss = objective(out, y)
     if scaler is None:
-        loss.backward()
+        objective_value.backward()
         optimizer.step()
     else:
-        scaler.scale(loss).backward()
+        scaler.scale(objective_value).backward()
         scaler.step(optimizer)
         scaler.update()
     sums.add(loss.detach(), out.detach(), y)
@@ -141,7 +156,8 @@ def make_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
 
 
 def make_step(mode: str, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-              amp_dtype: torch.dtype | None, sums: EpochSums, device: torch.device) -> Callable[..., None]:
+              amp_dtype: torch.dtype | None, sums: EpochSums, device: torch.device,
+              objective: Objective = Objective()) -> Callable[..., None]:
     """`step(x, y)`, one training step as --compile `mode` takes it, for `model` (the module that trains: DDP's
     wrapper under torchrun); it adds to `sums`. Sets the optimiser's learning rates to the form the mode needs."""
     set_lr_form(optimizer, device if mode == "step" else None)
@@ -152,10 +168,11 @@ def make_step(mode: str, model: nn.Module, optimizer: torch.optim.Optimizer, sca
         lrs = [g["lr"] for g in optimizer.param_groups]
         for t in (*(getattr(sums, name) for name in SUM_NAMES), sums.nonfinite, sums.steps, *state, *lrs):
             torch._dynamo.mark_static_address(t)  # the same tensors every step and epoch: CUDA graphs update them
-        body = partial(compile_step(train_step, device), model, optimizer, scaling, amp_dtype, sums)
+        body = partial(compile_step(train_step, device), model, optimizer, scaling, amp_dtype, sums,
+                       objective=objective)
     else:
         forward = torch.compile(model, mode=compile_mode(device)) if mode == "model" else model
-        body = partial(train_step, forward, optimizer, scaling, amp_dtype, sums)
+        body = partial(train_step, forward, optimizer, scaling, amp_dtype, sums, objective=objective)
 
     graphs = mode == "step" and compile_mode(device) == "reduce-overhead"
 
