@@ -23,7 +23,7 @@ PACKAGE = API_MD.parents[1] / "sbattn"
 MODULES = ["sbattn", "sbattn.nn", "sbattn.models", "sbattn.data", "sbattn.optim", "sbattn.config", "sbattn.records", "sbattn.train",
            "sbattn.inference", "sbattn.experiments", "sbattn.cli"]
 # Deprecated re-exports, given one line each (their names are documented where they live).
-DEPRECATED = ["sbattn.engine"]
+DEPRECATED: list[str] = []  # modules kept for one version, one line each (none now)
 NO_DOCSTRING = "(no docstring)"
 VALUE_WIDTH = 100
 

@@ -17,7 +17,6 @@ LAYERS = {
     "sbattn.records": 4,
     "sbattn.train": 5, "sbattn.inference": 5,
     "sbattn.experiments": 6,
-    "sbattn.engine": 6,  # 0.1's names, re-exported for one version; nothing inside the package imports it
     "sbattn.cli": 7,
     "sbattn.__main__": 8,
 }

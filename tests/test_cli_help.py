@@ -43,3 +43,23 @@ def test_the_seed_says_what_no_seed_means():
     for suite in ("compare", "ablate"):
         seed = next(a for a in options(suite) if a.dest == "seed")
         assert "first seed" in seed.help and "(default: 0)" in seed.help and "random" not in seed.help
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_each_commands_help_ends_with_an_example_that_parses(command, capsys):
+    from sbattn.cli.main import EXAMPLES, build_parser
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    shown = "".join(capsys.readouterr().out.split())  # argparse wraps the epilog, even inside an option
+    assert "".join(f"example: {EXAMPLES[command]}".split()) in shown
+    program, name, *rest = EXAMPLES[command].split()
+    args = build_parser().parse_args([name, *rest])  # an example that parses: every option in it exists
+    assert (program, args.command) == ("sbattn", command)
+
+
+def test_sbattn_version_prints_the_version(capsys):
+    from sbattn import __version__
+    from sbattn.cli.main import build_parser
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"sbattn {__version__}"

@@ -16,7 +16,7 @@ from ..train import distributed
 from ..version import __version__
 from . import deploy, suites, train
 
-__all__ = ["build_parser", "main", "COMMANDS"]
+__all__ = ["build_parser", "main", "COMMANDS", "EXAMPLES"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,12 +45,25 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+# One invocation per command, shown at the end of its --help (tests/test_cli_help.py parses each).
+EXAMPLES = {
+    "train": "sbattn train --preset airbench --attention sb --activation sigmoid --data-dir ./data --seed 0",
+    "compare": "sbattn compare --preset airbench --seeds 5 --data-dir ./data",
+    "ablate": "sbattn ablate --preset quick --seeds 3 --data-dir ./data",
+    "report": "sbattn report results/compare-airbench",
+    "summary": "sbattn summary --arch airbench --attention sb",
+    "evaluate": "sbattn evaluate results/vgg16_0.5_True_False_tanh_seed0.pth --data-dir ./data",
+    "predict": "sbattn predict results/vgg16_0.5_True_False_tanh_seed0.pth cat.png dog.jpg --topk 3",
+    "export": "sbattn export results/vgg16_0.5_True_False_tanh_seed0.pth --format onnx",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sbattn", description="Shift-and-Balance attention: train, compare and inspect models.")
     parser.add_argument("--version", action="version", version=f"sbattn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (help, add_options, run) in COMMANDS.items():
-        p = sub.add_parser(name, help=help, description=help)
+        p = sub.add_parser(name, help=help, description=help, epilog=f"example: {EXAMPLES[name]}")
         add_options(p)
         p.set_defaults(run=run)
     return parser
