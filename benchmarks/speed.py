@@ -45,7 +45,7 @@ from sbattn.train.loop import train  # noqa: E402
 from sbattn.train.precision import precision_label, resolve_precision  # noqa: E402
 from sbattn.train.optimizer import make_optimization, reference_optimizer  # noqa: E402
 from sbattn.models.summary import summarize  # noqa: E402
-from sbattn.system import cpu_matrix_isa, cpu_model  # noqa: E402
+from sbattn.system import cpu_matrix_isa, cpu_model, keep_freed_memory  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -193,6 +193,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--preset", choices=["airbench"], help="a preset's network, batch, optimiser and augmentation")
     args = p.parse_args()
+    if args.device == "cpu":
+        keep_freed_memory()  # as `sbattn train` does on a CPU
     args.arch, args.augment = "vgg16", "reference"
     if args.preset:
         options = preset_options(args.preset)

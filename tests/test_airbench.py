@@ -46,6 +46,7 @@ def test_the_whitening_decorrelates_the_patches_it_was_set_from():
     whitened = w[:12] @ covariance @ w[:12].T  # the covariance of the first twelve outputs
     torch.testing.assert_close(whitened, torch.diag(eigenvalues / (eigenvalues + 5e-4)), rtol=1e-4, atol=1e-5)
     assert not model.whiten.weight.requires_grad and model.whiten.bias.requires_grad
+    assert torch.equal(model.whiten.bias, torch.zeros(24))  # airbench's bias starts at zero
 
 
 def test_convolutions_start_as_the_identity_and_batchnorm_is_airbenchs():

@@ -9,7 +9,8 @@ a 3x3 max pool, a linear head without bias, the logits scaled by 1/9. Attention 
 Initialisation, as airbench's: the convolutions without bias are identity (dirac) on their first input channels;
 BatchNorm's weight is fixed at 1, its bias trained; the whitening weights come from the training images
 (`init_whitening`: each eigenvector of the covariance of their 2x2 patches, plus and minus, scaled by
-1/sqrt(eigenvalue + 5e-4)) and stay frozen; its bias trains (the airbench preset freezes it after 3 epochs).
+1/sqrt(eigenvalue + 5e-4)) and stay frozen; its bias starts at zero and trains (the airbench preset freezes it
+after 3 epochs).
 """
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ class AirbenchNet(nn.Module):
         self.register_buffer("input_shift", ((0.5 - mean) / std).view(-1, 1, 1), persistent=False)
         self.whiten = nn.Conv2d(in_chans, channels, WHITEN_PATCH, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)  # set from the data (init_whitening), then frozen
+        if not self.whiten.bias.is_meta:
+            nn.init.zeros_(self.whiten.bias)  # airbench's convolutions start their biases at zero
         groups: list[nn.Module] = []
         for group_width in widths:
             out = scaled(group_width, width)
