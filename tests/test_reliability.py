@@ -467,3 +467,29 @@ def test_evaluate_refuses_a_recorded_option_that_is_no_value_it_takes(finished, 
     capsys.readouterr()
     assert main(["evaluate", str(weights), "--device", "cpu"]) == 2
     assert f"records {field}={value!r}, not a value it takes" in one_line(capsys.readouterr().err)
+
+
+def test_a_checkpoint_holds_the_fields_its_schema_declares_and_an_older_one_is_upgraded(interrupted, tmp_path):
+    """records/schema.py's table is what a run saves and what a resume requires: a checkpoint a run wrote holds
+    every required field and nothing undeclared; a run cannot save a field the table lacks; an older file without
+    the fields added since reads as if it had them, at their defaults."""
+    from sbattn.records.schema import CHECKPOINT_FIELDS, REQUIRED, check_saved, upgrade
+    record = torch.load(interrupted / f"{NAME}_seed0.ckpt", weights_only=True)
+    fields = record.keys() - {"format", "checksum"}
+    assert REQUIRED <= fields <= CHECKPOINT_FIELDS.keys()
+    check_saved({k: record[k] for k in fields})
+    with pytest.raises(ValueError, match=r"undeclared \['momentum'\]"):
+        check_saved({**{k: record[k] for k in fields}, "momentum": 0.9})
+    with pytest.raises(ValueError, match=r"missing \['rng'\]"):
+        check_saved({k: record[k] for k in fields if k != "rng"})
+    older = {k: v for k, v in record.items() if k not in ("layout", "provenance", "data")}
+    upgraded = upgrade(older)
+    assert (upgraded["layout"], upgraded["provenance"], upgraded["data"]) == (None, [], None)
+    assert "lookahead" not in upgraded and "layout" not in older  # only what older files lack; the input unchanged
+
+
+def test_a_resume_refuses_a_checkpoint_without_a_required_field(interrupted, tmp_path, capsys):
+    out = copy_of(interrupted, tmp_path)
+    rewrite(out / f"{NAME}_seed0.ckpt", lambda r: r.pop("scaler"))
+    assert main(["train", *TINY, "--epochs=2", "--seed=0", f"--output-dir={out}", "--resume"]) == 2
+    assert "is not a training checkpoint (it lacks scaler)" in one_line(capsys.readouterr().err)

@@ -71,8 +71,8 @@ class AirbenchNet(nn.Module):
         self.register_buffer("input_shift", ((0.5 - mean) / std).view(-1, 1, 1), persistent=False)
         self.whiten = nn.Conv2d(in_chans, channels, WHITEN_PATCH, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)  # set from the data (init_whitening), then frozen
-        if not self.whiten.bias.is_meta:
-            nn.init.zeros_(self.whiten.bias)  # airbench's convolutions start their biases at zero
+        assert self.whiten.bias is not None
+        nn.init.zeros_(self.whiten.bias)  # airbench's convolutions start their biases at zero
         groups: list[nn.Module] = []
         for group_width in widths:
             out = scaled(group_width, width)

@@ -12,7 +12,8 @@ from ..errors import CheckpointError
 from ..files import atomic_write
 from ..models import create_model
 from ..version import __version__
-from .integrity import check_container, check_tensors, check_training_fields, check_weights_fit, seal, verify_checksum
+from .integrity import check_container, check_tensors, check_weights_fit, seal, verify_checksum
+from .schema import Expected, check_checkpoint, check_present, check_saved, upgrade
 
 __all__ = ["CHECKPOINT_FORMAT", "WEIGHTS_FORMAT", "save_checkpoint", "load_checkpoint", "save_weights", "load",
            "read_record", "unwrap", "recorded"]
@@ -30,12 +31,9 @@ WEIGHTS_FORMATS_READ = (1, 2, 3)
 SEALED_SINCE = {"weights": 3, "checkpoint": 3}
 
 
-# What a training checkpoint holds besides its format, version and configuration.
-TRAINING_STATE = frozenset({"config", "seed", "epoch", "step", "partial", "history", "world_size", "model", "optimizer",
-                            "scheduler", "scaler", "rng"})
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write a training checkpoint: `state` holds the fields records.schema declares, sealed with a checksum."""
+    check_saved(state)
     record = seal({"format": CHECKPOINT_FORMAT, **state})
     atomic_write(path, lambda f: torch.save(record, f))
 
@@ -64,18 +62,15 @@ def read_record(path: str | Path) -> dict:
 
 
 def load_checkpoint(path: str | Path, config: TrainConfig) -> dict:
-    """Read a training checkpoint and check it belongs to `config`'s run."""
+    """Read a training checkpoint, in the current shape (schema.upgrade), and check it belongs to `config`'s run."""
     path = Path(path)
-    ckpt = read_record(path)
-    missing = sorted(TRAINING_STATE - ckpt.keys())
-    if missing:
-        raise CheckpointError(f"{path} is not a training checkpoint (it lacks {', '.join(missing)}); "
-                              f"move it away to start over")
-    differences = recipe_differences(ckpt.get("config", {}), config)
+    ckpt = upgrade(read_record(path))
+    check_present(ckpt, path)
+    differences = recipe_differences(ckpt["config"], config)
     if differences:
         raise CheckpointError(f"{path} is from another configuration ({'; '.join(differences)}); "
                               f"run with its settings or move it away to start over")
-    check_training_fields(ckpt, config.epoch_count, config.seed, path)
+    check_checkpoint(ckpt, path, Expected(config.epoch_count, config.seed))
     return ckpt
 
 

@@ -12,15 +12,12 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 from torch import nn
 
-from ..config import LAYOUTS
-from ..config.recipe import shown
 from ..errors import CheckpointError
 
 if TYPE_CHECKING:
     from ..data.dataset import CIFAR10
 
-__all__ = ["seal", "verify_checksum", "check_container", "check_tensors", "check_weights_fit",
-           "check_training_fields", "entry_ok", "is_count", "is_number", "data_identity", "check_same_data"]
+__all__ = ["seal", "verify_checksum", "check_container", "check_tensors", "check_weights_fit", "entry_ok", "is_count", "is_number", "data_identity", "check_same_data"]
 
 
 def checksum(record: dict) -> str:
@@ -155,48 +152,6 @@ HISTORY_NUMBERS = ("lr", "train_loss", "train_acc", "seconds")  # what every his
 OPTIONAL_NUMBERS = ("eval_loss", "eval_acc", "train_loss_sampled", "train_acc_sampled", "eval_loss_batch_mean",
                     "eval_acc_batch_mean")
 ACCURACIES = ("train_acc", "eval_acc", "train_acc_sampled", "eval_acc_batch_mean")
-
-
-def check_training_fields(ckpt: dict, epochs: int, seed: int | None, path: Path) -> None:
-    """The scalar fields of a training checkpoint: types and ranges that the run takes on trust."""
-    def fail(what: str) -> None:
-        raise CheckpointError(f"{path}: {what}; the file is damaged: move it away to start over")
-
-    if not is_count(ckpt["seed"]) or (seed is not None and ckpt["seed"] != seed):
-        fail(f"its seed {ckpt['seed']!r} is not the run's")
-    if not is_count(ckpt["world_size"], 1):
-        fail(f"its number of processes {ckpt['world_size']!r} is not a positive integer")
-    if not is_count(ckpt["epoch"], 0, epochs):
-        fail(f"its epoch {ckpt['epoch']!r} is not one of 0..{epochs}")
-    if not is_count(ckpt["step"]) or (ckpt["step"] > 0) != (ckpt["partial"] is not None):
-        fail(f"its step {ckpt['step']!r} does not go with its epoch's sums")
-    if ckpt["partial"] is not None and not _partial_ok(ckpt["partial"]):
-        fail("its interrupted epoch's sums are malformed")
-    history = ckpt["history"]
-    if not (isinstance(history, list) and len(history) == ckpt["epoch"]
-            and all(entry_ok(h, i + 1) for i, h in enumerate(history))):
-        fail(f"its history is not {ckpt['epoch']} epoch(s) of losses and accuracies")
-    rng = ckpt["rng"]
-    if not (isinstance(rng, list) and len(rng) == ckpt["world_size"] and all(
-            isinstance(r, dict) and all(isinstance(r.get(k), torch.Tensor) and r[k].dtype == torch.uint8
-                                        for k in ("torch", "augment")) for r in rng)):
-        fail("its random states are malformed")
-    if not is_count(ckpt["num_classes"], 1):
-        fail(f"its number of classes {ckpt['num_classes']!r} is not a positive integer")
-    if ckpt.get("layout") is not None and (not isinstance(ckpt["layout"], str) or ckpt["layout"] not in LAYOUTS):
-        fail(f"its layout {shown(ckpt['layout'])} is not one of {', '.join(LAYOUTS)}")
-    sessions = ckpt.get("provenance", [])  # checkpoints before provenance have none
-    if not (isinstance(sessions, list) and all(isinstance(session, dict) for session in sessions)):
-        fail(f"its provenance {shown(sessions)} is not a list of the sessions that trained it")
-
-
-def _partial_ok(partial: object) -> bool:
-    """An interrupted epoch's sums: loss and correct, the sampled figures (checkpoints since 0.3), seen, seconds."""
-    if not isinstance(partial, dict):
-        return False
-    sums = ["loss", "correct", *(k for k in ("sampled_loss", "sampled_acc") if k in partial)]
-    return (all(isinstance(partial.get(k), torch.Tensor) and partial[k].numel() == 1 for k in sums)
-            and is_count(partial.get("seen"), 1) and is_number(partial.get("seconds")))
 
 
 def entry_ok(entry: object, epoch: int) -> bool:

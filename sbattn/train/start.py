@@ -140,7 +140,7 @@ def _checkpoint_to_resume(run: Run) -> dict | None:
 def _layout(run: Run, ckpt: dict | None) -> LayoutChoice:
     """A resumed run keeps its layout (runs from before layouts were chosen trained in the device's rule)."""
     if ckpt:
-        return LayoutChoice(ckpt.get("layout") or layout_name(memory_format(run.device)), "resumed")
+        return LayoutChoice(ckpt["layout"] or layout_name(memory_format(run.device)), "resumed")
     # Rank 0 alone measures (ranks measuring at once on shared cores would time each other) and writes the cache;
     # every rank trains in its choice.
     choice = choose_layout(run.config, run.device, run.amp_dtype) if run.ctx.main else None

@@ -120,7 +120,7 @@ class RunState:
                 self.lookahead.load_state_dict(ckpt["lookahead"])
         self._check_schedule(ckpt["epoch"] * steps + ckpt["step"] if self.per_batch else ckpt["epoch"], path)
         self.history, self.epoch, self.step = ckpt["history"], ckpt["epoch"], ckpt["step"]
-        self.sessions = [*ckpt.get("provenance", []), *self.sessions]  # checkpoints before provenance have none
+        self.sessions = [*ckpt["provenance"], *self.sessions]
         self.partial = ckpt["partial"] if ctx.main else None  # rank 0 carries the interrupted epoch's global sums
         # read_record refuses a checkpoint of a sealed format without its checksum; an older one is said to lack it
         notes = [] if "checksum" in ckpt else [f"{path} has no checksum (format {ckpt['format']}, from before "
