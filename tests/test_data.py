@@ -403,6 +403,7 @@ def test_missing_batch(tmp_path: Path, cache: Path) -> None:
     ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 2]}, ["labels", "shape"]),
     ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 10, 3]}, ["labels outside 0..9", "10"]),
     ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, -1, 2, 3]}, ["labels outside 0..9"]),
+    ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, [1, 2], 2, 3]}, ["'labels' is not a list of integers"]),
     ({b"data": np.zeros((4, 3072), np.uint8)}, ["no 'data' or 'labels'"]),
     ([1, 2, 3], ["not a CIFAR-10 batch"]),
 ])
@@ -410,6 +411,16 @@ def test_bad_batch_contents(tmp_path: Path, cache: Path, obj, words) -> None:
     d, _ = write_official_dir(tmp_path)
     (d / "test_batch").write_bytes(pickle.dumps(obj, protocol=2))
     expect_error(cache, lambda: load(d, cache), "test_batch", *words)
+
+
+def test_labels_nested_past_numpys_dimensions_are_one_line(tmp_path: Path, cache: Path) -> None:
+    d, _ = write_official_dir(tmp_path)
+    blob = pickle.dumps({b"data": np.zeros((4, 3072), np.uint8), b"labels": "PLACEHOLDER"}, protocol=2)
+    placeholder = b"X\x0b\x00\x00\x00PLACEHOLDER"
+    assert blob.count(placeholder) == 1
+    deep = 100_000  # a list in a list ..., built by the pickle's own opcodes (EMPTY_LIST, then APPEND)
+    (d / "test_batch").write_bytes(blob.replace(placeholder, b"]" * deep + b"a" * (deep - 1)))
+    expect_error(cache, lambda: load(d, cache), "test_batch", "'labels' is not a list of integers")
 
 
 def test_corrupt_archives(tmp_path: Path, cache: Path) -> None:

@@ -240,6 +240,26 @@ def test_a_repeated_sigterm_asks_the_same_stop_and_a_second_ctrl_c_stops_at_once
             time.sleep(1)
 
 
+def test_a_sigterm_after_the_stop_leaves_the_process_to_end_with_130():
+    """Once a run stopped (its checkpoint written), a further SIGTERM or SIGHUP before the process exits must not
+    kill it with 143: the handlers nothing else had set stay ignoring them; an unstopped run restores them."""
+    from sbattn.train.signals import StopRequest
+    previous = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with StopRequest().installed():
+            pass
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # nothing stopped: as it was
+        with StopRequest().installed():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the handler runs here
+        assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGTERM)  # with the default restored, this would end the test's process
+        time.sleep(0.01)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def test_a_closed_terminal_stops_the_run_as_sigterm_does():
     """SIGHUP (the terminal or ssh session that started the run closed) asks the same stop at a step's end, with
     its checkpoint and resume line, not Python's default death."""

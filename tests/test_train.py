@@ -450,3 +450,23 @@ def test_ctrl_c_stops_after_the_step_it_arrives_in_and_resumes_identically(tmp_p
     assert state["partial"]["seen"] == 11 * 32
     monkeypatch.undo()
     _resume_and_compare(out, uninterrupted)
+
+
+def test_compile_without_a_working_cpp_compiler_is_one_line(tmp_path, monkeypatch, capsys):
+    """--compile on a CPU needs a C++ compiler: without one, one line naming it and --compile none, not inductor's
+    hundred-line report (the compiler pointed at a missing file, the kernel cache off so that it is asked)."""
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+    from _runs import one_line
+    from sbattn.cli import main
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-c++")))
+    torch._dynamo.reset()
+    try:
+        code = main(["train", "--dataset=fake", "--device=cpu", "--width=0.0625", "--epochs=1", "--milestones=[1]",
+                     "--precision=fp32", "--compile=model", "--seed=0", f"--output-dir={tmp_path / 'out'}"])
+    finally:
+        torch._dynamo.reset()
+    line = one_line(capsys.readouterr().err)
+    assert code == 1 and "--compile model: torch.compile could not build the step" in line
+    assert "no-such-c++" in line and "--compile none" in line

@@ -29,7 +29,12 @@ def _parse_batch(blob: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
     if "data" not in d or "labels" not in d:
         raise DataError(f"{where} has no 'data' or 'labels' entry, so it is not a CIFAR-10 batch; "
                         "replace it (--download)")
-    data, labels = d["data"], np.asarray(d["labels"])
+    data = d["data"]
+    try:
+        labels = np.asarray(d["labels"])
+    except (ValueError, TypeError, RecursionError):  # ragged, or nested past numpy's dimensions or the stack
+        raise DataError(f"{where}: 'labels' is not a list of integers (ragged or nested); replace the file "
+                        f"(--download)") from None
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         shape = data.shape if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{where}: 'data' has shape {shape}, expected (N, 3072) uint8; replace the file (--download)")

@@ -36,7 +36,8 @@ class StopRequest:
 
     A second Ctrl-C (SIGINT) stops at once, without a checkpoint; a repeated SIGTERM asks the same as the first:
     the kernel sends a torchrun worker one for each thread of its dying agent (the worker passes from thread to
-    thread as they exit), and a supervisor may repeat its request before its SIGKILL.
+    thread as they exit), and a supervisor may repeat its request before its SIGKILL. After a stop, SIGTERM and
+    SIGHUP stay ignored where nothing else handled them, so that the process ends with 130 whatever comes.
     """
 
     def __init__(self) -> None:
@@ -67,7 +68,10 @@ class StopRequest:
             yield self
         finally:
             for s, h in previous.items():
-                signal.signal(s, h)
+                # A stopped run's process is on its way out with 130 (its checkpoint written): a repeated SIGTERM or
+                # SIGHUP that nothing else handles must not turn that into a death by the signal (143).
+                after_stop = self.signal is not None and s != signal.SIGINT and h in (signal.SIG_DFL, None)
+                signal.signal(s, signal.SIG_IGN if after_stop else h)
 
 
 def _train_alone(signum: int, frame: FrameType | None) -> None:

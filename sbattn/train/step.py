@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from .evaluation import sum_dtype
 
 __all__ = ["EpochSums", "Objective", "SUM_NAMES", "train_step", "make_step", "compile_mode", "compile_step", "set_lr_form",
-           "make_momentum_buffers"]
+           "make_momentum_buffers", "compile_failure"]
 
 
 # The sums that carry an interrupted epoch's figures into its resumption (RunState.partial), each a 0-dim tensor.
@@ -180,5 +181,18 @@ def make_step(mode: str, model: nn.Module, optimizer: torch.optim.Optimizer, sca
         if graphs:  # a new step: the CUDA graphs' outputs of the last one (its activations, gradients) are done with
             torch.compiler.cudagraph_mark_step_begin()
         optimizer.zero_grad(set_to_none=True)  # outside: torch.compile does not trace it
-        body(x, y)
+        try:
+            body(x, y)
+        except Exception as e:
+            if mode == "none" or not type(e).__module__.startswith(("torch._inductor", "torch._dynamo")):
+                raise
+            raise UserError(compile_failure(mode, e)) from None
     return step
+
+
+def compile_failure(mode: str, error: BaseException) -> str:
+    """One line for a torch.compile that failed (a compiler missing, say), instead of its hundred-line report."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    return (f"--compile {mode}: torch.compile could not build the step ({type(error).__name__}: {first}); on a CPU "
+            f"it needs a working C++ compiler (the CXX variable, or c++, g++ or clang++ on the PATH): install one, "
+            f"or train with --compile none")
