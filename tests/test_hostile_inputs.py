@@ -224,3 +224,33 @@ def test_a_fifo_where_the_decoded_data_is_cached_is_a_miss_not_a_wait(tree, tmp_
     with pytest.warns(UserWarning, match="ignoring unreadable cache file .* is a FIFO"):
         again = load(tree, tmp_path)  # decoded again; no writer ever opens the FIFO
     assert again.fingerprint() == first.fingerprint()
+
+
+def _nested_record(path, depth: int) -> None:
+    """A weights file whose history is a list in a list ... `depth` deep, made by the pickle's own opcodes (no
+    pickler recurses that far) and stored as torch.save stores entries."""
+    buf = io.BytesIO()
+    torch.save({"format": 3, "state_dict": {}, "history": "PLACEHOLDER"}, buf)
+    source = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    placeholder = b"X\x0b\x00\x00\x00PLACEHOLDER"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("data.pkl"):
+                assert data.count(placeholder) == 1
+                data = data.replace(placeholder, b"]" * depth + b"a" * (depth - 1))
+            z.writestr(info.filename, data)
+
+
+def test_records_nested_past_the_stack_or_holding_lazy_views_are_one_line(tmp_path, capsys):
+    from sbattn.cli import main
+    from _runs import one_line
+    deep = tmp_path / "deep.pth"
+    _nested_record(deep, 200_000)
+    assert main(["evaluate", str(deep), "--device", "cpu"]) == 2
+    assert "nests its contents deeper than any file sbattn writes" in one_line(capsys.readouterr().err)
+    for view in (torch.randn(3, dtype=torch.complex64).conj(), torch.randn(3, dtype=torch.complex64).conj().imag):
+        lazy = tmp_path / "lazy.pth"
+        torch.save({"format": 2, "state_dict": {"w": view}}, lazy)  # format 2: no checksum asked
+        assert main(["evaluate", str(lazy), "--device", "cpu"]) == 2
+        assert "w is a conjugate or negative view" in one_line(capsys.readouterr().err)

@@ -56,8 +56,12 @@ def read_record(path: str | Path) -> dict:
         raise CheckpointError(f"{path} has format {number!r}, this sbattn reads {kind} format "
                               f"{', '.join(map(str, readable))} (written by sbattn {obj.get('version', '?')}); use "
                               f"it with that version or move it away")
-    check_tensors(obj, path)
-    verify_checksum(obj, path, required=number >= SEALED_SINCE[kind])
+    try:
+        check_tensors(obj, path)
+        verify_checksum(obj, path, required=number >= SEALED_SINCE[kind])
+    except RecursionError:  # lists in lists ... deeper than the stack: never what sbattn writes
+        raise CheckpointError(f"{path} nests its contents deeper than any file sbattn writes; refusing to read "
+                              f"it") from None
     return obj
 
 

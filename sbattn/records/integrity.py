@@ -87,6 +87,9 @@ def check_tensors(record: object, path: Path) -> None:
     stride-0 view, torch.zeros(1).expand(n), claims n elements of a storage of one)."""
     size = path.stat().st_size
     for name, t in _tensors(record, ""):
+        if t.is_conj() or t.is_neg():  # lazy views torch.save keeps and sbattn never makes: no bytes to hash as is
+            raise CheckpointError(f"{path}: {name} is a conjugate or negative view, which sbattn never writes: not "
+                                  f"a file sbattn wrote; refusing to read it")
         held = t.untyped_storage().nbytes() if t.layout == torch.strided else -1  # -1: sparse, no one storage
         if not 0 <= t.numel() * t.element_size() <= held <= size:
             raise CheckpointError(f"{path}: {name}, a {tuple(t.shape)} {t.dtype} tensor, claims "
