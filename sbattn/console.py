@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 import sys
 import warnings
 from pathlib import Path
@@ -35,14 +36,17 @@ def _to_fallback(text: str) -> None:
 
 
 def append_to_log(path: str | Path, text: str) -> None:
-    """Append `text` to the log file `path`, never through a link planted at its name; what cannot be written is
-    dropped (nowhere left to write: the exit status still says what happened)."""
+    """Append `text` to the log file `path`, never through a link planted at its name nor into a FIFO or device
+    there (opened without waiting for a reader, then left); what cannot be written is dropped (nowhere left to
+    write: the exit status still says what happened)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        fd = os.open(path, flags, 0o644)
     except OSError:
         return
     try:
-        os.write(fd, text.encode(errors="replace"))
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.write(fd, text.encode(errors="replace"))
     except OSError:
         pass
     finally:

@@ -4,6 +4,7 @@ refused with one line before anything large is read, or handled a batch at a tim
 import io
 import os
 import resource
+import stat
 import struct
 import subprocess
 import sys
@@ -254,3 +255,27 @@ def test_records_nested_past_the_stack_or_holding_lazy_views_are_one_line(tmp_pa
         torch.save({"format": 2, "state_dict": {"w": view}}, lazy)  # format 2: no checksum asked
         assert main(["evaluate", str(lazy), "--device", "cpu"]) == 2
         assert "w is a conjugate or negative view" in one_line(capsys.readouterr().err)
+
+
+def test_a_fifo_at_a_runs_log_is_neither_waited_on_nor_written(tmp_path, capsys):
+    """A FIFO planted at `<run>.log`: a lone run whose streams are closed (its words go to the log) finishes
+    without waiting for a reader, and a `--jobs` suite refuses in one line, before it writes anything, instead of
+    hanging."""
+    from sbattn.cli import main
+    from _runs import TINY
+    name = "vgg16_0.5_True_False_tanh_w0.0625_seed0"
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    os.mkfifo(lone / f"{name}.log")
+    args = " ".join([*TINY, "--seed=0", f"--output-dir={lone}"])
+    done = subprocess.run(f"exec {sys.executable} -m sbattn train {args} >&- 2>&-", shell=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and (lone / f"{name}.json").is_file()
+    assert stat.S_ISFIFO(os.lstat(lone / f"{name}.log").st_mode)  # left as it was
+    suite, name = tmp_path / "suite", name.replace("tanh", "sigmoid")  # compare's SB: sigmoid
+    suite.mkdir()
+    os.mkfifo(suite / f"{name}.log")
+    assert main(["compare", *TINY, "--attention=sb", "--seeds=2", "--jobs=2", f"--output-dir={suite}"]) != 0
+    out = capsys.readouterr()
+    assert f"{name}.log is not a regular file (it is a FIFO)" in one_line(out.err)
+    assert sorted(p.name for p in suite.iterdir()) == [f"{name}.log"]  # refused before anything was written

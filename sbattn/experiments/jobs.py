@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..config import TrainConfig
-from ..files import as_argument
+from ..files import as_argument, check_regular
 from ..records import RunPaths
 from ..records.outputs import file_failure, write_record
 from ..system import thread_budget
@@ -74,6 +74,7 @@ def _start(job: Job, device: str | None, env: dict, child_setup: Callable[[], No
     """`sbattn train` on the job's configuration file, on `device` where given, its output appended to the job's
     log."""
     paths = job.paths
+    check_regular(paths.log, "the run's output is appended to it: the run was not started")  # a FIFO would hang
     with file_failure(paths.config, "the run was not started"):
         paths.output_dir.mkdir(parents=True, exist_ok=True)
         write_record(paths.config, job.config.rerun_options())
