@@ -503,6 +503,7 @@ class StandInRun:
 
     def __init__(self, argv, env, **kwargs):
         self.argv, self.env, self.signals, self.returncode = argv, env, [], None
+        self.options = Path(argv[argv.index("--config") + 1]).read_text()  # the suite removes it when the run ends
         self.polls_left = 6 - len(StandInRun.started)
         self.device = next(a.split("=", 1)[1] for a in argv if a.startswith("--device="))
         self.running_beside = [r.device for r in StandInRun.started if r.returncode is None]
@@ -533,10 +534,13 @@ def test_jobs_on_cuda_share_one_gpu_or_spread_over_several(tmp_path, monkeypatch
     lines = []
     assert jobs.run_jobs(runs, 3, lines.append) == 0
     started = StandInRun.started
-    for r, j in zip(started, runs):  # each from its own configuration file, which rebuilds its configuration whole
+    for r, j in zip(started, runs):  # each from a configuration file of the suite's own, which rebuilds it whole
         resume = ["--resume"] if j.config.resume else []
-        assert r.argv[r.argv.index("train") + 1:] == ["--config", str(j.paths.config), *resume, f"--device={r.device}"]
-        assert TrainConfig(**{**json.loads(j.paths.config.read_text()), "resume": j.config.resume}) == j.config
+        options = Path(r.argv[r.argv.index("--config") + 1])
+        assert r.argv[r.argv.index("train") + 1:] == ["--config", str(options), *resume, f"--device={r.device}"]
+        assert TrainConfig(**{**json.loads(r.options), "resume": j.config.resume}) == j.config
+        assert options.parent != tmp_path and not options.exists()  # not the run's own file, and removed at its end
+        assert not j.paths.config.exists()  # the run writes that one, under its lock
     assert all(len(r.running_beside) < 3 for r in started)  # three at a time
     assert all(r.env["OMP_NUM_THREADS"] == "4" and not r.signals for r in started)  # 16 cores; no "alone" on a GPU
     if gpus == 1:  # every run on the one GPU, as the user's --device named it
@@ -626,3 +630,17 @@ def test_the_users_thread_count_is_the_suites_budget(monkeypatch):
     assert threads_per_job(2, "cpu") == 4
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert threads_per_job(1, "cpu") == available_cores()
+
+
+def test_a_runs_end_is_reported_from_its_own_output_not_another_suites(tmp_path):
+    """Two suites on one folder append to the same `<run>.log`: each reports the last line its own process wrote
+    (from where the log ended when it started), never the other's result as its own."""
+    from sbattn.experiments.jobs import _last_line
+    log = tmp_path / "run.log"
+    log.write_text("final test accuracy 20.31% (the other suite's run)\n")
+    offset = log.stat().st_size
+    assert _last_line(log, offset) == ""
+    with open(log, "a") as f:
+        f.write("error: finished with another recipe\n\n")
+    assert _last_line(log, offset) == "error: finished with another recipe"
+    assert _last_line(log) == "error: finished with another recipe" and _last_line(tmp_path / "none.log") == ""

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -70,21 +71,38 @@ def _least_used(devices: list[str], in_use: list[str]) -> str:
     return min(devices, key=lambda d: (in_use.count(d), devices.index(d)))
 
 
-def _start(job: Job, device: str | None, env: dict, child_setup: Callable[[], None]) -> subprocess.Popen:
-    """`sbattn train` on the job's configuration file, on `device` where given, its output appended to the job's
-    log."""
+@dataclass
+class Started:
+    """A run's process, and what the suite keeps of its start: the file its configuration went in (this suite's
+    own, removed when the process ends) and where the process's output begins in the run's log."""
+
+    process: subprocess.Popen
+    options: Path
+    log_offset: int
+
+
+def _start(job: Job, device: str | None, env: dict, child_setup: Callable[[], None]) -> Started:
+    """`sbattn train` on the job's configuration, on `device` where given, its output appended to the job's log.
+    The configuration goes to a file of this suite's own, not to `<run>.config.json`, which the run writes under
+    its lock: another suite on the same folder, with another recipe, can neither change what this one trains nor
+    have its run taken for this one's."""
     paths = job.paths
     check_regular(paths.log, "the run's output is appended to it: the run was not started")  # a FIFO would hang
-    with file_failure(paths.config, "the run was not started"):
+    with file_failure(paths.output_dir, "the run was not started"):
         paths.output_dir.mkdir(parents=True, exist_ok=True)
-        write_record(paths.config, job.config.rerun_options())
-    command = ["train", "--config", as_argument(paths.config), *job.config.action_flags(),
+    handle, name = tempfile.mkstemp(prefix=f"sbattn-{paths.name[:80]}.", suffix=".json")
+    os.close(handle)
+    options = Path(name)
+    write_record(options, job.config.rerun_options())
+    command = ["train", "--config", as_argument(options), *job.config.action_flags(),
                f"--device={device or job.config.device}"]
     with file_failure(paths.log, "the run was not started"):  # never through a link planted at its name
         out = open(paths.log, "ab", opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW, 0o644))
     with out:
-        return subprocess.Popen([sys.executable, "-m", "sbattn", *command], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True, preexec_fn=child_setup)
+        offset = out.seek(0, os.SEEK_END)
+        process = subprocess.Popen([sys.executable, "-m", "sbattn", *command], stdout=out, stderr=subprocess.STDOUT,
+                                   env=env, start_new_session=True, preexec_fn=child_setup)
+    return Started(process, options, offset)
 
 
 def _child_setup_hook() -> Callable[[], None]:
@@ -107,25 +125,30 @@ def _child_setup_hook() -> Callable[[], None]:
     return hook
 
 
-def _last_line(path: Path) -> str:
+def _last_line(path: Path, offset: int = 0) -> str:
+    """The last line of `path` from byte `offset` on (where one process's output began)."""
     try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
     except OSError:
         return ""
+    lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
 
-def _ended(job: Job, code: int, seconds: float, log: Callable[[str], None]) -> int:
-    """Report a run's process that ended; the suite's exit status for it (0: finished, 130: stopped)."""
+def _ended(job: Job, code: int, seconds: float, log: Callable[[str], None], log_offset: int = 0) -> int:
+    """Report a run's process that ended (its output in the run's log from `log_offset`); the suite's exit status
+    for it (0: finished, 130: stopped)."""
     if code == 0:
-        log(f"{job.label}: finished in {seconds / 60:.1f} min; {_last_line(job.paths.log)}")
+        log(f"{job.label}: finished in {seconds / 60:.1f} min; {_last_line(job.paths.log, log_offset)}")
         return 0
     if code in (130, -signal.SIGINT, -signal.SIGTERM):
         checkpoint = job.paths.checkpoint
         log(f"{job.label}: stopped, " + (f"checkpoint kept ({checkpoint.name})" if checkpoint.exists()
                                          else "before its first checkpoint"))
         return 130
-    log(f"{job.label}: failed with exit status {code}: {_last_line(job.paths.log)}")
+    log(f"{job.label}: failed with exit status {code}: {_last_line(job.paths.log, log_offset)}")
     return code if code > 0 else 1
 
 
@@ -135,7 +158,7 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
     After a failure or an interruption no new run starts, and the running ones are waited for.
     """
     pending = list(jobs)
-    running: dict[subprocess.Popen, tuple[Job, float, str]] = {}
+    running: dict[subprocess.Popen, tuple[Job, float, str, Started]] = {}
     if not jobs:
         return 0
     device = jobs[0].config.device or "cpu"
@@ -162,9 +185,10 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
         while running or more_to_start():
             while more_to_start() and len(running) < parallel:
                 job = pending.pop(0)
-                job_device = _least_used(devices, [d for _, _, d in running.values()])
-                proc = _start(job, job_device if len(devices) > 1 else None, env, child_setup)
-                running[proc] = (job, time.perf_counter(), job_device)
+                job_device = _least_used(devices, [d for _, _, d, _ in running.values()])
+                start = _start(job, job_device if len(devices) > 1 else None, env, child_setup)
+                proc = start.process
+                running[proc] = (job, time.perf_counter(), job_device, start)
                 if stopped:  # the signal came while the process was being started
                     proc.send_signal(signal.SIGINT)
                 verb = "resuming" if job.paths.checkpoint.exists() else "started"
@@ -172,8 +196,9 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
                 log(f"{job.label}: {verb} {job.config.run_name}{on} (log: {job.paths.log})")
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
-                job, started, _ = running.pop(proc)
-                code = _ended(job, proc.returncode, time.perf_counter() - started, log)
+                job, started, _, start = running.pop(proc)
+                start.options.unlink(missing_ok=True)
+                code = _ended(job, proc.returncode, time.perf_counter() - started, log, start.log_offset)
                 status = status or code  # every end reported, the first failure kept
             if not told_alone and ALONE_SIGNAL is not None and len(running) == 1 and not more_to_start():
                 told_alone = True
