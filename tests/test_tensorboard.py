@@ -60,3 +60,25 @@ def test_without_the_package_the_option_is_refused_in_one_line_naming_the_extra(
     assert err.count("\n") == 1 and 'pip install "sbattn[tensorboard]"' in err
     assert not (tmp_path / "x").exists()
     tiny_config(tmp_path, tensorboard=False)  # off, as by default: nothing needed
+
+
+@pytest.mark.parametrize("planted", ["link", "file", "run-file", "run-link"])
+def test_events_are_never_written_through_a_link_or_into_a_file_in_the_way(tmp_path, capsys, planted):
+    from sbattn.cli import main
+    from _runs import TINY, one_line
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    board = out / "tensorboard"
+    run = board / "vgg16_0.5_True_False_tanh_w0.0625_seed0"
+    if planted == "link":
+        board.symlink_to(elsewhere)
+    elif planted == "file":
+        board.write_text("not a folder")
+    else:
+        board.mkdir()
+        run.symlink_to(elsewhere) if planted == "run-link" else run.write_text("not a folder")
+    assert main(["train", *TINY, "--seed=0", "--tensorboard", f"--output-dir={out}"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "not a folder: --tensorboard writes its events there, never through a link" in line
+    assert list(elsewhere.iterdir()) == []  # nothing written through the link
