@@ -644,3 +644,21 @@ def test_a_runs_end_is_reported_from_its_own_output_not_another_suites(tmp_path)
         f.write("error: finished with another recipe\n\n")
     assert _last_line(log, offset) == "error: finished with another recipe"
     assert _last_line(log) == "error: finished with another recipe" and _last_line(tmp_path / "none.log") == ""
+
+
+def test_a_report_interrupted_while_drawing_leaves_the_earlier_tables_whole(compare_dir, tmp_path, monkeypatch):
+    """The slow figure is drawn before any text is replaced: Ctrl-C (or SIGTERM, which report turns into it) there
+    leaves the earlier compare.md, .csv and .json as they were, never a new text beside an old figure."""
+    from sbattn.experiments import tables
+    directory, _, _ = compare_dir
+    copy = tmp_path / "copy"
+    shutil.copytree(directory, copy)
+    for suffix in (".md", ".csv", ".json"):
+        (copy / f"compare{suffix}").write_text("the earlier table\n")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tables, "plot_suite", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cli.run_report(parse("report", [str(copy)]))
+    assert all((copy / f"compare{s}").read_text() == "the earlier table\n" for s in (".md", ".csv", ".json"))

@@ -216,11 +216,10 @@ def write_suite_outputs(suite: Suite, groups: dict[Variant, list[FinishedRun]], 
     rows = build_rows(suite, groups)
     if not rows:
         raise UserError(f"no finished runs for the {suite.name} table in {directory}")
-    written = []
-    for suffix, render in ((".md", render_markdown), (".csv", render_csv), (".json", render_json)):
-        path = directory / f"{suite.name}{suffix}"
-        write_text(path, render(suite, rows))
-        written.append(path)
+    # The set is published together: everything rendered first, the figure (the slow part) written, then the
+    # texts in quick succession, so that an interruption leaves the earlier set whole rather than a mix.
+    texts = {directory / f"{suite.name}{suffix}": render(suite, rows)
+             for suffix, render in ((".md", render_markdown), (".csv", render_csv), (".json", render_json))}
     config = rows[0].runs[0].config
     title = (f"{suite.title}: {config.get('arch')}, {config.get('placement')} placement, "
              f"width ×{config.get('width'):g}, {config.get('epochs')} epochs, {config.get('dataset')}")
@@ -228,8 +227,9 @@ def write_suite_outputs(suite: Suite, groups: dict[Variant, list[FinishedRun]], 
     plot_suite({label: [r.history for r in row.runs] for label, row in zip(labels, rows)},
                directory / f"{suite.name}.png", printable(title),
                finals={label: row.accs for label, row in zip(labels, rows)})
-    written.append(directory / f"{suite.name}.png")
-    return written
+    for path, text in texts.items():
+        write_text(path, text)
+    return [*texts, directory / f"{suite.name}.png"]
 
 
 def write_lambda_figure(groups: dict[Variant, list[FinishedRun]], directory: Path) -> list[Path]:
