@@ -55,6 +55,10 @@ R = TypeVar("R", bound="Recipe")  # a Recipe or a subclass (TrainConfig): what i
 
 @dataclass
 class Recipe:
+    """What makes two runs the same run: the model, the data, the training's hyper-parameters and the seed, each a
+    typed field with its command-line help, validated when built (one-line ConfigError). `run_name` names a run's
+    files; `to_dict`/`from_dict` are its JSON form; TrainConfig adds where and how one process trains it."""
+
     # The reference implementation's hyper-parameters, with its README's defaults.
     attn_ratio: float = option(0.5, "hidden size ratio of the attention branch", reference=True)
     use_sb: bool = option(True, "Shift-and-Balance attention (the reference's spelling of --attention sb)",

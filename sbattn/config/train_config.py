@@ -39,6 +39,11 @@ CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 @dataclass
 class TrainConfig(Recipe):
+    """A Recipe and how this process trains it: the device, the folders, the layout, --compile, threads, torchrun's
+    timeout, checkpoints inside epochs, and the actions of this invocation (--resume, --overwrite). The command line
+    and --config files are generated from its fields (config/options.py); `rerun_options` is what a run's
+    `<run>.config.json` holds."""
+
     device: str | None = option(None, "cuda, cuda:N, cpu or mps; none given: CUDA when present, else the CPU",
                                 reference=True)
     data_dir: str = option("./data", "where CIFAR-10 is (any supported form), or will be downloaded to")

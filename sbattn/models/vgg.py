@@ -34,6 +34,11 @@ def scaled(width: int, multiplier: float) -> int:
 
 
 class VGG(nn.Module):
+    """The reference implementation's CIFAR VGG16 as data: `stages` of (channels, convs), each conv 3x3 - BatchNorm -
+    ReLU, a 2x2 max pool ending each stage, attention of a registered kind before it ("stage", the reference's) or
+    after each conv ("layer"); then global average pooling and a classifier with one `hidden`-wide ReLU layer.
+    `width` scales every layer."""
+
     def __init__(self, stages: Sequence[tuple[int, int]] = VGG16_STAGES, attention: str | None = None,
                  placement: str = "stage", num_classes: int = 10, width: float = 1.0, hidden: int = 256,
                  in_chans: int = 3, **attn_options: Any) -> None:
