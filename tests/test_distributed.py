@@ -369,7 +369,7 @@ def test_mid_epoch_checkpoint_needs_the_same_number_of_processes(two, tmp_path):
     config = sbattn.TrainConfig.from_dict(state["config"], output_dir=str(tmp_path))
     model = sbattn.load(next(two[0].glob("*.pth")))
     from sbattn.records.checkpoint import save_checkpoint
-    unused = dict.fromkeys(("optimizer", "scheduler", "scaler"))  # refused before they are read
+    unused = {k: {} for k in ("optimizer", "scheduler", "scaler")}  # refused before they are restored
     # a well-formed checkpoint of one process, 5 steps into its second epoch
     partial = {"loss": torch.zeros(()), "correct": torch.zeros(()), "seen": 160, "seconds": 1.0}
     entry = {"epoch": 1, "lr": 0.02, "train_loss": 2.0, "train_acc": 0.1, "eval_loss": 2.0, "eval_acc": 0.1,

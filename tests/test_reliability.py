@@ -237,7 +237,7 @@ def test_results_txt_failing_at_the_end_keeps_the_checkpoint_and_resume_finishes
 
     monkeypatch.setattr(loop, "_finish", real_finish)
     (out / "results.txt").rmdir()
-    monkeypatch.setattr(loop, "train_epoch", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(loop, "Epoch", lambda *a, **k: pytest.fail("trained again"))
     assert main([*argv, "--resume"]) == 0
     record = json.loads((out / f"{NAME}_seed0.json").read_text())
     assert record["summary"]["complete"] and record["history"] == trained

@@ -1,5 +1,5 @@
-"""One epoch: its steps from where the run stands to the epoch's end (or a stop request), then its schedule step,
-evaluation and history entry.
+"""One epoch: its steps from where the run stands to the epoch's end (or a stop request), a step at a time
+(Epoch), then its schedule step, evaluation and history entry (end_epoch).
 
 Loss and accuracy are summed on the device and read only when the progress bar refreshes and at the end of an
 epoch, so the step loop does not wait on the host.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Generator
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from .signals import StopRequest
 from .state import RunState
 from .step import SUM_NAMES, EpochSums
 
-__all__ = ["EpochTotals", "train_epoch", "end_epoch", "epoch_line", "format_epoch", "lambda_stats"]
+__all__ = ["EpochTotals", "Epoch", "end_epoch", "epoch_line", "format_epoch", "lambda_stats"]
 
 
 @dataclass
@@ -41,72 +41,85 @@ class EpochTotals:
     sampled: int  # how many batches they hold
 
 
-def train_epoch(run: Run, state: RunState, step_fn: Callable[[torch.Tensor, torch.Tensor], None], sums: EpochSums,
-                pipeline: Pipeline, stop: StopRequest,
-                save: Callable[[], None] | None = None) -> Generator[None, None, EpochTotals]:
-    """Train the epoch under way from its next step, to its end or to a stop request, with `step_fn` adding to
-    `sums`, yielding after each step; the totals come back reduced over ranks. On a stop, state.step is the number
-    of steps done (never 0), else it is 0. `save` checkpoints the run: called every --checkpoint-steps steps, with
-    state.step and state.partial as a stop there would leave them."""
-    config, ctx, epoch, start_step = run.config, run.ctx, state.epoch, state.step
-    sums.restart(state.partial, start_step)
-    seen_before = sums.seen
-    steps = config.steps_in_epoch(epoch, state.steps_per_epoch)  # a fractional run's last epoch stops early
-    lr = float(state.optimizer.param_groups[0]["lr"])
-    state.model.train()
-    bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{config.epoch_count}", leave=False,
-               disable=not run.interactive, dynamic_ncols=True)
-    started = refreshed = time.perf_counter()
-    step, stopping = start_step, False
-    distributed.passing(ctx, state.epoch, start_step)
-    distributed.entering("a training step's gradient all-reduce")
-    first_step = state.global_step
-    for step, (x, y) in enumerate(pipeline.batches(state), start=start_step):
-        if step == steps:
-            break
-        done = first_step + step - start_step  # optimiser steps of the run before this one
-        hold_finished_groups(state.optimizer, done)
-        step_fn(x.contiguous(memory_format=state.memory_format), y)
-        sums.seen += len(y)
-        bar.update(1)
-        yield  # to the driver: other runs of this process may step now (train/pack.py); a stop is seen below
-        # After the yield: a fused group computes its members' steps when the driver flushes the round.
+class Epoch:
+    """The epoch under way, a step at a time, from where the run stands: `step()` takes the next batch and hands it
+    to `step_fn` (False when the epoch has no more, or a stop was agreed), `after_step()` does what follows a step
+    once its arithmetic is done (a fused group computes it when its driver flushes the round): the schedule per
+    batch, lookahead, progress, the stop check (every few steps across ranks, so that all stop at the same one) and
+    a checkpoint every --checkpoint-steps; `close()` returns the totals, reduced over ranks. After a stop
+    state.step is the number of steps done (never 0), else 0."""
+
+    def __init__(self, run: Run, state: RunState, step_fn: Callable[[torch.Tensor, torch.Tensor], None],
+                 sums: EpochSums, pipeline: Pipeline, stop: StopRequest, save: Callable[[], None] | None) -> None:
+        self.run, self.state, self.step_fn, self.sums, self.stop, self.save = run, state, step_fn, sums, stop, save
+        self.start = state.step
+        sums.restart(state.partial, self.start)
+        self.seen_before = sums.seen
+        self.steps = run.config.steps_in_epoch(state.epoch, state.steps_per_epoch)  # a fractional run's last: fewer
+        self.first_global = state.global_step
+        self.index = self.start - 1  # the last step taken
+        self.stopping = False
+        self.lr = float(state.optimizer.param_groups[0]["lr"])
+        state.model.train()
+        self.bar = tqdm(total=self.steps, initial=self.start, desc=f"epoch {state.epoch + 1}/{run.config.epoch_count}",
+                        leave=False, disable=not run.interactive, dynamic_ncols=True)
+        self.started = self.refreshed = time.perf_counter()
+        distributed.passing(run.ctx, state.epoch, self.start)
+        distributed.entering("a training step's gradient all-reduce")
+        self.batches = pipeline.batches(state)
+
+    def step(self) -> bool:
+        if self.stopping or self.index + 1 >= self.steps:
+            return False
+        x, y = next(self.batches)
+        self.index += 1
+        hold_finished_groups(self.state.optimizer, self.first_global + self.index - self.start)
+        self.step_fn(x.contiguous(memory_format=self.state.memory_format), y)
+        self.sums.seen += len(y)
+        self.bar.update(1)
+        return True
+
+    def after_step(self) -> None:
+        run, state, sums, step = self.run, self.state, self.sums, self.index
         if state.per_batch:
             state.scheduler.step()
         if state.lookahead is not None:
-            state.lookahead.update(done + 1)
+            state.lookahead.update(self.first_global + step - self.start + 1)
         now = time.perf_counter()
         run.threads.poll(now)
-        last = step + 1 == steps
-        if run.interactive and now - refreshed > 1.0 or last or stop:  # reading sums waits for the device
-            refreshed = now
-            _check_finite(run, sums.nonfinite, epoch)
-            bar.set_postfix(loss=f"{sums.loss.item() / sums.seen:.4f}",
-                            acc=f"{100 * sums.correct.item() / sums.seen:.2f}%", lr=f"{lr:.4g}",
-                            ips=f"{(sums.seen - seen_before) / (now - started):.0f}")
-        # Ranks agree on stopping every few steps, so that all of them stop at the same one.
-        if not ctx.distributed:
-            stopping = bool(stop)
+        last = step + 1 == self.steps
+        if run.interactive and now - self.refreshed > 1.0 or last or self.stop:  # reading sums waits for the device
+            self.refreshed = now
+            _check_finite(run, sums.nonfinite, state.epoch)
+            self.bar.set_postfix(loss=f"{sums.loss.item() / sums.seen:.4f}",
+                                 acc=f"{100 * sums.correct.item() / sums.seen:.2f}%", lr=f"{self.lr:.4g}",
+                                 ips=f"{(sums.seen - self.seen_before) / (now - self.started):.0f}")
+        if not run.ctx.distributed:
+            self.stopping = bool(self.stop)
         elif (step + 1) % 8 == 0 or last:
-            distributed.passing(ctx, state.epoch, step + 1)
-            stopping = distributed.any_rank(ctx, bool(stop), run.device)
+            distributed.passing(run.ctx, state.epoch, step + 1)
+            self.stopping = distributed.any_rank(run.ctx, bool(self.stop), run.device)
             distributed.entering("a training step's gradient all-reduce")
-        if stopping:
-            break
-        if save is not None and config.checkpoint_steps and (step + 1) % config.checkpoint_steps == 0 and not last:
-            _check_finite(run, sums.nonfinite, epoch)  # a diverged run must not replace the last good checkpoint
+        checkpoint_steps = run.config.checkpoint_steps
+        if not self.stopping and self.save is not None and checkpoint_steps and (step + 1) % checkpoint_steps == 0 \
+                and not last:
+            _check_finite(run, sums.nonfinite, state.epoch)  # a diverged run must not replace the last good checkpoint
             totals, seen = _reduced(run, sums)
-            state.step, state.partial = step + 1, _partial(totals, seen, sums.seconds + now - started)
-            save()  # every rank, at the same step: the checkpoint gathers each rank's random state
+            state.step, state.partial = step + 1, _partial(totals, seen, sums.seconds + now - self.started)
+            self.save()  # every rank, at the same step: the checkpoint gathers each rank's random state
             distributed.entering("a training step's gradient all-reduce")
-    bar.close()
-    stopping = stopping and step + 1 < steps  # a stop in the last step ends the epoch whole
-    seconds = sums.seconds + time.perf_counter() - started
-    totals, seen = _reduced(run, sums)
-    state.step = step + 1 if stopping else 0
-    state.partial = _partial(totals, seen, seconds) if stopping else None
-    return EpochTotals(totals["loss"].item(), totals["correct"].item(), int(seen.item()), seconds,
-                       totals["sampled_loss"].item(), totals["sampled_acc"].item(), sums.sampled_batches(steps))
+
+    def close(self) -> EpochTotals:
+        run, state, sums = self.run, self.state, self.sums
+        self.bar.close()
+        stopped = self.stopping and self.index + 1 < self.steps  # a stop in the last step ends the epoch whole
+        seconds = sums.seconds + time.perf_counter() - self.started
+        totals, seen = _reduced(run, sums)
+        state.step = self.index + 1 if stopped else 0
+        state.partial = _partial(totals, seen, seconds) if stopped else None
+        return EpochTotals(totals["loss"].item(), totals["correct"].item(), int(seen.item()), seconds,
+                           totals["sampled_loss"].item(), totals["sampled_acc"].item(),
+                           sums.sampled_batches(self.steps))
 
 
 def _reduced(run: Run, sums: EpochSums) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Generator
 
 from ..config import TrainConfig
 from ..errors import SbattnError, UserError
@@ -21,14 +20,14 @@ from ..records.tensorboard_log import epoch_logger
 from ..version import __version__
 from . import distributed
 from .agent import followed_agent
-from .epoch import end_epoch, epoch_line, train_epoch
+from .epoch import Epoch, end_epoch, epoch_line
 from .precision import precision_label
 from .run import Run, RunResult
 from .signals import StopRequest, alone_signal_handled
 from .start import Ready, make_ready
 from .state import RunState
 
-__all__ = ["train", "run_steps", "to_the_end", "RunResult"]
+__all__ = ["train", "Trainer", "RunResult"]
 
 
 def train(config: TrainConfig, quiet: bool = False) -> RunResult:
@@ -49,7 +48,7 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
             config = dataclasses.replace(config, resume=True, overwrite=False)
         stop = StopRequest()
         with stop.installed(), alone_signal_handled():
-            return to_the_end(run_steps(Run.start(config, ctx, device_name, quiet), quiet, stop))
+            return Trainer(Run.start(config, ctx, device_name, quiet), quiet, stop).run_to_the_end()
     except SbattnError as e:  # under torchrun, an error every rank hits is printed once, by rank 0
         e.quiet = not distributed.one_report(ctx, str(e))
         raise
@@ -63,35 +62,117 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
         distributed.teardown(ctx)
 
 
-Steps = Generator[None, None, RunResult]
+class Trainer:
+    """One run, driven a step at a time: `advance()` takes the run to its next training step (the first call takes
+    the lock and readies the run, or finds it finished; later ones first finish the previous step, and close an
+    epoch at its end: schedule, evaluation, checkpoint, line) and returns False once the run has ended, its
+    `result` set. A lone run calls it to the end; train/pack.py calls each of several runs' in turn, computing a
+    fused group's steps between them. Use it as a context manager: leaving it releases the lock."""
 
+    def __init__(self, run: Run, quiet: bool, stop: StopRequest) -> None:
+        self.run, self.quiet, self.stop = run, quiet, stop
+        self.result: RunResult | None = None
+        self._held = contextlib.ExitStack()  # the lock and the TensorBoard writer, while the run trains
+        self._ready: Ready | None = None
+        self._epoch: Epoch | None = None
+        self._stepped = False  # a step was handed over whose after-part is still to do
 
-def to_the_end(steps: Steps) -> RunResult:
-    """Drive a run's steps (run_steps) to its end."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
+    def __enter__(self) -> "Trainer":
+        return self
 
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
-def run_steps(run: Run, quiet: bool, stop: StopRequest) -> Steps:
-    """The run under its lock (rank 0 holds it), yielding after each training step so that a driver can step
-    several runs in turn (train/pack.py); a finished run is reported and left alone. `stop` is the process's stop
-    request, its signals installed by the driver."""
-    ctx, paths = run.ctx, run.paths
-    if ctx.main:
-        prepare_output_dir(paths.output_dir)
-    agent = followed_agent()  # a torchrun worker that stops when its agent dies: the lock says so to a resume
-    held = None if agent is None else (agent, run.config.dist_timeout)
-    with run_lock(paths, held) if ctx.main else contextlib.nullcontext():
+    def close(self) -> None:
+        """Release what the run holds (its lock): at its end, or where it is abandoned without a checkpoint."""
+        self._held.close()
+
+    def advance(self) -> bool:
+        if self._ready is None:
+            if not self._begin():
+                return False
+        elif self._stepped:
+            assert self._epoch is not None
+            self._stepped = False
+            self._epoch.after_step()
+        while not self._step():
+            if not self._end_epoch():
+                return False
+        return True
+
+    def run_to_the_end(self) -> RunResult:
+        with self:
+            while self.advance():
+                pass
+        assert self.result is not None
+        return self.result
+
+    def _step(self) -> bool:
+        assert self._epoch is not None
+        self._stepped = self._epoch.step()
+        return self._stepped
+
+    def _begin(self) -> bool:
+        """Under the run's lock (rank 0 holds it): the finished run reported and left alone, or the run readied."""
+        run = self.run
+        ctx, paths = run.ctx, run.paths
+        if ctx.main:
+            prepare_output_dir(paths.output_dir)
+        agent = followed_agent()  # a torchrun worker that stops when its agent dies: the lock says so to a resume
+        if ctx.main:
+            self._held.enter_context(run_lock(paths, None if agent is None else (agent, run.config.dist_timeout)))
         finished = distributed.gather_objects(ctx, _finished_or_cleared(run) if ctx.main else None)[0]
         if finished is not None:
             run.log(f"{paths.name} finished earlier: final test accuracy {finished.final_acc:.2f}%; its files are "
                     f"{paths.with_suffix('.{pth,json,csv,png}')}; nothing was trained (--overwrite trains it again, "
                     f"moving these aside)")
-            return RunResult(0, paths, finished.history, finished.summary)
-        return (yield from _epochs(run, make_ready(run, quiet), stop))
+            self.result = RunResult(0, paths, finished.history, finished.summary)
+            return False
+        self._ready = ready = make_ready(run, self.quiet)
+        events = paths.tensorboard if run.config.tensorboard and ctx.main else None
+        self._log_epoch = self._held.enter_context(epoch_logger(events, ready.state.epoch))
+        return self._next_epoch()
+
+    def _next_epoch(self) -> bool:
+        run, ready = self.run, self._ready
+        assert ready is not None
+        state = ready.state
+        if state.epoch < run.config.epoch_count:
+            self._epoch = Epoch(run, state, ready.step, ready.sums, ready.pipeline, self.stop,
+                                save=lambda: _save(run, state))
+            return True
+        if not run.ctx.main:
+            self.result = RunResult(0, run.paths, state.history)
+            return False
+        summary = _finish(run, ready)
+        run.log(f"final test accuracy {100 * summary['final_eval_acc']:.2f}% in fp32 (best per-epoch "
+                f"{100 * summary['best_eval_acc']:.2f}% at epoch {summary['best_epoch']}, in "
+                f"{precision_label(run.amp_dtype)}); results in {run.paths.output_dir}")
+        self.result = RunResult(0, run.paths, state.history, summary)
+        return False
+
+    def _end_epoch(self) -> bool:
+        """Close the epoch: a stop inside it checkpoints and ends the run (130); else its evaluation, schedule step,
+        checkpoint and line, then the next epoch, or the finish."""
+        run, ready, epoch = self.run, self._ready, self._epoch
+        assert ready is not None and epoch is not None
+        state, paths = ready.state, run.paths
+        totals = epoch.close()
+        if state.step:  # stopped inside the epoch
+            _save(run, state)
+            run.log(f"{self.stop.name}: stopped at epoch {state.epoch + 1}, step {state.step}; checkpoint saved to "
+                    f"{paths.checkpoint}\nresume with: {run.resume_command}")
+            self.result = RunResult(130, paths, state.history)
+            return False
+        end_epoch(run, state, totals, ready.pipeline)
+        _save(run, state)  # before the epoch is reported: a reader that has gone must not cost it
+        self._log_epoch(state.history[-1])
+        run.log(epoch_line(state.history, run.config.epoch_count))
+        if distributed.any_rank(run.ctx, bool(self.stop), run.device):
+            run.log(f"stopped after epoch {state.epoch}; resume with: {run.resume_command}")
+            self.result = RunResult(130, paths, state.history)
+            return False
+        return self._next_epoch()
 
 
 def _finished_or_cleared(run: Run) -> FinishedRun | None:
@@ -117,36 +198,6 @@ def _finished_or_cleared(run: Run) -> FinishedRun | None:
         with file_failure(paths.config, "nothing was trained: make room or fix the path, then run it again"):
             write_record(paths.config, config.rerun_options())
     return record
-
-
-def _epochs(run: Run, ready: Ready, stop: StopRequest) -> Steps:
-    """Epochs to the last, a checkpoint after each; a stop request checkpoints and returns 130."""
-    config, ctx, paths, state = run.config, run.ctx, run.paths, ready.state
-    events = paths.tensorboard if config.tensorboard and ctx.main else None
-    with epoch_logger(events, state.epoch) as log_epoch:
-        while state.epoch < config.epoch_count:
-            totals = yield from train_epoch(run, state, ready.step, ready.sums, ready.pipeline, stop,
-                                            save=lambda: _save(run, state))
-            if state.step:  # stopped inside the epoch
-                _save(run, state)
-                run.log(f"{stop.name}: stopped at epoch {state.epoch + 1}, step {state.step}; checkpoint saved to "
-                        f"{paths.checkpoint}\nresume with: {run.resume_command}")
-                return RunResult(130, paths, state.history)
-            end_epoch(run, state, totals, ready.pipeline)
-            _save(run, state)  # before the epoch is reported: a reader that has gone must not cost it
-            log_epoch(state.history[-1])
-            run.log(epoch_line(state.history, config.epoch_count))
-            if distributed.any_rank(ctx, bool(stop), run.device):
-                run.log(f"stopped after epoch {state.epoch}; resume with: {run.resume_command}")
-                return RunResult(130, paths, state.history)
-
-    if not ctx.main:
-        return RunResult(0, paths, state.history)
-    summary = _finish(run, ready)
-    run.log(f"final test accuracy {100 * summary['final_eval_acc']:.2f}% in fp32 (best per-epoch "
-            f"{100 * summary['best_eval_acc']:.2f}% at epoch {summary['best_epoch']}, in "
-            f"{precision_label(run.amp_dtype)}); results in {paths.output_dir}")
-    return RunResult(0, paths, state.history, summary)
 
 
 def _save(run: Run, state: RunState) -> None:

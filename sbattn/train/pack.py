@@ -26,7 +26,7 @@ from ..errors import SbattnError, UserError
 from ..records import RunPaths
 from . import distributed
 from .fused import FusedGroup, fusion_key, fusion_order
-from .loop import Steps, run_steps
+from .loop import Trainer
 from .run import Run, RunResult
 from .signals import StopRequest, alone_signal_handled
 
@@ -40,7 +40,7 @@ class Outcome:
     config: TrainConfig
     result: RunResult | None = None
     error: SbattnError | None = None
-    steps: Steps | None = field(default=None, repr=False)  # while it trains
+    trainer: Trainer | None = field(default=None, repr=False)  # while it trains
     stream: torch.cuda.Stream | None = field(default=None, repr=False)  # its CUDA stream, on CUDA
 
     @property
@@ -102,37 +102,38 @@ def train_together(configs: Sequence[TrainConfig], at_once: int | None = None,
 
 def _advance(outcome: Outcome) -> tuple[bool, Exception | None]:
     """A step of the run: (whether it has ended, an error not its own, which must stop the others)."""
+    trainer = outcome.trainer
+    assert trainer is not None  # an active run's is set until it ends
     try:
-        assert outcome.steps is not None  # an active run's are set until it ends
         with _on(outcome.stream):
-            next(outcome.steps)
-        return False, None
-    except StopIteration as done:
-        outcome.result, error = done.value, None
+            if trainer.advance():
+                return False, None
+        outcome.result, error = trainer.result, None
     except SbattnError as e:
         outcome.error, error = e, None
         _log_file(RunPaths.of(outcome.config))(f"sbattn train: {e.label}: {e}")
     except Exception as e:  # noqa: BLE001
         error = e
-    outcome.steps = None
+    trainer.close()
+    outcome.trainer = None
     return True, error
 
 
 def _abandon(outcome: Outcome) -> None:
-    """End a run without a checkpoint (its steps closed where they wait): the checkpoint on disk stays its last."""
-    assert outcome.steps is not None
-    outcome.steps.close()
-    outcome.steps = None
+    """End a run without a checkpoint (its lock released where it stands): the checkpoint on disk stays its last."""
+    assert outcome.trainer is not None
+    outcome.trainer.close()
+    outcome.trainer = None
 
 
 def _start(outcome: Outcome, stop: StopRequest, group: FusedGroup | None) -> None:
-    """The run's steps, ready to be driven (nothing runs before the first), and its stream on CUDA (none for a fused
-    run: its steps run in the group's)."""
+    """The run's trainer, ready to be driven (nothing runs before its first advance), and its stream on CUDA (none
+    for a fused run: its steps run in the group's)."""
     run = Run.start(outcome.config, distributed.Context(), outcome.config.resolved_device, quiet=True,
                     log=_log_file(RunPaths.of(outcome.config)))
     if group is not None:
         run = dataclasses.replace(run, step_maker=group.make_step)
-    outcome.steps = run_steps(run, True, stop)
+    outcome.trainer = Trainer(run, True, stop)
     outcome.stream = torch.cuda.Stream(run.device) if run.device.type == "cuda" and group is None else None
 
 
