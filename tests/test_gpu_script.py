@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sbattn import TrainConfig
-from sbattn.records.checkpoint import save_checkpoint
+from sbattn.records.checkpoint import CHECKPOINT_FORMAT
+from sbattn.records.integrity import seal
 from sbattn.experiments.jobs import Job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,8 @@ def test_a_run_stopped_by_the_budget_is_projected_from_its_epochs(tmp_path):
     job = Job("sb", config)
     history = [{"epoch": e, "eval_acc": 0.1 * e, "train_loss": 2.0 / e, "images_per_sec": 1000.0 + e,
                 "seconds": 50.0} for e in (1, 2, 3, 4)]
-    save_checkpoint(job.paths.checkpoint, {"history": history})  # as the run left it when stopped after epoch 4
+    # as the run left it when stopped after epoch 4 (only its history is read; sealed as sbattn seals its files)
+    torch.save(seal({"format": CHECKPOINT_FORMAT, "history": history}), job.paths.checkpoint)
     watch = gpu.Watch([job])
     watch.epochs["sb"] = {1: 30.0, 2: 31.5, 3: 33.5, 4: 35.0}  # the epoch lines' times in its log
     figures = gpu.run_figures(job, watch, full_epochs=80)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from typing import Any
 
 from ..config import TrainConfig
 from ..errors import SbattnError, UserError
@@ -80,8 +81,8 @@ class Trainer:
     def __enter__(self) -> "Trainer":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, *exc: Any) -> None:
+        self._held.__exit__(*exc)  # what the lock does on the way out depends on the error, if one is passing
 
     def close(self) -> None:
         """Release what the run holds (its lock): at its end, or where it is abandoned without a checkpoint."""
