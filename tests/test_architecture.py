@@ -194,3 +194,20 @@ def test_a_crowded_module_is_caught(monkeypatch):
     monkeypatch.setitem(globals(), "imports_of", lambda path: real(path) | (extra if path.name == "loop.py" else set()))
     with pytest.raises(AssertionError, match="sbattn.train.loop"):
         test_no_module_imports_more_than_a_few_of_its_siblings()
+
+
+def test_only_the_command_line_knows_argparse():
+    """The CLI turns argparse's namespace into the objects the library takes (a TrainConfig, a suite's options);
+    nothing below it parses arguments or takes a Namespace."""
+    below = [path.relative_to(PACKAGE.parent) for path in sorted(PACKAGE.rglob("*.py"))
+             if "cli" not in path.relative_to(PACKAGE).parts[:1] and path.name != "__main__.py"
+             and any(isinstance(node, (ast.Import, ast.ImportFrom)) and "argparse" in _imported_names(node)
+                     for node in ast.walk(ast.parse(path.read_text())))]
+    assert not below, f"argparse imported below the command line: {below}"
+
+
+def _imported_names(node: ast.AST) -> set[str]:
+    if isinstance(node, ast.Import):
+        return {alias.name.split(".")[0] for alias in node.names}
+    assert isinstance(node, ast.ImportFrom)
+    return {(node.module or "").split(".")[0]}

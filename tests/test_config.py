@@ -3,7 +3,7 @@ import torch
 
 from sbattn import ConfigError, TrainConfig
 from sbattn.cli import build_parser
-from sbattn.config.options import config_from_args
+from sbattn.cli.options import config_from_args
 
 
 def test_reference_defaults():

@@ -20,7 +20,7 @@ import pytest
 from sbattn import ConfigError, TrainConfig
 from sbattn.cli import main
 from sbattn.config.file import MAX_CONFIG_BYTES, read_config_file
-from sbattn.config.options import file_options
+from sbattn.cli.options import file_options
 from sbattn.config.recipe import MAX_SEED, Recipe
 from sbattn.errors import UserError
 

@@ -242,7 +242,7 @@ def test_preset_sets_fields_and_explicit_flags_win():
 
 
 def test_a_preset_applies_to_train_as_to_the_suites_and_names_only_options(tmp_path):
-    from sbattn.config.options import config_from_args
+    from sbattn.cli.options import config_from_args
     from sbattn.config.presets import preset
     quick = variants.PRESETS["quick"]
     path = tmp_path / "epochs.json"

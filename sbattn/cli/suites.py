@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig
-from ..config.options import add_config_options, file_options, given_options
+from .options import add_config_options, file_options, given_options
 from ..errors import UserError
 from ..experiments.jobs import PACKS
 from ..experiments.suites import (CUDA_RUNS_AT_ONCE, JOBS_PER_CORE, MAX_SEEDS, job_count, report, run_suite,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import TrainConfig
-from ..config.options import add_config_options, config_from_args, field_help
+from .options import add_config_options, config_from_args, field_help
 from ..models import create_model, format_summary, summarize
 from ..train import train
 

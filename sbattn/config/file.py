@@ -2,7 +2,7 @@
 
 A flat table of options (either spelling, data_dir or data-dir), or a finished run's own JSON, whose
 configuration (and its seed, when the run drew one) is taken whole, so that the file reruns that run. The values
-are parsed as the command line's (config/options.py), so a file and a flag mean the same thing.
+are parsed as the command line's (cli/options.py), so a file and a flag mean the same thing.
 
 Only a regular file of at most MAX_CONFIG_BYTES is read (a FIFO would wait for a writer forever, /dev/zero never
 ends), or standard input when it is named (- or /dev/stdin), as JSON and as bounded. An option set twice is refused

@@ -2,7 +2,7 @@
 
 The recipe's fields (config/recipe.py) decide the result; the fields here (the device, the folders, the layout,
 --compile, resuming) may change between the processes that train one run. The command line is generated from
-both (config/options.py), so a field added here or there is a flag everywhere.
+both (cli/options.py), so a field added here or there is a flag everywhere.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 class TrainConfig(Recipe):
     """A Recipe and how this process trains it: the device, the folders, the layout, --compile, threads, torchrun's
     timeout, checkpoints inside epochs, and the actions of this invocation (--resume, --overwrite). The command line
-    and --config files are generated from its fields (config/options.py); `rerun_options` is what a run's
+    and --config files are generated from its fields (cli/options.py); `rerun_options` is what a run's
     `<run>.config.json` holds."""
 
     device: str | None = option(None, "cuda, cuda:N, cpu or mps; none given: CUDA when present, else the CPU",

@@ -11,11 +11,11 @@ import json
 import typing
 from typing import Any, Sequence
 
+from ..config.file import read_config_file
+from ..config.presets import PRESET_ALIASES, PRESETS, preset_help, preset_options
+from ..config.recipe import clip, shown
+from ..config.train_config import FALSE_WORDS, TRUE_WORDS, TrainConfig, field_default
 from ..errors import ConfigError
-from .file import read_config_file
-from .presets import PRESET_ALIASES, PRESETS, preset_help, preset_options
-from .recipe import clip, shown
-from .train_config import FALSE_WORDS, TRUE_WORDS, TrainConfig, field_default
 
 __all__ = ["add_config_options", "config_from_args", "file_options", "given_options", "parse_bool",
            "parse_int_list", "parse_value", "field_help", "BOOLEAN_WORDS"]
