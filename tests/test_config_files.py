@@ -191,7 +191,7 @@ def test_seeds_and_jobs_are_bounded(tmp_path, monkeypatch):
     assert e.value.code == 2 and not (tmp_path / "out").exists()
     base = TrainConfig(device="cpu", dataset="fake", output_dir=str(tmp_path / "out"))
     with pytest.raises(UserError, match="--seeds 1001"):
-        suites.run_suite(suites.COMPARE, base, [], range(1001), 1)
+        suites.run_suite(suites.SuiteRequest(suites.COMPARE, base, [], range(1001), 1))
 
 
 def test_a_suite_validates_each_variant_once_and_says_its_plan_before_training(tmp_path, monkeypatch):
@@ -204,7 +204,7 @@ def test_a_suite_validates_each_variant_once_and_says_its_plan_before_training(t
     monkeypatch.setattr(suites, "train", lambda config: said.extend(lines) or SimpleNamespace(exit_code=130))
     lines: list[str] = []
     kinds = variants.compare_variants(("none", "se", "sb"), "sigmoid")
-    assert suites.run_suite(suites.COMPARE, base, kinds, range(100), 1, log=lines.append) == 130
+    assert suites.run_suite(suites.SuiteRequest(suites.COMPARE, base, kinds, range(100), 1), log=lines.append) == 130
     assert len(built) == 3  # one per variant, not one per run
     assert said[0] == f"compare: 300 run(s), 3 configuration(s) x 100 seed(s), in {tmp_path}"
     assert said[1] == "compare: 0 finished earlier, 300 to train"
@@ -224,9 +224,9 @@ def test_the_plan_estimates_the_time_left_from_the_finished_runs(tmp_path, monke
     monkeypatch.setattr(suites, "_train_missing", lambda missing, jobs, scheme, log: 130)
     lines: list[str] = []
     kinds = variants.compare_variants(("none", "se", "sb"), "sigmoid")
-    suites.run_suite(suites.COMPARE, base, kinds, range(3), 1, log=lines.append)
+    suites.run_suite(suites.SuiteRequest(suites.COMPARE, base, kinds, range(3), 1), log=lines.append)
     assert lines[-2] == "compare: 2 finished earlier, 7 to train; about 1 h 45 min at the pace of the 2 finished"
-    suites.run_suite(suites.COMPARE, base, kinds, range(3), 2, log=lines.append)
+    suites.run_suite(suites.SuiteRequest(suites.COMPARE, base, kinds, range(3), 2), log=lines.append)
     assert lines[-2].endswith("7 to train, 2 at a time; about 53 min at the pace of the 2 finished")
 
 
@@ -235,7 +235,7 @@ def test_a_suites_seeds_are_checked_without_validating_each_run(tmp_path):
     base = TrainConfig(device="cpu", dataset="fake", width=0.0625, output_dir=str(tmp_path))
     kinds = variants.compare_variants(("none",), "tanh")
     with pytest.raises(ConfigError, match=f"seed={MAX_SEED + 1}: must be an integer from 0"):
-        suites.run_suite(suites.COMPARE, base, kinds, [MAX_SEED - 1, MAX_SEED, MAX_SEED + 1], 1)
+        suites.run_suite(suites.SuiteRequest(suites.COMPARE, base, kinds, [MAX_SEED - 1, MAX_SEED, MAX_SEED + 1], 1))
     config = base.with_seed(7)
     assert config.seed == 7 and base.seed is None and config.milestones == base.milestones
     assert config.milestones is not base.milestones

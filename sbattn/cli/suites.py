@@ -9,13 +9,13 @@ from ..config import TrainConfig
 from .options import add_config_options, file_options, given_options
 from ..errors import UserError
 from ..experiments.jobs import PACKS
-from ..experiments.suites import (CUDA_RUNS_AT_ONCE, JOBS_PER_CORE, MAX_SEEDS, job_count, report, run_suite,
-                                  suite_config)
+from ..experiments.suites import (CUDA_RUNS_AT_ONCE, JOBS_PER_CORE, MAX_SEEDS, SuiteRequest, job_count, report,
+                                  run_suite, suite_config)
 from ..experiments.variants import ABLATION, COMPARE, Suite, ablation_variants, compare_variants
 from ..nn import list_attention
 
 __all__ = ["add_compare_options", "run_compare", "add_ablate_options", "run_ablate", "add_report_options",
-           "run_report", "base_config", "seed_list"]
+           "run_report", "base_config", "seed_list", "suite_request"]
 COMPARE_DEFAULT = ("none", "se", "sb")  # the reference's table
 
 
@@ -93,16 +93,20 @@ def seed_list(args: argparse.Namespace) -> list[int]:
     return [start + i for i in range(args.seeds)]
 
 
+def suite_request(args: argparse.Namespace, suite: Suite) -> SuiteRequest:
+    """The suite the options ask for, whole and validated: what experiments/ takes (never the namespace)."""
+    base = base_config(args, suite)
+    variants = compare_variants(args.attention, base.activation) if suite is COMPARE else ablation_variants()
+    return SuiteRequest(suite, base, variants, seed_list(args), job_count(args.preset, args.jobs, base.device),
+                        args.pack)
+
+
 def run_compare(args: argparse.Namespace) -> int:
-    base = base_config(args, COMPARE)
-    return run_suite(COMPARE, base, compare_variants(args.attention, base.activation), seed_list(args),
-                     job_count(args.preset, args.jobs, base.device), pack=args.pack)
+    return run_suite(suite_request(args, COMPARE))
 
 
 def run_ablate(args: argparse.Namespace) -> int:
-    base = base_config(args, ABLATION)
-    return run_suite(ABLATION, base, ablation_variants(), seed_list(args),
-                     job_count(args.preset, args.jobs, base.device), pack=args.pack)
+    return run_suite(suite_request(args, ABLATION))
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -30,7 +31,7 @@ from .tables import load_finished_runs, write_lambda_figure, write_suite_outputs
 from .variants import (ABLATION, ACTIVATION_LABELS, COMPARE, SHARED_FIELDS, Suite, Variant, variant_of,
                        variant_order)
 
-__all__ = ["suite_config", "job_count", "run_config", "finished_run", "run_suite", "report"]
+__all__ = ["SuiteRequest", "suite_config", "job_count", "run_config", "finished_run", "run_suite", "report"]
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _TABLES_AGAIN = "the runs are kept: make room or fix the path, then `sbattn report {directory}` writes the tables"
@@ -98,10 +99,24 @@ JOBS_PER_CORE = 4  # runs at once per core: a run on a GPU needs a core too, and
 CUDA_RUNS_AT_ONCE = 8
 
 
-def run_suite(suite: Suite, base: TrainConfig, variants: Sequence[Variant], seeds: Sequence[int], jobs: int,
-              log: Callable[[str], None] = _log, pack: str = "auto") -> int:
+@dataclass(frozen=True)
+class SuiteRequest:
+    """A suite, complete, as the command line (or a caller) asks for it: which table, the configuration every run
+    shares (the output folder in it), the rows, the seeds, the runs at once and how they share the device."""
+
+    suite: Suite
+    base: TrainConfig
+    variants: Sequence[Variant]
+    seeds: Sequence[int]
+    jobs: int = 1
+    pack: str = "auto"
+
+
+def run_suite(request: SuiteRequest, log: Callable[[str], None] = _log) -> int:
     """Train (or reuse, or resume) every variant for every seed, then write the tables and figures. The plan is
     said before anything is trained: how many runs, how many finished earlier, how many to train."""
+    suite, base, variants, seeds, jobs, pack = (request.suite, request.base, request.variants, request.seeds,
+                                                request.jobs, request.pack)
     _check_suite(seeds, jobs)
     plan = _plan(base, variants, seeds)
     directory = Path(base.output_dir)
