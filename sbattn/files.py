@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 from .errors import UserError
 
-__all__ = ["atomic_write", "atomic_path", "check_regular", "file_kind", "as_argument"]
+__all__ = ["atomic_write", "atomic_path", "check_regular", "check_folder", "file_kind", "as_argument"]
 
 
 @contextlib.contextmanager
@@ -64,12 +64,22 @@ def check_regular(path: str | Path, purpose: str) -> None:
     """Refuse `path` (UserError) when it exists and is not a regular file: sbattn replaces or appends to regular
     files only, never a device, a FIFO or a socket, and never writes through a symbolic link to what it points to
     (nor replaces the link: it is the user's). `purpose` says what sbattn would have done with it."""
+    _check_node(path, stat.S_ISREG, "a regular file", purpose)
+
+
+def check_folder(path: str | Path, purpose: str) -> None:
+    """Refuse `path` (UserError) when it exists and is not a folder (a symbolic link to one included: sbattn never
+    writes through a link). `purpose` says what sbattn would have done with it."""
+    _check_node(path, stat.S_ISDIR, "a folder", purpose)
+
+
+def _check_node(path: str | Path, is_wanted: Callable[[int], bool], wanted: str, purpose: str) -> None:
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
-    if not stat.S_ISREG(mode):
-        raise UserError(f"{path} is not a regular file (it is {file_kind(mode)}), and {purpose}: move it away or "
+    if not is_wanted(mode):
+        raise UserError(f"{path} is not {wanted} (it is {file_kind(mode)}), and {purpose}: move it away or "
                         f"choose another path", code=2)
 
 

@@ -80,5 +80,5 @@ def test_events_are_never_written_through_a_link_or_into_a_file_in_the_way(tmp_p
         run.symlink_to(elsewhere) if planted == "run-link" else run.write_text("not a folder")
     assert main(["train", *TINY, "--seed=0", "--tensorboard", f"--output-dir={out}"]) == 2
     line = one_line(capsys.readouterr().err)
-    assert "not a folder: --tensorboard writes its events there, never through a link" in line
+    assert "is not a folder (it is a" in line and "--tensorboard writes its events there, never through a link" in line
     assert list(elsewhere.iterdir()) == []  # nothing written through the link

@@ -7,13 +7,10 @@ the epoch. Events are flushed after each epoch, so a running TensorBoard shows t
 from __future__ import annotations
 
 import contextlib
-import os
-import stat
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import UserError
-from ..files import file_kind
+from ..files import check_folder
 
 __all__ = ["epoch_logger"]
 
@@ -30,7 +27,8 @@ def epoch_logger(log_dir: Path | None, epochs_done: int) -> Iterator[Callable[[d
         yield lambda entry: None
         return
     for folder in (log_dir.parent, log_dir):  # <output_dir>/tensorboard, then the run's own
-        _check_folder(folder)
+        check_folder(folder, "--tensorboard writes its events there, never through a link (or train without "
+                             "--tensorboard)")
     from torch.utils.tensorboard import SummaryWriter
     writer = SummaryWriter(log_dir=str(log_dir), purge_step=epochs_done + 1 if epochs_done else None)
 
@@ -47,14 +45,3 @@ def epoch_logger(log_dir: Path | None, epochs_done: int) -> Iterator[Callable[[d
     finally:
         writer.close()
 
-
-def _check_folder(folder: Path) -> None:
-    """A folder the events go into: absent (made then) or a real folder, never a link (sbattn does not write
-    through links) nor a file in the way."""
-    try:
-        mode = os.lstat(folder).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(mode):
-        raise UserError(f"{folder} is {file_kind(mode)}, not a folder: --tensorboard writes its events there, never "
-                        f"through a link; move it away, or train without --tensorboard", code=2)
