@@ -20,6 +20,7 @@ keep() {  # the finished runs of results/$1 (JSON and CSV) and its tables and fi
     local from=results/$1 to=docs/$1
     mkdir -p "$to/runs"
     for json in "$from"/airbench_*.json; do
+        case "$json" in *.config.json) continue ;; esac  # the options of a run under way
         [ -e "${json%.json}.ckpt" ] && continue  # not finished
         cp "$json" "${json%.json}.csv" "$to/runs/"
     done
