@@ -68,12 +68,17 @@ class Epoch:
         distributed.entering("a training step's gradient all-reduce")
         self.batches = pipeline.batches(state)
 
+    @property
+    def done_before(self) -> int:
+        """Optimiser steps of the run before the step under way (the last one taken)."""
+        return self.first_global + self.index - self.start
+
     def step(self) -> bool:
         if self.stopping or self.index + 1 >= self.steps:
             return False
         x, y = next(self.batches)
         self.index += 1
-        hold_finished_groups(self.state.optimizer, self.first_global + self.index - self.start)
+        hold_finished_groups(self.state.optimizer, self.done_before)
         self.step_fn(x.contiguous(memory_format=self.state.memory_format), y)
         self.sums.seen += len(y)
         self.bar.update(1)
@@ -84,7 +89,7 @@ class Epoch:
         if state.per_batch:
             state.scheduler.step()
         if state.lookahead is not None:
-            state.lookahead.update(self.first_global + step - self.start + 1)
+            state.lookahead.update(self.done_before + 1)
         now = time.perf_counter()
         run.threads.poll(now)
         last = step + 1 == self.steps
