@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sbattn import create_model  # noqa: E402
-from sbattn.train.optimizer import reference_optimizer  # noqa: E402
+from sbattn.train.step import reference_optimizer  # noqa: E402
 from speed import train_step  # noqa: E402  (this directory is on the path when a script here runs)
 
 CL, NCHW = torch.channels_last, torch.contiguous_format

@@ -53,7 +53,7 @@ from sbattn.records.finished import read_finished  # noqa: E402
 from sbattn.records.outputs import record_checksum  # noqa: E402
 from sbattn.config import TrainConfig  # noqa: E402
 from sbattn.experiments.jobs import PACKS, Job, run_jobs, run_together  # noqa: E402
-from sbattn.train.fused import fusion_order  # noqa: E402
+from sbattn.train.pack import fusion_order  # noqa: E402
 from sbattn.cli.suites import COMPARE_DEFAULT  # noqa: E402
 from sbattn.experiments.suites import report, run_config  # noqa: E402
 from sbattn.experiments.variants import ablation_variants, compare_variants  # noqa: E402

@@ -42,8 +42,8 @@ from sbattn.config import TrainConfig  # noqa: E402
 from sbattn.config.presets import preset_options  # noqa: E402
 from sbattn.train.evaluation import evaluate, memory_format  # noqa: E402
 from sbattn.train.loop import train  # noqa: E402
-from sbattn.train.precision import precision_label, resolve_precision  # noqa: E402
-from sbattn.train.optimizer import make_optimization, reference_optimizer  # noqa: E402
+from sbattn.train.step import (make_optimization, precision_label, reference_optimizer,  # noqa: E402
+                               resolve_precision)
 from sbattn.models.summary import summarize  # noqa: E402
 from sbattn.system import cpu_matrix_isa, cpu_model, keep_freed_memory  # noqa: E402
 

@@ -34,9 +34,8 @@ from sbattn import create_model  # noqa: E402
 from sbattn.cli.suites import COMPARE_DEFAULT  # noqa: E402
 from sbattn.config import TrainConfig  # noqa: E402
 from sbattn.train.evaluation import memory_format  # noqa: E402
-from sbattn.train.precision import precision_label, resolve_precision  # noqa: E402
-from sbattn.train.optimizer import reference_optimizer  # noqa: E402
-from sbattn.train.step import EpochSums, make_momentum_buffers, train_step  # noqa: E402
+from sbattn.train.step import (EpochSums, make_momentum_buffers, precision_label,  # noqa: E402
+                               reference_optimizer, resolve_precision, train_step)
 from sbattn.experiments.suites import run_config  # noqa: E402
 from sbattn.experiments.variants import ablation_variants, compare_variants  # noqa: E402
 from sbattn.files import atomic_write  # noqa: E402

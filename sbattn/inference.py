@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .data import CLASSES, MAX_IMAGE_BYTES, load_fake, normalize, open_image, read_regular, to_device_uint8
+from .data import CLASSES, load_fake, normalize, to_device_uint8
+from .data.limits import MAX_IMAGE_BYTES, open_image, read_regular
 from .errors import DataError, UserError
 from .files import atomic_path, atomic_write
 from .records.checkpoint import read_record

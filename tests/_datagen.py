@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sbattn.data import BATCHES_DIR, CLASSES, TEST_BATCH, TRAIN_BATCHES
+from sbattn.data.dataset import BATCHES_DIR, CLASSES, TEST_BATCH, TRAIN_BATCHES
 
 
 def rng_images(n: int, seed: int) -> np.ndarray:

@@ -81,7 +81,7 @@ def test_a_run_sets_the_whitening_from_its_training_images_and_keeps_it(tmp_path
     from sbattn.config import TrainConfig
     from sbattn.data import load_fake, normalize, to_device_uint8
     from sbattn.train import train
-    from sbattn.train.start import whitening_sample
+    from sbattn.train.loop import whitening_sample
     result = train(TrainConfig(arch="airbench", attention="sb", width=0.125, dataset="fake", device="cpu",
                                precision="fp32", epochs=1, milestones=[1], seed=0, output_dir=str(tmp_path)),
                    quiet=True)

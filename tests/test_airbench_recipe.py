@@ -15,7 +15,7 @@ from sbattn.config.presets import PRESETS, preset_options
 from sbattn.data import alternating_flips, augment, sample_params
 from sbattn.optim import Lookahead, hold_finished_groups
 from sbattn.train.evaluation import tta_logits
-from sbattn.train.optimizer import make_optimization
+from sbattn.train.step import make_optimization
 
 from _runs import ctrl_c_at_step
 
@@ -157,7 +157,7 @@ def test_the_recipe_stopped_mid_epoch_resumes_to_the_run_never_stopped(tmp_path,
     """16 steps an epoch (1,024 fake images, the last batch dropped), 40 in all: stopped at step 23, past the
     whitening bias's freeze and a lookahead update, inside the schedule's warm-down."""
     from sbattn.cli import main
-    import sbattn.train.start as start
+    import sbattn.train.loop as start
     assert main([*RUN, f"--output-dir={tmp_path / 'whole'}"]) == 0
     monkeypatch.setattr(start, "make_step", ctrl_c_at_step(start.make_step, 23))
     assert main([*RUN, f"--output-dir={tmp_path / 'cut'}"]) == 130

@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from sbattn.data.augmentation import AUGMENT_ALIASES, canonical_augment
+from sbattn.data.batches import STREAM_STRIDE, augment_stream_seed, epoch_augment_seed, epoch_order
 from sbattn.data import (
-    AUGMENT_ALIASES, AUGMENTS, STREAM_STRIDE, AugmentParams, apply_params, augment, augment_stream_seed,
-    canonical_augment, epoch_augment_seed, epoch_batches, epoch_order, eval_batches, load_fake, normalize,
+    AUGMENTS, AugmentParams, apply_params, augment, epoch_batches, eval_batches, load_fake, normalize,
     sample_params, steps_per_epoch, to_device_uint8, train_batches,
 )
 

@@ -9,7 +9,7 @@ import torch
 
 from sbattn.cli import main
 from sbattn.records.checkpoint import read_record
-from sbattn.train import start
+from sbattn.train import loop as start
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _runs import TINY  # noqa: E402

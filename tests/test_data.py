@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 import sbattn.data as data
-from sbattn.data import BATCHES_DIR, CLASSES, DataError, load_cifar10, load_fake
+from sbattn.data import CLASSES, DataError, load_cifar10, load_fake
+from sbattn.data.dataset import BATCHES_DIR, TRAIN_BATCHES
+from sbattn.data.fake import FAKE_SIZES
 from sbattn.data import cifar10, download, folders  # the modules whose globals the tests patch
 from sbattn.data import cache as cache_module, official as official_module  # 'cache', 'official': fixtures here
 
@@ -127,7 +129,7 @@ def official(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, Ex
 
 def assert_clean_download(root: Path) -> None:
     assert sorted(os.listdir(root)) == [BATCHES_DIR, "cifar-10-python.tar.gz"]
-    assert sorted(os.listdir(root / BATCHES_DIR)) == sorted(["batches.meta", "test_batch", *data.TRAIN_BATCHES])
+    assert sorted(os.listdir(root / BATCHES_DIR)) == sorted(["batches.meta", "test_batch", *TRAIN_BATCHES])
 
 
 def test_download(tmp_path: Path, cache: Path, official, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -688,12 +690,12 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 
 def test_fake_is_deterministic_and_shaped() -> None:
     a, b = load_fake(), load_cifar10(dataset="fake")
-    assert a.train_images.shape == (data.FAKE_SIZES[0], 32, 32, 3)
-    assert a.test_images.shape == (data.FAKE_SIZES[1], 32, 32, 3)
+    assert a.train_images.shape == (FAKE_SIZES[0], 32, 32, 3)
+    assert a.test_images.shape == (FAKE_SIZES[1], 32, 32, 3)
     assert a.train_images.dtype == np.uint8 and a.train_labels.dtype == np.int64
     np.testing.assert_array_equal(a.train_images, b.train_images)
     assert "fake" in a.source and len(a.classes) == 10
-    assert np.bincount(a.train_labels, minlength=10).min() >= data.FAKE_SIZES[0] // 10
+    assert np.bincount(a.train_labels, minlength=10).min() >= FAKE_SIZES[0] // 10
     c = load_fake(n_train=50, n_test=20, seed=3)
     assert c.train_images.shape[0] == 50 and c.test_images.shape[0] == 20
     assert not np.array_equal(c.train_images[:20], load_fake(50, 20, seed=4).train_images[:20])

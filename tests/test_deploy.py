@@ -14,7 +14,8 @@ import sbattn
 from sbattn import TrainConfig
 from sbattn.data import normalize, to_device_uint8
 from sbattn.cli import main
-from sbattn.data import FAKE_SIZES, load_fake
+from sbattn.data import load_fake
+from sbattn.data.fake import FAKE_SIZES
 from sbattn.inference import export_onnx, export_program
 from sbattn.train.loop import train
 

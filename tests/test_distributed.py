@@ -106,7 +106,7 @@ def _evaluate_on_rank(rank, world_size, init, n, result):
     labels = torch.randint(0, 10, (n,))
     evaluation = evaluate(model, images, labels, batch_size=8, rank=rank, world_size=world_size)
     from sbattn.train.distributed import _where  # what a rank that stops answering now is said to be in
-    result[rank] = evaluation, _where["collective"]
+    result[rank] = (evaluation.loss, evaluation.acc), _where["collective"]
     dist.destroy_process_group()
 
 
@@ -117,6 +117,7 @@ def test_evaluate_sums_counts_not_averages(tmp_path):
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (n,))
     expected = evaluate(model, images, labels, batch_size=8)
+    expected = (expected.loss, expected.acc)
     result = mp.Manager().dict()
     mp.spawn(_evaluate_on_rank, args=(2, f"file://{tmp_path}/rendezvous", n, result), nprocs=2)
     for rank in (0, 1):
@@ -207,7 +208,7 @@ def test_a_lock_held_by_a_worker_whose_agent_is_gone_is_named_a_leftover_of_the_
 def test_a_worker_follows_its_agent_and_starts_nothing_when_the_agent_died_before_it_asked(monkeypatch):
     """Under torchrun the worker asks for SIGTERM at its agent's death; the agent dead before the kernel took
     the request (this process's parent no longer the one it had at its start): one line, nothing trained."""
-    from sbattn.train import agent
+    from sbattn.train import process as agent
     asked = []
     monkeypatch.setattr(agent, "_ask_for_a_signal_at_parent_death", lambda signum: asked.append(signum) or True)
     monkeypatch.setattr(agent, "_followed", None)
@@ -225,7 +226,7 @@ def test_a_worker_follows_its_agent_and_starts_nothing_when_the_agent_died_befor
 def test_a_repeated_sigterm_asks_the_same_stop_and_a_second_ctrl_c_stops_at_once():
     """A worker whose agent dies gets a SIGTERM for each of the agent's threads as they end: one stop, whose
     checkpoint no later SIGTERM cuts short; a second Ctrl-C still stops at once."""
-    from sbattn.train.signals import StopRequest
+    from sbattn.train.process import StopRequest
     stop = StopRequest()
     with stop.installed():
         try:
@@ -243,7 +244,7 @@ def test_a_repeated_sigterm_asks_the_same_stop_and_a_second_ctrl_c_stops_at_once
 def test_a_sigterm_after_the_stop_leaves_the_process_to_end_with_130():
     """Once a run stopped (its checkpoint written), a further SIGTERM or SIGHUP before the process exits must not
     kill it with 143: the handlers nothing else had set stay ignoring them; an unstopped run restores them."""
-    from sbattn.train.signals import StopRequest
+    from sbattn.train.process import StopRequest
     previous = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         with StopRequest().installed():
@@ -263,7 +264,7 @@ def test_a_sigterm_after_the_stop_leaves_the_process_to_end_with_130():
 def test_a_closed_terminal_stops_the_run_as_sigterm_does():
     """SIGHUP (the terminal or ssh session that started the run closed) asks the same stop at a step's end, with
     its checkpoint and resume line, not Python's default death."""
-    from sbattn.train.signals import StopRequest
+    from sbattn.train.process import StopRequest
     stop = StopRequest()
     with stop.installed():
         os.kill(os.getpid(), signal.SIGHUP)
@@ -489,7 +490,7 @@ def test_sigterm_to_torchrun_checkpoints_every_rank_and_prints_the_users_own_lau
     (["/v/bin/python", "/v/bin/torchrun", "--no-such-flag"], None),
 ])
 def test_the_launch_is_read_up_to_the_training_script(cmdline, expected, capsys):
-    from sbattn.train.launcher import launcher_argv
+    from sbattn.train.process import launcher_argv
     assert launcher_argv(cmdline) == expected
     assert capsys.readouterr().err == ""
 
@@ -580,7 +581,7 @@ def test_a_one_process_torchrun_job_restarts_resumes_and_stops_like_a_bigger_one
 def test_a_last_batch_too_small_to_share_among_the_ranks_is_refused():
     """N processes train on every image, as one does: a last batch that would leave a rank one sample is refused
     in one line (it was dropped: 1,020 images an epoch over 4 ranks against 1,024 in one process)."""
-    from sbattn.train.start import _check_last_batch
+    from sbattn.train.loop import _check_last_batch
     for n, batch, ranks in [(1024, 60, 1), (1024, 60, 2), (1024, 64, 4), (1024, 1016, 4)]:
         _check_last_batch(n, batch, ranks)  # one process; 2 a rank; no last batch; 8 left, 2 a rank
     with pytest.raises(UserError, match=r"^--batch_size 60 on 1,024 training images leaves a last batch of 4, "

@@ -78,7 +78,7 @@ def test_a_folder_named_like_an_option_is_passed_as_a_path(tmp_path, monkeypatch
     from sbattn.config import TrainConfig
     from sbattn.files import as_argument
     from sbattn.records import RunPaths
-    from sbattn.train.run import resume_command
+    from sbattn.train.state import resume_command
     assert (as_argument("-odd/a.json"), as_argument("odd/-a"), as_argument("/-x")) == ("./-odd/a.json", "odd/-a", "/-x")
     monkeypatch.chdir(tmp_path)
     command = resume_command(RunPaths.of(TrainConfig(output_dir="-odd", dataset="fake", device="cpu")))

@@ -1,4 +1,4 @@
-"""--pack fused (train/fused.py): the seeds of one model stepped as one batched model are each the run a lone
+"""--pack fused (train/pack.py): the seeds of one model stepped as one batched model are each the run a lone
 `sbattn train` makes, up to the order of floating-point sums in the batched kernels: within 1e-5 relative (the
 batched convolution is a grouped one, which sums in another order than three separate ones). At a learning rate of
 0.01 and 8 steps: training amplifies rounding (at 0.1 and 16 steps the first step's 1e-7 grew to 1e-3 here), and
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sbattn.cli import main
-from sbattn.train import fused
+from sbattn.train import pack as fused
 
 SHARED = ["--attention=sb", "--activation=tanh", "--device=cpu", "--dataset=fake", "--width=0.125",
           "--batch_size=256", "--precision=fp32", "--epochs=2", "--milestones=[1]", "--init_lr=0.01", "--eval-batch-size=256"]

@@ -19,7 +19,8 @@ import torch
 import sbattn
 from sbattn import TrainConfig
 from sbattn.cli import main
-from sbattn.data import MAX_ENTRY_BYTES, MAX_IMAGE_BYTES, DataError, load_cifar10
+from sbattn.data import DataError, load_cifar10
+from sbattn.data.limits import MAX_ENTRY_BYTES, MAX_IMAGE_BYTES
 from sbattn.records.checkpoint import save_weights
 
 sys.path.insert(0, str(Path(__file__).parent))

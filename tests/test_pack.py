@@ -71,7 +71,7 @@ def test_runs_stepped_in_turn_equal_each_run_trained_alone(packed, tmp_path):
 
 
 def test_one_ctrl_c_checkpoints_every_run_and_the_same_command_finishes_them(packed, tmp_path, monkeypatch):
-    import sbattn.train.start as start
+    import sbattn.train.loop as start
     out = tmp_path / "stopped"
     # After the 60th step of the three: each run's 20th, inside epoch 2 (16 steps an epoch).
     monkeypatch.setattr(start, "make_step", ctrl_c_at_step(start.make_step, 60, across_runs=True))

@@ -18,9 +18,9 @@ import sbattn
 from sbattn.config import TrainConfig
 from sbattn.errors import UserError
 from sbattn.train import train
-from sbattn.train.evaluation import evaluate_run, fold_batchnorm
+from sbattn.train.evaluation import evaluate, fold_batchnorm
 from sbattn.train.step import EpochSums
-from sbattn.train.tuning import choose_layout
+from sbattn.train.step import choose_layout
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _runs import ctrl_c_at_step  # noqa: E402
@@ -46,7 +46,7 @@ def weights(result) -> dict:
 def test_the_first_epoch_draws_from_the_state_the_seed_and_the_model_leave(tmp_path, monkeypatch):
     """Between torch.manual_seed(seed) and the first epoch's draws, the model's initialisation alone draws from the
     global generator, as in the reference's script (its datasets and loaders draw nothing)."""
-    import sbattn.train.pipeline as pipeline
+    import sbattn.train.epoch as pipeline
     states = []
     real = pipeline.draw_epoch
     monkeypatch.setattr(pipeline, "draw_epoch", lambda *a: (states.append(torch.get_rng_state()), real(*a))[1])
@@ -60,7 +60,7 @@ def test_the_first_epoch_draws_from_the_state_the_seed_and_the_model_leave(tmp_p
 def test_a_reference_run_stopped_mid_epoch_resumes_to_the_same_run(tmp_path, monkeypatch):
     """The checkpoint inside an epoch holds the generator's state from before the epoch's draws, so the resumed
     run draws the same epoch again and skips the steps it had done."""
-    import sbattn.train.start as start
+    import sbattn.train.loop as start
     whole = train(tiny(tmp_path / "whole"), quiet=True)
     make_step = start.make_step
     monkeypatch.setattr(start, "make_step", ctrl_c_at_step(make_step, 63))  # in epoch 2's 20th step (of 43)
@@ -104,7 +104,7 @@ def test_the_sampled_training_figures_are_every_batch_size_th_batch_each_weighin
 
 
 def test_the_reference_test_figure_is_the_mean_of_its_batches():
-    """evaluate_run's batch means group the test set as the reference's loader did, whatever the evaluation's own
+    """evaluate's batch means group the test set as the reference's loader did, whatever the evaluation's own
     batch size: the last, smaller batch weighs as a full one."""
     torch.manual_seed(0)
     model = sbattn.create_model("vgg16", attention="sb", width=0.0625).eval()
@@ -116,7 +116,7 @@ def test_the_reference_test_figure_is_the_mean_of_its_batches():
     out = fold_batchnorm(model)(sbattn.data.normalize(images))
     wrong = torch.tensor([i % 5 < 2 or i > 20 for i in range(23)])  # 2 of each 5 wrong, then the last 2 of 3
     labels = (out.argmax(1) + wrong.long()) % 10
-    result = evaluate_run(model, images, labels, batch_size=7, reference_batch=5)
+    result = evaluate(model, images, labels, batch_size=7, batch_mean_size=5)
     losses = F.cross_entropy(out, labels, reduction="none")
     right = (out.argmax(1) == labels).double()
     chunks = [slice(i, i + 5) for i in range(0, 23, 5)]

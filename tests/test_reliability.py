@@ -189,7 +189,7 @@ def test_full_disk_simulated_keeps_the_last_good_checkpoint(tmp_path, monkeypatc
 
 
 def test_results_txt_a_directory_is_refused_before_training(tmp_path, capsys, monkeypatch):
-    import sbattn.train.start as start
+    import sbattn.train.loop as start
     out = tmp_path / "out"
     (out / "results.txt").mkdir(parents=True)
     monkeypatch.setattr(start, "load_cifar10", lambda *a, **k: pytest.fail("data loaded before the check"))
@@ -245,10 +245,10 @@ def test_results_txt_failing_at_the_end_keeps_the_checkpoint_and_resume_finishes
 
 
 def test_run_json_is_strict_even_when_a_loss_is_not_finite(tmp_path, monkeypatch):
-    import sbattn.train.pipeline as pipeline
+    import sbattn.train.epoch as pipeline
     from sbattn.train.evaluation import Evaluation
     # Every evaluation (the epoch's and the final one) with a non-finite loss.
-    monkeypatch.setattr(pipeline, "evaluate_run", lambda *a, **k: Evaluation(float("nan"), 0.25, float("inf"), 0.25))
+    monkeypatch.setattr(pipeline, "evaluate", lambda *a, **k: Evaluation(float("nan"), 0.25, float("inf"), 0.25))
     config = TrainConfig(device="cpu", dataset="fake", width=0.0625, batch_size=32, precision="fp32", epochs=1,
                          milestones=[1], output_dir=str(tmp_path))
     assert train(config, quiet=True).exit_code == 0

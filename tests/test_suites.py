@@ -419,8 +419,8 @@ def test_a_crashed_suite_trains_only_what_is_missing(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_mid_run_then_rerun_resumes_from_the_checkpoint(tmp_path, monkeypatch):
-    import sbattn.train.pipeline as pipeline_module
-    import sbattn.train.start as start_module
+    import sbattn.train.epoch as pipeline_module
+    import sbattn.train.loop as start_module
     real_batches = pipeline_module.train_batches
     sent = []
 
@@ -575,7 +575,7 @@ def test_the_alone_signal_sets_threads_inside_the_run_and_is_harmless_after_it()
         import os, signal, time
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         import torch
-        from sbattn.train import signals as jobs
+        from sbattn.train import process as jobs
         torch.set_num_threads(1)
         with jobs.alone_signal_handled():
             os.kill(os.getpid(), jobs.ALONE_SIGNAL)

@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-import sbattn.train.threads as threads
+import sbattn.train.process as threads
 
 
 class Machine:

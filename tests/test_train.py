@@ -179,7 +179,7 @@ def test_the_whole_step_compiled_trains_as_it_does_uncompiled(tmp_path, monkeypa
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_the_whole_step_on_cuda_never_waits_on_the_host():
     from sbattn.data import epoch_batches
-    from sbattn.train.optimizer import reference_optimizer
+    from sbattn.train.step import reference_optimizer
     from sbattn.train.step import EpochSums, make_step
     device = torch.device("cuda")
     torch.manual_seed(0)
@@ -206,7 +206,7 @@ def test_the_whole_step_on_cuda_never_waits_on_the_host():
 def test_momentum_buffers_made_before_the_first_step_leave_the_run_unchanged():
     """--compile step makes SGD's momentum buffers up front (a buffer SGD made inside a CUDA graph would be
     overwritten by the next replay); the run must be the one SGD makes lazily, to the bit."""
-    from sbattn.train.optimizer import reference_optimizer
+    from sbattn.train.step import reference_optimizer
     from sbattn.train.step import make_momentum_buffers
     torch.manual_seed(0)
     x, y = torch.randn(3, 8, 3, 16, 16), torch.randint(0, 10, (3, 8))
@@ -230,7 +230,7 @@ def test_momentum_buffers_made_before_the_first_step_leave_the_run_unchanged():
 
 
 def test_whole_step_mode_stopped_mid_epoch_resumes_to_the_same_run(tmp_path, monkeypatch):
-    import sbattn.train.start as start
+    import sbattn.train.loop as start
     import sbattn.train.step as step_module
     monkeypatch.setattr(step_module, "compile_step", lambda fn, device: fn)  # --compile step's path, uncompiled: fast
     config = lambda name, **kw: tiny_config(tmp_path / name, compile="step", **kw)  # 2 epochs of 32 steps
@@ -282,7 +282,7 @@ def test_seeds_name_runs_apart(tmp_path):
 def test_unwritable_output_dir_refused_before_training(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    import sbattn.train.start as start
+    import sbattn.train.loop as start
     monkeypatch.setattr(start, "load_cifar10", lambda *a, **k: pytest.fail("data loaded before the check"))
     with pytest.raises(UserError, match="not writable"):
         train(tiny_config(tmp_path, output_dir=str(blocker / "results")), quiet=True)
@@ -433,7 +433,7 @@ def test_sigint_checkpoints_mid_epoch_exits_130_and_resumes_identically(tmp_path
 
 def test_ctrl_c_stops_after_the_step_it_arrives_in_and_resumes_identically(tmp_path, uninterrupted, monkeypatch):
     """Ctrl-C inside an epoch stops at the end of the step under way, not at the epoch's end."""
-    import sbattn.train.pipeline as pipeline_module
+    import sbattn.train.epoch as pipeline_module
     real_batches = pipeline_module.train_batches
 
     def ctrl_c_inside_epoch_2(*args, **kwargs):

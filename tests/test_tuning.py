@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-import sbattn.train.tuning as tuning
+import sbattn.train.step as tuning
 from sbattn import TrainConfig
 from sbattn.train.loop import train
 
@@ -95,9 +95,9 @@ def test_the_measurement_leaves_the_random_streams_alone(tmp_path):
 def test_under_torchrun_rank_0_alone_measures_and_every_rank_takes_its_choice(monkeypatch):
     from types import SimpleNamespace
 
-    import sbattn.train.start as start
+    import sbattn.train.loop as start
     from sbattn.train import distributed
-    from sbattn.train.tuning import LayoutChoice
+    from sbattn.train.step import LayoutChoice
     measured = []
     monkeypatch.setattr(start, "choose_layout",
                         lambda *a: measured.append(a) or LayoutChoice("contiguous", "measured"))

@@ -14,8 +14,8 @@ from ..errors import UserError, printable
 from ..inference import (EXPORT_INSTALL, FORMATS, PREDICT_BATCH, class_names, export_metadata, export_onnx,
                          export_program, predict, read_images, trained_classes)
 from ..records.checkpoint import load, recorded
-from ..train.evaluation import evaluate_run, reference_evaluate
-from ..train.precision import precision_label, resolve_precision
+from ..train.evaluation import evaluate, reference_evaluate
+from ..train.step import precision_label, resolve_precision
 
 __all__ = ["add_export_options", "run_export", "add_evaluate_options", "run_evaluate", "add_predict_options",
            "run_predict"]
@@ -114,8 +114,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if recipe.rng == "reference":  # evaluated as it was trained: the model itself, the reference's batches
         result = reference_evaluate(model, images, labels, args.batch_size or batch, amp_dtype)
     else:
-        result = evaluate_run(model, images, labels, args.batch_size or trained["eval_batch_size"], amp_dtype,
-                              reference_batch=batch)
+        result = evaluate(model, images, labels, args.batch_size or trained["eval_batch_size"], amp_dtype,
+                              batch_mean_size=batch)
     print(f"test loss {result.loss:.4f}  accuracy {100 * result.acc:.2f}%  (the reference's figure, the mean of "
           f"batches of {batch}: {100 * result.batch_mean_acc:.2f}%; {len(labels)} images, {data.source}, "
           f"{precision_label(amp_dtype)})")

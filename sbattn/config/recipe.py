@@ -19,7 +19,8 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from ..data import AUGMENTS, DATASETS, canonical_augment
+from ..data import AUGMENTS, DATASETS
+from ..data.augmentation import canonical_augment
 from ..errors import ConfigError, SbattnError
 from ..models import PLACEMENTS, create_model, default_placement, list_models
 from ..nn import LAMBDA_INITS, list_activations, list_attention

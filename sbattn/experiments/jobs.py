@@ -33,13 +33,13 @@ from ..records import RunPaths
 from ..records.outputs import file_failure, write_record
 from ..system import thread_budget
 from ..train.pack import Outcome, train_together
-from ..train.signals import ALONE_SIGNAL, ALONE_THREADS
+from ..train.process import ALONE_SIGNAL, ALONE_THREADS
 
 __all__ = ["Job", "run_jobs", "run_together", "threads_per_job", "run_devices", "PACKS"]
 
 # How a suite's runs share a device: "process", each its own `sbattn train` process (run_jobs); "stream", all in
 # this process, a step of each in turn, on CUDA each on its own stream (run_together, train/pack.py); "fused", as
-# "stream", the runs of one model that differ in their seeds alone stepped as one (train/fused.py).
+# "stream", the runs of one model that differ in their seeds alone stepped as one (train/pack.py).
 PACKS = ("process", "stream", "fused")
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.attention import build_attention
+from ..nn.attention import create_attention
 from .registry import PLACEMENTS, register_model
 from .vgg import scaled
 
@@ -69,12 +69,14 @@ class BasicBlock(nn.Module):
         super().__init__()
         layers: dict[str, nn.Module] = {"conv1": _conv3x3(in_channels, out_channels, stride),
                                         "bn1": nn.BatchNorm2d(out_channels)}
-        if attn_after_bn1 and attention is not None and attention != "none":
-            layers["attn1"] = build_attention(attention, out_channels, **attn_options)
+        attn1 = create_attention(attention, out_channels, **attn_options) if attn_after_bn1 else None
+        if attn1 is not None:
+            layers["attn1"] = attn1
         layers.update(relu=nn.ReLU(inplace=True), conv2=_conv3x3(out_channels, out_channels),
                       bn2=nn.BatchNorm2d(out_channels))
-        if attn_after_bn2 and attention is not None and attention != "none":
-            layers["attn"] = build_attention(attention, out_channels, **attn_options)
+        attn = create_attention(attention, out_channels, **attn_options) if attn_after_bn2 else None
+        if attn is not None:
+            layers["attn"] = attn
         # A named Sequential: readable names (branch.bn2) and conv-BN pairs that evaluation can fold.
         self.branch = nn.Sequential(OrderedDict(layers))
         if stride == 1 and in_channels == out_channels:

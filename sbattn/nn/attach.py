@@ -20,7 +20,7 @@ import torch.fx
 from torch import nn
 
 from ..errors import SbattnError
-from .attention import build_attention, is_attention, list_attention
+from .attention import create_attention, is_attention, list_attention
 
 __all__ = ["WithAttention", "attach", "detach", "attached", "infer_channels"]
 
@@ -217,11 +217,12 @@ def attach(model: nn.Module, kind: str = "sb", where: Where = nn.BatchNorm2d, ch
         if width is None:
             raise ValueError(_cannot_infer(name, module))
         try:
-            block = build_attention(kind, width, **block_options)
+            block = create_attention(kind, width, **block_options)
         except SbattnError:  # a missing extra: nothing to do with this module
             raise
         except ValueError as e:
             raise ValueError(f"module {name!r} ({type(module).__name__}, {width} channels): {e}") from None
+        assert block is not None  # kind is a block: "none" was answered above
         like = next(module.parameters(), None)
         if like is not None:
             block.to(device=like.device, dtype=like.dtype)

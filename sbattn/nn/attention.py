@@ -21,14 +21,14 @@ import torch
 import torch.fx
 from torch import nn
 
-from .branch import (AttentionBranch, DeviceLike, DTypeLike, GateArg, LayerArg, NormArg, branch_layout, gate_module,
-                     get_activation, hidden_channels, list_activations, reduced_channels)
+from .branch import (AttentionBranch, DeviceLike, DTypeLike, GateArg, LayerArg, NormArg, branch_norm_kind, gate_module,
+                     get_activation, list_activations, reduced_channels)
 from .ops import add_per_channel, spatial_mean
 
 __all__ = [
     "AttentionBranch", "ShiftBalance", "SqueezeExcite", "LAMBDA_INITS", "create_attention", "register_attention",
-    "list_attention", "list_activations", "get_activation", "get_attention", "is_attention", "hidden_channels",
-    "reduced_channels", "build_attention",
+    "list_attention", "list_activations", "get_activation", "get_attention", "is_attention",
+    "reduced_channels",
 ]
 
 
@@ -46,8 +46,8 @@ def make_branch(channels: int, ratio: float, use_bn: bool, rd_ratio: Optional[fl
     own), force_act_layer over act_layer (as in timm's EfficientNet SE), norm_layer maps to a branch_norm."""
     hidden = reduced_channels(channels, ratio if rd_ratio is None else rd_ratio, rd_channels, rd_divisor,
                               rd_round_fn)
-    layout = branch_layout(use_bn, branch_norm, norm_layer, round_chs_fn)
-    return AttentionBranch(channels, hidden=hidden, act_layer=force_act_layer or act_layer, branch_norm=layout,
+    norm_kind = branch_norm_kind(use_bn, branch_norm, norm_layer, round_chs_fn)
+    return AttentionBranch(channels, hidden=hidden, act_layer=force_act_layer or act_layer, branch_norm=norm_kind,
                            device=device, dtype=dtype)
 
 
@@ -195,11 +195,6 @@ def create_attention(kind: str | None, channels: int, **options: Any) -> nn.Modu
     """
     if kind is None or kind == "none":
         return None
-    return build_attention(kind, channels, **options)
-
-
-def build_attention(kind: str, channels: int, **options: Any) -> nn.Module:
-    """create_attention for a kind that is a block (not None nor "none"): always a module."""
     return get_attention(kind)(channels, **passed_options(kind, options))
 
 

@@ -15,8 +15,8 @@ import torch
 import torch.fx
 from torch import nn
 
-__all__ = ["AttentionBranch", "BRANCH_NORMS", "branch_layout", "get_activation", "list_activations",
-           "hidden_channels", "reduced_channels", "hidden_activation", "gate_module", "LayerArg", "GateArg",
+__all__ = ["AttentionBranch", "BRANCH_NORMS", "branch_norm_kind", "get_activation", "list_activations",
+           "reduced_channels", "hidden_activation", "gate_module", "LayerArg", "GateArg",
            "NormArg", "DeviceLike", "DTypeLike"]
 
 # The blocks' timm-style arguments, as annotations (of __init__ alone: TorchScript compiles forward, never these).
@@ -83,15 +83,6 @@ class _Function(nn.Module):
         return self.fn(a)
 
 
-def hidden_channels(channels: int, ratio: float) -> int:
-    """Width of the branch's hidden layer, h = int(ratio * C); at least 1 or a ValueError."""
-    hidden = int(ratio * channels)
-    if hidden < 1:
-        raise ValueError(f"ratio {ratio} leaves no hidden unit for {channels} channels "
-                         f"(int(ratio * channels) = {hidden}); use ratio >= {1 / channels:.4g}")
-    return hidden
-
-
 def reduced_channels(channels: int, ratio: float, rd_channels: Optional[int] = None,
                      rd_divisor: Optional[int] = None, rd_round_fn: Optional[Callable[[float], float]] = None) -> int:
     """The hidden width under timm's names: rd_channels when given; else rd_round_fn(ratio * C) (timm's
@@ -104,9 +95,13 @@ def reduced_channels(channels: int, ratio: float, rd_channels: Optional[int] = N
         if hidden < 1:
             raise ValueError(f"rd_round_fn({channels} * {ratio}) = {hidden}: the branch needs a hidden unit")
         return hidden
-    if rd_divisor is None:
-        return hidden_channels(channels, ratio)
-    return max(rd_divisor, int(ratio * channels + rd_divisor / 2) // rd_divisor * rd_divisor)
+    if rd_divisor is not None:
+        return max(rd_divisor, int(ratio * channels + rd_divisor / 2) // rd_divisor * rd_divisor)
+    hidden = int(ratio * channels)
+    if hidden < 1:
+        raise ValueError(f"ratio {ratio} leaves no hidden unit for {channels} channels "
+                         f"(int(ratio * channels) = {hidden}); use ratio >= {1 / channels:.4g}")
+    return hidden
 
 
 _HIDDEN_ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "swish": nn.SiLU, "gelu": nn.GELU,
@@ -133,7 +128,7 @@ def hidden_activation(act_layer: LayerArg) -> nn.Module:
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-def branch_layout(use_bn: bool = True, branch_norm: Optional[str] = None, norm_layer: NormArg = None,
+def branch_norm_kind(use_bn: bool = True, branch_norm: Optional[str] = None, norm_layer: NormArg = None,
                   round_chs_fn: Optional[Callable[..., Any]] = None) -> str:
     """The branch's norms (one of BRANCH_NORMS) from the block's options: branch_norm when given, else timm's
     norm_layer (BatchNorm maps to "hidden_bn", where timm's SEModule puts it), else use_bn."""
@@ -168,18 +163,18 @@ class AttentionBranch(nn.Sequential):
     def __init__(self, channels: int, ratio: float = 0.5, use_bn: bool = True, *, hidden: Optional[int] = None,
                  act_layer: LayerArg = None, branch_norm: Optional[str] = None, device: DeviceLike = None,
                  dtype: DTypeLike = None) -> None:
-        hidden = hidden_channels(channels, ratio) if hidden is None else hidden
-        layout = branch_layout(use_bn, branch_norm)
+        hidden = reduced_channels(channels, ratio) if hidden is None else hidden
+        norm_kind = branch_norm_kind(use_bn, branch_norm)
         dd: dict[str, Any] = {"device": device, "dtype": dtype}
 
         def norm(n: int, wanted: bool) -> nn.Module:
             return nn.BatchNorm1d(n, **dd) if wanted else nn.Identity()
         super().__init__(
-            nn.Linear(channels, hidden, **dd), norm(hidden, layout != "none"), hidden_activation(act_layer),
-            nn.Linear(hidden, channels, **dd), norm(channels, layout == "bn"),
+            nn.Linear(channels, hidden, **dd), norm(hidden, norm_kind != "none"), hidden_activation(act_layer),
+            nn.Linear(hidden, channels, **dd), norm(channels, norm_kind == "bn"),
         )
-        self.use_bn = layout != "none"  # some BatchNorm in the branch: a batch of 1 cannot train
-        self.branch_norm = layout
+        self.use_bn = norm_kind != "none"  # some BatchNorm in the branch: a batch of 1 cannot train
+        self.branch_norm = norm_kind
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():  # TorchScript compiles this side alone: no fx, no autocast region

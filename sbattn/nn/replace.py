@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Optional
 from torch import nn
 
 from .attach import Where, _candidates, _selector
-from .attention import build_attention, get_attention, is_attention, passed_options
+from .attention import create_attention, get_attention, is_attention, passed_options
 from .branch import AttentionBranch, list_activations
 
 __all__ = ["replace_attention", "se_options", "SE_MODULES", "load_pretrained", "PretrainedLoad"]
@@ -114,9 +114,10 @@ def replace_attention(model: nn.Module, kind: str = "sb", where: Optional[Where]
         if any(k in given for k in _GATE_OPTIONS):
             found.pop("gate_layer")
         try:
-            block = build_attention(kind, channels, **{**_accepted(kind, found), **options})
+            block = create_attention(kind, channels, **{**_accepted(kind, found), **options})
         except ValueError as e:
             raise ValueError(f"module {name!r} ({type(module).__name__}, {channels} channels): {e}") from None
+        assert block is not None  # kind is a block: "none" was answered above
         like = next(module.parameters(), None)
         if like is not None:
             block.to(device=like.device, dtype=like.dtype)

@@ -112,7 +112,7 @@ CHECKPOINT_FIELDS: dict[str, Field] = {
     "num_classes": Field(_count(1, "number of classes")),
     "world_size": Field(_count(1, "number of processes")),
     "seed": Field(_seed),
-    "layout": Field(_layout, required=False, default=None),  # before 0.2: the device's rule (start.py)
+    "layout": Field(_layout, required=False, default=None),  # before 0.2: the device's rule (train/loop.py)
     "epoch": Field(_epoch),
     "step": Field(_step),
     "partial": Field(_partial),

@@ -1,6 +1,6 @@
 """Training one run: the loop and its epochs, the step of each --compile mode, the run's state and optimiser,
 evaluation, precision and layout, torchrun, the host's threads and signals."""
 from .loop import train
-from .run import RunResult
+from .state import RunResult
 
 __all__ = ["train", "RunResult"]

@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .agent import follow_agent
-from .launcher import remember_launch
+from .process import follow_agent, remember_launch
 
 __all__ = ["Context", "setup", "teardown", "joined", "leave", "restart_count", "disagreement", "all_reduce_sum", "any_rank", "gather_objects", "wrap",
            "sync_batchnorm", "CrossRankBatchNorm", "lost_peer", "one_report", "entering", "passing", "unanswered"]
@@ -58,7 +57,7 @@ def setup(device: str, timeout: float) -> tuple[Context, str]:
     """Join the process group torchrun set up, if any, whose collectives fail after `timeout` seconds without
     every rank (a rank that died or hung); returns the context and this rank's device.
 
-    Under torchrun (one process or several) this process stops when its agent dies (see agent.py), and reads the
+    Under torchrun (one process or several) this process stops when its agent dies (see process.py), and reads the
     agent's command line while it lives: the resume command it prints after that stop is the user's own launch."""
     if follow_agent() is not None:
         remember_launch()

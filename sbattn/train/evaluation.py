@@ -14,11 +14,12 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..data import eval_batches, eval_shard
+from ..data import eval_batches
+from ..data.batches import eval_shard
 from ..data.reference_draws import reference_normalize
 from . import distributed
 
-__all__ = ["Evaluation", "evaluate", "evaluate_run", "tta_logits", "reference_evaluate", "fold_batchnorm",
+__all__ = ["Evaluation", "evaluate", "tta_logits", "reference_evaluate", "fold_batchnorm",
            "inference_copy", "memory_format", "sum_dtype"]
 
 
@@ -68,14 +69,6 @@ class Evaluation:
     batch_mean_acc: float
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
-             amp_dtype: torch.dtype | None = None, rank: int = 0, world_size: int = 1) -> tuple[float, float]:
-    """(mean loss, accuracy) over every sample, each counted once (across ranks under torchrun)."""
-    result = evaluate_run(model, images_u8, labels, batch_size, amp_dtype, rank, world_size)
-    return result.loss, result.acc
-
-
 def mirrored_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The mean of the logits of `x` and of its mirror image."""
     return 0.5 * model(x) + 0.5 * model(x.flip(-1))
@@ -103,29 +96,30 @@ def _format_of(x: torch.Tensor) -> torch.memory_format:
 
 
 @torch.no_grad()
-def evaluate_run(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+def evaluate(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
                  amp_dtype: torch.dtype | None = None, rank: int = 0, world_size: int = 1,
-                 reference_batch: int = 64, tta: int = 0) -> Evaluation:
-    """Both figures on the inference copy, `batch_size` images at a time, under test-time augmentation `tta`
-    (tta_logits); the reference's figures group the samples into batches of `reference_batch`, as its test loader
+                 batch_mean_size: int = 64, tta: int = 0) -> Evaluation:
+    """The exact figures (every sample counted once, across ranks under torchrun) and the reference's, on the
+    inference copy, `batch_size` images at a time, under test-time augmentation `tta`
+    (tta_logits); the reference's figures group the samples into batches of `batch_mean_size`, as its test loader
     did."""
     device = images_u8.device
     fast, fmt = inference_copy(model, device)
     n = images_u8.shape[0]
-    chunks = -(-n // reference_batch)
+    chunks = -(-n // batch_mean_size)
     totals = torch.zeros(2, chunks, dtype=sum_dtype(device), device=device)  # per reference batch: loss, correct
     shard_start = eval_shard(n, rank, world_size)[0]
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         for i, (x, y) in enumerate(eval_batches(images_u8, labels, batch_size, rank=rank, world_size=world_size)):
             out = tta_logits(fast, x.contiguous(memory_format=fmt), tta).float()
             first = shard_start + i * max(1, batch_size // world_size)
-            chunk = torch.arange(first, first + len(y), device=device) // reference_batch
+            chunk = torch.arange(first, first + len(y), device=device) // batch_mean_size
             totals[0].index_add_(0, chunk, F.cross_entropy(out, y, reduction="none").to(totals.dtype))
             totals[1].index_add_(0, chunk, (out.argmax(1) == y).to(totals.dtype))
     if world_size > 1:
         distributed.entering("the evaluation's sums (all_reduce)")
         torch.distributed.all_reduce(totals)
-    sizes = (n - torch.arange(chunks, device=device) * reference_batch).clamp(max=reference_batch)
+    sizes = (n - torch.arange(chunks, device=device) * batch_mean_size).clamp(max=batch_mean_size)
     loss_sum, correct = totals.sum(1).tolist()
     batch_loss, batch_acc = (totals / sizes).mean(1).tolist()
     return Evaluation(loss_sum / n, correct / n, batch_loss, batch_acc)

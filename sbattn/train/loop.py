@@ -1,34 +1,40 @@
-"""train(): the reference implementation's recipe, exact metrics, and runs that survive interruption.
-
-A run trains under its lock: a finished run is reported and left alone, an unfinished one resumes from its
-checkpoint. The data live on the training device as uint8 and are augmented there in whole batches. A checkpoint
-after every epoch (and on Ctrl-C or SIGTERM, mid-epoch) holds the whole RunState, so a resumed run continues
-exactly where the last checkpoint stood.
+"""train(): one run, top-down. The Trainer takes the run's lock, reports a finished run and leaves it
+alone, or readies it (`prepare`: its checkpoint when it resumes, its seed, its data on the device as uint8, its
+layout, its model, under DDP when torchrun runs it, its RunState and the training step --compile asks for), then
+steps each epoch to its end (train/epoch.py), closes it (evaluation, schedule, checkpoint, line) and finishes:
+the final evaluation and the run's files. A checkpoint after every epoch (and on Ctrl-C or SIGTERM, mid-epoch)
+holds the whole RunState, so a resumed run continues exactly where the last checkpoint stood.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
 
-from ..config import TrainConfig
+import torch
+
+from ..config import TrainConfig, LAYOUTS
+from ..data import CIFAR10, load_cifar10, normalize, steps_per_epoch, to_device_uint8
 from ..errors import SbattnError, UserError
+from ..models import create_model
 from ..records import FinishedRun, finished_run, provenance
+from ..records.checkpoint import load_checkpoint, unwrap
+from ..records.integrity import check_same_data, data_identity
 from ..records.outputs import complete_finished_run, file_failure, peak_rss_mb, write_finished_run, write_record
-from ..records.rundir import (move_aside, prepare_output_dir, remove_stale_temporaries, run_lock,
-                              undo_interrupted_move)
+from ..records.rundir import move_aside, prepare_output_dir, remove_stale_temporaries, run_lock, undo_interrupted_move
 from ..records.tensorboard_log import epoch_logger
 from ..version import __version__
-from . import distributed
-from .agent import followed_agent
-from .epoch import Epoch, end_epoch, epoch_line
-from .precision import precision_label
-from .run import Run, RunResult
-from .signals import StopRequest, alone_signal_handled
-from .start import Ready, make_ready
-from .state import RunState
 
-__all__ = ["train", "Trainer", "RunResult"]
+from . import distributed
+from .epoch import Epoch, end_epoch, epoch_line, Pipeline, make_pipeline
+from .evaluation import memory_format
+from .process import followed_agent, StopRequest, alone_signal_handled
+from .state import Run, RunResult, RunState
+from .step import precision_label, EpochSums, Objective, make_step, LayoutChoice, choose_layout, layout_name
+
+__all__ = ["train", "Trainer", "RunResult", "Prepared", "prepare", "whitening_sample"]
 
 
 def train(config: TrainConfig, quiet: bool = False) -> RunResult:
@@ -74,7 +80,7 @@ class Trainer:
         self.run, self.quiet, self.stop = run, quiet, stop
         self.result: RunResult | None = None
         self._held = contextlib.ExitStack()  # the lock and the TensorBoard writer, while the run trains
-        self._ready: Ready | None = None
+        self._prepared: Prepared | None = None
         self._epoch: Epoch | None = None
         self._stepped = False  # a step was handed over whose after-part is still to do
 
@@ -89,7 +95,7 @@ class Trainer:
         self._held.close()
 
     def advance(self) -> bool:
-        if self._ready is None:
+        if self._prepared is None:
             if not self._begin():
                 return False
         elif self._stepped:
@@ -129,13 +135,13 @@ class Trainer:
                     f"moving these aside)")
             self.result = RunResult(0, paths, finished.history, finished.summary)
             return False
-        self._ready = ready = make_ready(run, self.quiet)
+        self._prepared = ready = prepare(run, self.quiet)
         events = paths.tensorboard if run.config.tensorboard and ctx.main else None
         self._log_epoch = self._held.enter_context(epoch_logger(events, ready.state.epoch))
         return self._next_epoch()
 
     def _next_epoch(self) -> bool:
-        run, ready = self.run, self._ready
+        run, ready = self.run, self._prepared
         assert ready is not None
         state = ready.state
         if state.epoch < run.config.epoch_count:
@@ -155,7 +161,7 @@ class Trainer:
     def _end_epoch(self) -> bool:
         """Close the epoch: a stop inside it checkpoints and ends the run (130); else its evaluation, schedule step,
         checkpoint and line, then the next epoch, or the finish."""
-        run, ready, epoch = self.run, self._ready, self._epoch
+        run, ready, epoch = self.run, self._prepared, self._epoch
         assert ready is not None and epoch is not None
         state, paths = ready.state, run.paths
         totals = epoch.close()
@@ -210,7 +216,7 @@ def _save(run: Run, state: RunState) -> None:
         state.save(checkpoint, run.config, run.ctx)
 
 
-def _finish(run: Run, ready: Ready) -> dict:
+def _finish(run: Run, ready: Prepared) -> dict:
     """The run's summary and files. The final accuracy is the final weights' in fp32, as the reference
     implementation evaluates, on the whole test set in this process alone: what `sbattn evaluate` computes."""
     state, data = ready.state, ready.data
@@ -234,3 +240,129 @@ def _finish(run: Run, ready: Ready) -> dict:
     summary["earlier_sessions"] = state.sessions[:-1]  # the processes that trained the run before a resume
     write_finished_run(run.config, run.paths, state.model, history, summary, len(data.classes))
     return summary
+
+
+WHITENING_IMAGES = 5000  # what airbench sets its whitening from
+# Besides the recipe, the options every rank must share: each changes the sequence of collectives or the result. The
+# rest may differ by process (the device's index, the folders, the threads, TensorBoard on rank 0, the timeout).
+RANKS_AGREE_ON = ("compile", "checkpoint_steps", "sync_bn", "eval_batch_size", "layout", "resume", "overwrite")
+
+
+@dataclass
+class Prepared:
+    """What `prepare` makes of a run: its state, its step and what the step adds to, its data pipeline."""
+
+    state: RunState
+    step: Callable[[torch.Tensor, torch.Tensor], None]
+    sums: EpochSums  # what `step` adds to
+    pipeline: Pipeline  # the data, its batches and evaluations
+    params: int
+
+    @property
+    def data(self) -> CIFAR10:
+        return self.pipeline.data
+
+
+def whitening_sample(n: int, seed: int) -> torch.Tensor:
+    """The training images a data-set layer is set from: WHITENING_IMAGES of the `n` drawn from the run's seed
+    (airbench takes the official set's first 5,000, in random order there; an image-folder copy lists them by
+    class)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:WHITENING_IMAGES]
+
+
+def _check_last_batch(n: int, batch_size: int, world_size: int) -> None:
+    """Under torchrun every training image counts, as in one process: a last global batch that would leave a rank
+    a single sample (which BatchNorm cannot train on) is refused rather than dropped."""
+    rest = n % batch_size
+    if world_size > 1 and 0 < rest < 2 * world_size:
+        raise UserError(f"--batch_size {batch_size} on {n:,} training images leaves a last batch of {rest}, under "
+                        f"2 a process over {world_size} processes (BatchNorm trains on 2 or more): one process "
+                        f"would train on all {n:,}; choose a batch size that leaves no last batch or one of at least "
+                        f"{2 * world_size}", code=2)
+
+
+def prepare(run: Run, quiet: bool) -> Prepared:
+    config, ctx, device, paths = run.config, run.ctx, run.device, run.paths
+    ckpt = _checkpoint_to_resume(run)
+    seed = config.seed if config.seed is not None else ckpt["seed"] if ckpt else _shared_seed(ctx)
+    torch.manual_seed(seed)
+    data = load_cifar10(config.data_dir, config.dataset, config.download, config.cache_dir, config.resize,
+                        progress=not quiet)
+    identity = data_identity(data)
+    if not config.drop_last:
+        _check_last_batch(len(data.train_labels), config.batch_size, ctx.world_size)
+    facts = {**config.recipe.to_dict(), **{k: getattr(config, k) for k in RANKS_AGREE_ON}, "sbattn": __version__,
+             "data": identity["fingerprint"]}
+    disagreement = distributed.disagreement(ctx, {k: facts[k] for k in sorted(facts)})
+    if disagreement:
+        if ctx.main and not ckpt:  # nothing of the run exists: its configuration file, just written, goes too
+            paths.config.unlink(missing_ok=True)
+        raise UserError(disagreement, code=2)
+    if ckpt:
+        check_same_data(ckpt, identity, paths.checkpoint)
+    train_x, test_x = to_device_uint8(data.train_images, device), to_device_uint8(data.test_images, device)
+    train_y = torch.as_tensor(data.train_labels, device=device)
+    test_y = torch.as_tensor(data.test_labels, device=device)
+
+    layout = _layout(run, ckpt)
+    model = create_model(config.arch, num_classes=len(data.classes), **config.model_options()).to(device)
+    init_from_data: Callable[[torch.Tensor], None] | None = getattr(model, "init_whitening", None)
+    if init_from_data is not None:  # a layer set from the data (airbench's whitening)
+        init_from_data(normalize(train_x[whitening_sample(len(train_y), seed).to(device)]))
+    fmt = LAYOUTS[layout.layout]
+    # Module.to takes memory_format=; torch's overloads of it omit that.
+    wrapped = distributed.wrap(ctx, model.to(memory_format=fmt), device, config.sync_bn)  # type: ignore[call-overload]
+    steps = steps_per_epoch(len(train_y), config.batch_size, ctx.world_size, config.drop_last)
+    state = RunState.start(config, unwrap(wrapped), device, run.amp_dtype, seed, len(data.classes), ctx.rank,
+                           layout.layout, steps, run.provenance)
+    state.data = identity
+    if ckpt:  # SyncBatchNorm conversion makes new modules: the state holds the ones that train
+        note = state.restore(ckpt, ctx, paths.checkpoint, steps)
+        run.log(note) if note else None
+        run.log(f"resuming {paths.name} at epoch {state.epoch + 1}, step {state.step}")
+    sums = EpochSums.zeros(device, config.batch_size, len(train_y))
+    objective = Objective(config.label_smoothing, ctx.world_size if config.optimizer == "sgd_decoupled" else 0)
+    step = (run.step_maker or make_step)(config.compile, wrapped, state.optimizer, state.scaler, run.amp_dtype,
+                                         sums, device, objective)
+    params = sum(p.numel() for p in state.model.parameters())
+    run.log(f"{paths.name}: {config.arch} attention={config.attention} params={params:,} data={data.source} "
+            f"device={device}{f' x {ctx.world_size} processes' if ctx.distributed else ''} "
+            f"precision={precision_label(run.amp_dtype)} layout={layout.layout} ({layout.how}) seed={seed}"
+            f"{'' if config.compile == 'none' else f' compile={config.compile}'}"
+            f"{' rng=reference' if config.rng == 'reference' else ''}")
+    return Prepared(state, step, sums, make_pipeline(run, data, train_x, train_y, test_x, test_y), params)
+
+
+def _checkpoint_to_resume(run: Run) -> dict | None:
+    """The run's checkpoint when it is to be resumed; refuses to start over one unasked."""
+    config, ctx, checkpoint = run.config, run.ctx, run.paths.checkpoint
+    if not os.path.lexists(checkpoint):
+        if config.resume:
+            run.log(f"no checkpoint at {checkpoint}: starting from the beginning")
+        return None
+    if not config.resume:
+        raise UserError(f"{checkpoint} holds an unfinished run: add --resume to continue it, or --overwrite to "
+                        f"start over (moving it aside)", code=2)
+    if distributed.restart_count():
+        run.log(f"torchrun restarted the workers (restart {distributed.restart_count()}): continuing from the last "
+                f"checkpoint")
+    ckpt = load_checkpoint(checkpoint, config)
+    if ckpt["world_size"] != ctx.world_size and ckpt["step"] != 0:
+        raise UserError(f"{checkpoint} was written mid-epoch by {ckpt['world_size']} process(es): resume "
+                        f"it with {ckpt['world_size']} (torchrun --nproc_per_node), or from an epoch's end", code=2)
+    return ckpt
+
+
+def _layout(run: Run, ckpt: dict | None) -> LayoutChoice:
+    """A resumed run keeps its layout (runs from before layouts were chosen trained in the device's rule)."""
+    if ckpt:
+        return LayoutChoice(ckpt["layout"] or layout_name(memory_format(run.device)), "resumed")
+    # Rank 0 alone measures (ranks measuring at once on shared cores would time each other) and writes the cache;
+    # every rank trains in its choice.
+    choice = choose_layout(run.config, run.device, run.amp_dtype) if run.ctx.main else None
+    return distributed.gather_objects(run.ctx, choice)[0]
+
+
+def _shared_seed(ctx: distributed.Context) -> int:
+    """A random seed, the same on every rank (rank 0's)."""
+    return distributed.gather_objects(ctx, int.from_bytes(os.urandom(4), "little"))[0]

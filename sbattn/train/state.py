@@ -1,31 +1,41 @@
-"""The state of a training run: exactly what its checkpoint holds, with its own save and restore.
+"""A run: what stays fixed through one process's training of it (Run: the configuration, where it trains
+and in which precision, how it reports, the thread governor), what changes (RunState: exactly what its checkpoint
+holds, with its own save and restore), what train() returns, and the command that resumes it.
 
 A run resumed from a checkpoint continues to the same history and weights as one never stopped, because
-everything that decides the rest of the run is here: the weights, the optimiser's momenta, the learning-rate
-schedule, the loss scaler, every rank's random streams, the history, and where in which epoch it stood, with
-the sums of that epoch so far.
+everything that decides the rest of the run is in its RunState: the weights, the optimiser's momenta, the
+learning-rate schedule, the loss scaler, every rank's random streams, the history, and where in which epoch it
+stood, with the sums of that epoch so far.
 """
 from __future__ import annotations
 
 import contextlib
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Callable
 
 import torch
 from torch import nn
 
+from .. import console
 from ..config import LAYOUTS, TrainConfig
-from ..data import augment_stream_seed
+from ..data.batches import augment_stream_seed
 from ..errors import CheckpointError
+from ..files import as_argument
+from ..optim import Lookahead
+from ..records import RunPaths, provenance
 from ..records.checkpoint import save_checkpoint
 from ..records.integrity import check_weights_fit, is_number
+from ..system import keep_freed_memory
 from ..version import __version__
-from . import distributed
-from ..optim import Lookahead
-from .optimizer import make_optimization
 
-__all__ = ["RunState"]
+from . import distributed
+from .process import agent_pid, launcher_argv, ThreadGovernor, pinned_threads
+from .step import make_optimization, resolve_precision, use_true_fp32
+
+__all__ = ["RunState", "Run", "RunResult", "resume_command"]
 
 
 def _rng_state(generator: torch.Generator, global_state: torch.Tensor | None = None) -> dict:
@@ -161,3 +171,75 @@ def _restoring(part: str, path: Path) -> Iterator[None]:
         first_line = (str(e).splitlines() or [""])[0]
         raise CheckpointError(f"{path}: cannot restore its {part} ({type(e).__name__}: {first_line}); the file is "
                               f"damaged or from another version: move it away to start over") from None
+
+
+@dataclass
+class RunResult:
+    """What train() returns: the exit status (0 finished, 130 interrupted), the run's paths, its history, and the
+    finished run's summary (empty when interrupted, and under torchrun on every rank but 0)."""
+
+    exit_code: int
+    paths: RunPaths
+    history: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What stays fixed through a run: its configuration, where it trains, and how it reports."""
+
+    config: TrainConfig
+    ctx: distributed.Context
+    device: torch.device
+    paths: RunPaths
+    amp_dtype: torch.dtype | None  # the precision asked for, resolved for this device
+    log: Callable[..., None]
+    interactive: bool  # a progress bar on a terminal
+    threads: ThreadGovernor
+    provenance: dict  # this process's (rank 0's; empty on the others), see records/provenance.py
+    step_maker: Callable[..., Callable] | None = None  # in place of step.make_step: a fused group's (pack.py)
+
+    @classmethod
+    def start(cls, config: TrainConfig, ctx: distributed.Context, device_name: str, quiet: bool,
+              log: Callable[[str], None] | None = None) -> "Run":
+        """This process's run of `config` on `device_name`; rank 0 alone reports unless quiet, on standard output or
+        through `log` (one of several runs in one process: its lines go to its own log file)."""
+        quiet = quiet or not ctx.main
+        paths = RunPaths.of(config)
+        if log is None:
+            log = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
+            if ctx.main:
+                console.log_to(paths.log)  # where its words go if standard output or error is lost
+        device = torch.device(device_name)
+        if device.type == "cpu":
+            keep_freed_memory()  # the step's large activations reused, not mapped afresh each step
+        amp_dtype = resolve_precision(config.precision, device)
+        if amp_dtype is None:
+            use_true_fp32(device)
+        pinned = pinned_threads(config.threads, config.rng == "reference" and amp_dtype is None)
+        if pinned is not None and device.type == "cpu":
+            why = "--threads" if config.threads != "auto" else "the reference's arithmetic"
+            log(f"{pinned} CPU thread(s) for the whole run ({why}): the thread governor is off")
+        return cls(config, ctx, device, paths, amp_dtype, log,
+                   not quiet and console.interactive(), ThreadGovernor(device, pinned),
+                   provenance.collect(device, ctx.world_size) if ctx.main else {})
+
+    @property
+    def resume_command(self) -> str:
+        return resume_command(self.paths, self.ctx)
+
+
+def resume_command(paths: RunPaths, ctx: distributed.Context = distributed.Context()) -> str:
+    """The command that continues the run: its configuration file (written when it started) with --resume, under
+    torchrun when it runs there, through the program the user started it with."""
+    program = Path(sys.argv[0]).name
+    if ctx.distributed or agent_pid() is not None:  # under torchrun, one process included
+        launcher = launcher_argv() or ["torchrun", f"--nproc_per_node={ctx.world_size}"]
+        prefix = [*launcher, *([] if launcher[-1] in ("-m", "--module") else ["-m"]), "sbattn", "train"]
+    elif program == "example.py":  # the reference implementation's entry point
+        prefix = ["python", "example.py", "main"]
+    elif program == "__main__.py":
+        prefix = ["python", "-m", "sbattn", "train"]
+    else:
+        prefix = ["sbattn", "train"]
+    return shlex.join([*prefix, "--config", as_argument(paths.config), "--resume"])
