@@ -3,8 +3,10 @@ line and turned into the exit status it carries. The library raises the subclass
 the base class once."""
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["SbattnError", "ConfigError", "DataError", "CheckpointError", "UserError", "SbattnWarning", "one_line",
-           "printable"]
+           "printable", "clip", "shown"]
 
 
 class SbattnError(Exception):
@@ -60,3 +62,20 @@ class CheckpointError(SbattnError):
 
 class UserError(SbattnError):
     """Any other error the user can fix: a file in the way, an option that does not fit the run, ..."""
+
+
+SHOWN_CHARS = 200  # of a value quoted in a one-line error: enough to recognise it, never a file's megabytes
+
+
+def clip(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` cut to `limit` characters, its length said: an error quotes what it refuses, which may be megabytes
+    long, and its one line must stay readable."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """repr(value) as an error quotes it: clipped, and a value nested too deeply to repr named by its type."""
+    try:
+        return clip(repr(value), limit)
+    except RecursionError:
+        return f"<a {type(value).__name__} nested too deeply to show>"

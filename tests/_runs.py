@@ -52,3 +52,10 @@ def ctrl_c_at_step(make_step: Callable, n: int, across_runs: bool = False) -> Ca
                 os.kill(os.getpid(), signal.SIGINT)
         return interrupted
     return make
+
+
+def run_name(*argv: str) -> str:
+    """The name of the run that `sbattn train *argv` trains: the stem of its files."""
+    from sbattn.cli.main import build_parser
+    from sbattn.cli.options import config_from_args
+    return config_from_args(build_parser().parse_args(["train", *argv])).run_name

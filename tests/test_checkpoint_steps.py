@@ -12,11 +12,11 @@ from sbattn.records.checkpoint import read_record
 from sbattn.train import loop as start
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _runs import TINY  # noqa: E402
+from _runs import TINY, run_name  # noqa: E402
 
 ARGS = [a for a in TINY if not a.startswith(("--epochs", "--milestones"))] + ["--epochs=2", "--milestones=[1]",
                                                                                "--seed=3"]
-RUN = "vgg16_0.5_False_True_tanh_w0.0625_seed3"  # SE: the branch's BatchNorm and the trunk's both in the state
+RUN = run_name(*ARGS, "--attention=se")  # SE: the branch's BatchNorm and the trunk's both in the state
 STEPS = 32  # the fake set's 1024 images at batch 32
 MAKE_STEP = start.make_step
 

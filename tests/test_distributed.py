@@ -23,11 +23,14 @@ from sbattn.records import RunPaths
 from sbattn.records.rundir import run_lock
 from sbattn.train.evaluation import evaluate
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _runs import run_name  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-RUN = "vgg16_0.5_True_False_tanh_w0.0625_seed0"
 # augment none and a modest learning rate, so that one and two processes can be compared step for step
 ARGS = ["--device=cpu", "--dataset=fake", "--width=0.0625", "--batch_size=32", "--precision=fp32", "--epochs=3",
         "--milestones=[2]", "--seed=0", "--augment=none", "--init_lr=0.02", "--dist-timeout=60"]
+RUN = run_name(*ARGS)
 
 
 def free_port() -> int:
@@ -504,6 +507,14 @@ def _rank_process(agent: int, rank: int) -> int:
     raise AssertionError(f"no worker of rank {rank}")
 
 
+def _running(pid: int) -> bool:
+    """Whether process `pid` still runs (neither gone nor a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
 def test_a_hung_rank_stops_the_run_in_the_timeout_with_one_line_naming_it(tmp_path):
     """SIGSTOP on rank 1 after its first checkpoint: rank 0 gives up after --dist-timeout, naming rank 1, where it
     was last seen and the collective, and exits non-zero (the agent then ends rank 1); the checkpoint is kept. 15 s,
@@ -511,8 +522,14 @@ def test_a_hung_rank_stops_the_run_in_the_timeout_with_one_line_naming_it(tmp_pa
     argv = [a for a in command(tmp_path, 2) if not a.startswith("--dist-timeout")] + ["--dist-timeout=15"]
     argv.insert(argv.index("--nproc_per_node=2") + 1, "--shutdown-timeout=2")
     proc, ckpt = started_until_its_checkpoint(argv, tmp_path)
-    os.kill(_rank_process(proc.pid, 1), signal.SIGSTOP)
+    rank0, rank1 = _rank_process(proc.pid, 0), _rank_process(proc.pid, 1)
+    os.kill(rank1, signal.SIGSTOP)
     stopped = time.time()
+    while _running(rank0) and time.time() - stopped < 60:
+        time.sleep(0.1)
+    # Rank 0 has given up. Rank 1 was hung for a while, not for ever: continued, it takes the agent's SIGTERM at once
+    # (a stopped process leaves it pending, and the agent waits 30 s, idle, before its SIGKILL).
+    os.kill(rank1, signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and time.time() - stopped < 60
     lines = [line for line in err.splitlines() if "sbattn train: error:" in line]

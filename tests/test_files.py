@@ -83,7 +83,7 @@ def test_a_folder_named_like_an_option_is_passed_as_a_path(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     command = resume_command(RunPaths.of(TrainConfig(output_dir="-odd", dataset="fake", device="cpu")))
     args = build_parser().parse_args(shlex.split(command)[shlex.split(command).index("train"):])
-    assert args.config == "./-odd/vgg16_0.5_True_False_tanh.config.json" and args.resume
+    assert args.config == f"./-odd/{TrainConfig(dataset='fake').run_name}.config.json" and args.resume
 
 
 @pytest.mark.parametrize("name", ["m" * 250 + ".onnx", "é" * 125 + ".pt"])  # 255 and 254 bytes: legal names

@@ -168,7 +168,9 @@ def test_the_call_dry_run_brings_back_finished_runs_that_merge_checks_and_keeps(
         names = sorted(m.name for m in tar.getmembers())
         tar.extractall(tmp_path / "x", filter="data")
     assert len(names) == 16 and not any(n.endswith(".pth") for n in names)
-    edited = tmp_path / "x" / "vgg16_0.5_False_True_tanh_w0.0625_seed0.json"  # SE's accuracy raised on the way
+    se = next(n[:-len(".json")] for n in names if n.startswith("vgg16_0.5_False_True_tanh_w0.0625_seed0")
+              and n.endswith(".json"))
+    edited = tmp_path / "x" / f"{se}.json"  # SE's accuracy raised on the way
     record = json.loads(edited.read_text())
     record["summary"]["final_eval_acc"] = 0.99
     edited.write_text(json.dumps(record))
@@ -177,14 +179,14 @@ def test_the_call_dry_run_brings_back_finished_runs_that_merge_checks_and_keeps(
             tar.add(tmp_path / "x" / name, arcname=name)
 
     said = gpu("merge")
-    assert "vgg16_0.5_False_True_tanh_w0.0625_seed0: its checksum does not match its contents" in said
+    assert f"{se}: its checksum does not match its contents" in said
     assert "merge: 7 run(s) added" in said and (runs / "compare.md").exists() and (runs / "fp32").is_dir()
     assert not (runs / edited.name).exists()
     gpu("call", "--skip", "schemes,tests")  # docs/gpu.md's later call
     again = json.loads((out / "gpu-call.json").read_text())
     assert again["reference_runs"]["to_train"] == 1  # SE alone
     assert "schemes" not in again and "cuda_tests" not in again and again["reference_runs"]["finished"] == [
-        "vgg16_0.5_False_True_tanh_w0.0625_seed0"]
+        se]
 
 
 @pytest.mark.parametrize("args, said", [

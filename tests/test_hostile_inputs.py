@@ -263,8 +263,8 @@ def test_a_fifo_at_a_runs_log_is_neither_waited_on_nor_written(tmp_path, capsys)
     without waiting for a reader, and a `--jobs` suite refuses in one line, before it writes anything, instead of
     hanging."""
     from sbattn.cli import main
-    from _runs import TINY
-    name = "vgg16_0.5_True_False_tanh_w0.0625_seed0"
+    from _runs import TINY, run_name
+    name = run_name(*TINY, "--seed=0")
     lone = tmp_path / "lone"
     lone.mkdir()
     os.mkfifo(lone / f"{name}.log")

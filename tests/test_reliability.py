@@ -23,10 +23,11 @@ from sbattn.train.loop import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _datagen import tree_files, write_tree  # noqa: E402
-from _runs import TINY, copy_of, finished_output, one_line, snapshot  # noqa: E402
+from _runs import TINY, copy_of, finished_output, one_line, run_name, snapshot  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-NAME = "vgg16_0.5_True_False_tanh_w0.0625"
+NAME = run_name(*TINY)  # the tiny run without a seed
+INTERRUPTED = run_name(*TINY, "--epochs=2", "--seed=0")  # the `interrupted` fixture's run
 RUN_FILES = (".pth", ".json", ".csv", ".png")
 
 
@@ -82,9 +83,10 @@ def test_overwrite_never_moves_a_run_through_a_link_at_replaced(finished, tmp_pa
 def test_a_finished_run_of_another_recipe_is_refused(finished, tmp_path, capsys):
     out = copy_of(finished, tmp_path)
     before = snapshot(out)
-    assert main(["train", *TINY, f"--output-dir={out}", "--epochs=2"]) == 2
+    # the same name (a name tells recipes apart, not the precision they were computed in)
+    assert main(["train", *TINY, f"--output-dir={out}", "--precision=bf16"]) == 2
     err = one_line(capsys.readouterr().err)
-    assert "finished run of another recipe (epochs 1 there, 2 now)" in err and "--overwrite" in err
+    assert "finished run of another recipe (precision 'fp32' there, 'bf16' now)" in err and "--overwrite" in err
     assert snapshot(out) == before
 
 
@@ -140,6 +142,7 @@ def run_private(script: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(PRIVATE is None, reason="cannot mount a tmpfs in a mount namespace here")
 def test_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path):
+    name = run_name(*TINY, "--epochs=6", "--milestones=[5]", "--seed=0")
     out = tmp_path / "small-disk"
     out.mkdir()
     # A 2 MB tmpfs: the first checkpoint is written, then the disk is filled, so the next save meets ENOSPC.
@@ -147,22 +150,23 @@ def test_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path):
 mount -t tmpfs -o size=2m tmpfs {out}
 {sys.executable} -m sbattn train {' '.join(TINY)} --epochs=6 --milestones=[5] --seed=0 --output-dir={out} &
 trainer=$!
-while [ ! -e {out}/{NAME}_seed0.ckpt ] && kill -0 $trainer 2>/dev/null; do sleep 0.02; done
+while [ ! -e {out}/{name}.ckpt ] && kill -0 $trainer 2>/dev/null; do sleep 0.02; done
 dd if=/dev/zero of={out}/filler bs=64k 2>/dev/null
 wait $trainer; echo "exit $?"
 ls -a {out}
-{sys.executable} -c "import torch; print('epoch', torch.load('{out}/{NAME}_seed0.ckpt', weights_only=True)['epoch'])"
+{sys.executable} -c "import torch; print('epoch', torch.load('{out}/{name}.ckpt', weights_only=True)['epoch'])"
 """
     proc = run_private(script)
     assert "exit 1" in proc.stdout, (proc.stdout, proc.stderr)
     err = one_line(proc.stderr)
-    assert "No space left on device" in err and f"the last good checkpoint {out}/{NAME}_seed0.ckpt is kept" in err
+    assert "No space left on device" in err and f"the last good checkpoint {out}/{name}.ckpt is kept" in err
     assert "--resume" in err
     assert ".tmp" not in proc.stdout  # the half-written temporary file is gone
     assert "epoch " in proc.stdout  # the last good checkpoint loads
 
 
 def test_full_disk_simulated_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    name = run_name(*TINY, "--epochs=3", "--milestones=[2]", "--seed=0")
     import sbattn.train.state as state_module
     real, saves = state_module.save_checkpoint, []
 
@@ -179,12 +183,12 @@ def test_full_disk_simulated_keeps_the_last_good_checkpoint(tmp_path, monkeypatc
     assert main(argv) == 1
     err = one_line(capsys.readouterr().err)
     assert "No space left on device" in err and "last good checkpoint" in err
-    assert read_record(out / f"{NAME}_seed0.ckpt")["epoch"] == 1
+    assert read_record(out / f"{name}.ckpt")["epoch"] == 1
     resume = shlex.split(err.split("resume with: ")[1])
     assert resume[:2] == ["sbattn", "train"] and "--overwrite" not in resume  # that would start afresh once more
     monkeypatch.setattr(state_module, "save_checkpoint", real)  # room made
     assert main(resume[1:]) == 0
-    summary = read_finished(out / f"{NAME}_seed0.json").summary
+    summary = read_finished(out / f"{name}.json").summary
     assert summary["config"]["epochs"] == 3 and len(summary["earlier_sessions"]) == 1  # continued, not restarted
 
 
@@ -218,6 +222,7 @@ def test_results_txt_read_only_is_refused_before_training(tmp_path):
 
 
 def test_results_txt_failing_at_the_end_keeps_the_checkpoint_and_resume_finishes(tmp_path, monkeypatch, capsys):
+    name = run_name(*TINY, "--seed=0")
     import sbattn.train.loop as loop
     out = tmp_path / "out"
     real_finish = loop._finish
@@ -231,15 +236,15 @@ def test_results_txt_failing_at_the_end_keeps_the_checkpoint_and_resume_finishes
     assert main(argv) == 1
     err = one_line(capsys.readouterr().err)
     assert f"cannot write {out}/results.txt" in err and "checkpoint" in err and "--resume" in err
-    checkpoint = out / f"{NAME}_seed0.ckpt"
-    assert checkpoint.exists() and not (out / f"{NAME}_seed0.json").exists()  # not finished: resumable
+    checkpoint = out / f"{name}.ckpt"
+    assert checkpoint.exists() and not (out / f"{name}.json").exists()  # not finished: resumable
     trained = read_record(checkpoint)["history"]
 
     monkeypatch.setattr(loop, "_finish", real_finish)
     (out / "results.txt").rmdir()
     monkeypatch.setattr(loop, "Epoch", lambda *a, **k: pytest.fail("trained again"))
     assert main([*argv, "--resume"]) == 0
-    record = json.loads((out / f"{NAME}_seed0.json").read_text())
+    record = json.loads((out / f"{name}.json").read_text())
     assert record["summary"]["complete"] and record["history"] == trained
     assert len((out / "results.txt").read_text().splitlines()) == 1 and not checkpoint.exists()
 
@@ -307,7 +312,7 @@ def interrupted(tmp_path_factory) -> Path:
 
 def test_a_checkpoint_with_a_flipped_byte_is_refused_not_resumed(interrupted, tmp_path, capsys):
     out = copy_of(interrupted, tmp_path)
-    checkpoint = out / f"{NAME}_seed0.ckpt"
+    checkpoint = out / f"{INTERRUPTED}.ckpt"
     flip_a_tensor_byte(checkpoint)
     before = checkpoint.read_bytes()
     assert main(["train", *TINY, "--epochs=2", "--seed=0", f"--output-dir={out}", "--resume"]) == 2
@@ -320,7 +325,7 @@ def test_a_checkpoint_stripped_of_its_checksum_is_refused_and_one_from_before_ch
     """An edit hidden by deleting the checksum is refused; a checkpoint of format 2 (sbattn 0.1.0 wrote them
     without a checksum) resumes, and the run says it had none."""
     out = copy_of(interrupted, tmp_path)
-    checkpoint = out / f"{NAME}_seed0.ckpt"
+    checkpoint = out / f"{INTERRUPTED}.ckpt"
     record = torch.load(checkpoint, weights_only=True)
     record.pop("checksum")
     record["model"]["classifier.2.bias"] += 1.0
@@ -378,7 +383,7 @@ def crafted_model(record):
 def test_a_checkpoint_with_the_right_keys_and_wrong_contents_is_refused(interrupted, tmp_path, capsys, change,
                                                                         words):
     out = copy_of(interrupted, tmp_path)
-    checkpoint = out / f"{NAME}_seed0.ckpt"
+    checkpoint = out / f"{INTERRUPTED}.ckpt"
     rewrite(checkpoint, change)
     assert main(["train", *TINY, "--epochs=2", "--seed=0", f"--output-dir={out}", "--resume"]) == 2
     assert words in one_line(capsys.readouterr().err)
@@ -474,7 +479,7 @@ def test_a_checkpoint_holds_the_fields_its_schema_declares_and_an_older_one_is_u
     every required field and nothing undeclared; a run cannot save a field the table lacks; an older file without
     the fields added since reads as if it had them, at their defaults."""
     from sbattn.records.schema import CHECKPOINT_FIELDS, REQUIRED, check_saved, upgrade
-    record = torch.load(interrupted / f"{NAME}_seed0.ckpt", weights_only=True)
+    record = torch.load(interrupted / f"{INTERRUPTED}.ckpt", weights_only=True)
     fields = record.keys() - {"format", "checksum"}
     assert REQUIRED <= fields <= CHECKPOINT_FIELDS.keys()
     check_saved({k: record[k] for k in fields})
@@ -490,6 +495,6 @@ def test_a_checkpoint_holds_the_fields_its_schema_declares_and_an_older_one_is_u
 
 def test_a_resume_refuses_a_checkpoint_without_a_required_field(interrupted, tmp_path, capsys):
     out = copy_of(interrupted, tmp_path)
-    rewrite(out / f"{NAME}_seed0.ckpt", lambda r: r.pop("scaler"))
+    rewrite(out / f"{INTERRUPTED}.ckpt", lambda r: r.pop("scaler"))
     assert main(["train", *TINY, "--epochs=2", "--seed=0", f"--output-dir={out}", "--resume"]) == 2
     assert "is not a training checkpoint (it lacks scaler)" in one_line(capsys.readouterr().err)

@@ -25,7 +25,7 @@ from _runs import finished_output, one_line, snapshot  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [*_runs.TINY, "--seed=0"]
-NAME = "vgg16_0.5_True_False_tanh_w0.0625_seed0"
+NAME = _runs.run_name(*TINY)
 FINISHED = (".pth", ".json", ".csv", ".png")
 
 
@@ -185,20 +185,21 @@ def folder_turns_read_only(monkeypatch, lock: Path) -> None:
 
 
 def test_a_folder_turned_read_only_mid_run_keeps_the_checkpoints_message(tmp_path, monkeypatch, capsys):
+    name = _runs.run_name(*TINY, "--epochs=2")
     import sbattn.train.state as state_module
     out, real, saves = tmp_path / "out", state_module.save_checkpoint, []
 
     def read_only_after_the_first(path, state):
         saves.append(path)
         if len(saves) > 1:
-            folder_turns_read_only(monkeypatch, out / f"{NAME}.lock")
+            folder_turns_read_only(monkeypatch, out / f"{name}.lock")
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         real(path, state)
 
     monkeypatch.setattr(state_module, "save_checkpoint", read_only_after_the_first)
     assert main(["train", *TINY, "--epochs=2", f"--output-dir={out}"]) == 1
     err = one_line(capsys.readouterr().err)
-    assert f"cannot write {out}/{NAME}.ckpt (Read-only file system)" in err and "last good checkpoint" in err
+    assert f"cannot write {out}/{name}.ckpt (Read-only file system)" in err and "last good checkpoint" in err
 
 
 def test_a_lock_that_cannot_be_removed_after_success_is_one_warning(finished, monkeypatch, capsys):

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from _runs import run_name  # noqa: E402
+
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 TINY = ["--device=cpu", "--dataset=fake", "--width=0.0625", "--batch_size=32", "--precision=fp32",
         "--eval-batch-size=256", "--layout=contiguous", "--seed=0"]
-NAME = "vgg16_0.5_True_False_tanh_w0.0625_seed0"
 
 
 def sbattn(*args: str) -> list[str]:
@@ -25,6 +27,7 @@ def close_fd(fd: int):
 
 def test_a_reader_that_goes_away_costs_no_epoch_and_no_traceback(tmp_path):
     """`sbattn train ... | head -1`: the run finishes all its epochs, exit 0, its later lines in <run>.log."""
+    name = run_name(*TINY, "--epochs=2", "--milestones=[1]")
     out = tmp_path / "out"
     proc = subprocess.Popen(sbattn("train", *TINY, "--epochs=2", "--milestones=[1]", f"--output-dir={out}"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=tmp_path)
@@ -33,33 +36,35 @@ def test_a_reader_that_goes_away_costs_no_epoch_and_no_traceback(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=240) == 0, err
     assert first and "Traceback" not in err and "BrokenPipe" not in err
-    record = json.loads((out / f"{NAME}.json").read_text())
+    record = json.loads((out / f"{name}.json").read_text())
     assert [h["epoch"] for h in record["history"]] == [1, 2]
-    assert "final test accuracy" in (out / f"{NAME}.log").read_text()  # what the reader missed
+    assert "final test accuracy" in (out / f"{name}.log").read_text()  # what the reader missed
 
 
 def test_closed_streams_train_and_the_run_log_holds_its_words(tmp_path):
     """`sbattn train ... >&- 2>&-`: trains, exit 0; what it would have printed is in <run>.log."""
+    name = run_name(*TINY, "--epochs=1", "--milestones=[1]")
     out = tmp_path / "out"
     proc = subprocess.run(sbattn("train", *TINY, "--epochs=1", "--milestones=[1]", f"--output-dir={out}"),
                           stdin=subprocess.DEVNULL, env=ENV, cwd=tmp_path, timeout=240,
                           preexec_fn=lambda: (os.close(1), os.close(2)))
     assert proc.returncode == 0
-    assert (out / f"{NAME}.json").is_file()
-    log = (out / f"{NAME}.log").read_text()
+    assert (out / f"{name}.json").is_file()
+    log = (out / f"{name}.log").read_text()
     assert "epoch   1/1" in log and "final test accuracy" in log
 
 
 def test_with_stderr_closed_an_error_goes_to_the_run_log(tmp_path):
     """`2>&-` and a refusal: the one-line error, which has no stderr to go to, is in <run>.log; the exit status
     says it failed."""
+    name = run_name(*TINY, "--epochs=1", "--milestones=[1]")
     out = tmp_path / "out"
     out.mkdir()
-    (out / f"{NAME}.ckpt").write_bytes(b"an unfinished run's checkpoint")
+    (out / f"{name}.ckpt").write_bytes(b"an unfinished run's checkpoint")
     proc = subprocess.run(sbattn("train", *TINY, "--epochs=1", "--milestones=[1]", f"--output-dir={out}"),
                           stdout=subprocess.PIPE, env=ENV, cwd=tmp_path, timeout=240, preexec_fn=close_fd(2))
     assert proc.returncode == 2
-    log = (out / f"{NAME}.log").read_text()
+    log = (out / f"{name}.log").read_text()
     assert "sbattn train: error:" in log and "holds an unfinished run" in log and "Traceback" not in log
 
 
@@ -77,7 +82,7 @@ def test_an_epoch_is_checkpointed_before_it_is_reported(tmp_path, monkeypatch):
                          milestones=[1], layout="contiguous", seed=0, output_dir=str(tmp_path))
     with pytest.raises(BrokenPipeError):
         loop.train(config, quiet=True)
-    assert read_record(tmp_path / f"{NAME}.ckpt")["epoch"] == 1
+    assert read_record(tmp_path / f"{config.run_name}.ckpt")["epoch"] == 1
 
 
 def test_what_the_streams_encoding_lacks_is_escaped_not_lost():

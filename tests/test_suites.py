@@ -311,12 +311,13 @@ def test_interrupted_run_stops_the_suite_with_130_and_the_rerun_finishes(tmp_pat
 
 
 def test_a_finished_run_of_another_recipe_is_not_reused(tmp_path, monkeypatch):
-    write_run(tmp_path, [0.5, 0.6, 0.7], seed=0)  # 3 epochs, same run name as the 2-epoch baseline below
+    # trained in fp32: the same run name as the bf16 baseline below (a name tells recipes apart, not precisions)
+    write_run(tmp_path, [0.5, 0.6], seed=0, precision="fp32")
     fake = FakeTrain()
     monkeypatch.setattr(suites, "train", fake)
     args = parse("compare", ["--dataset", "fake", "--width", "0.0625", "--epochs", "2", "--device", "cpu",
-                             "--output-dir", str(tmp_path)])
-    with pytest.raises(UserError, match="another recipe.*epochs 3 there, 2 now"):
+                             "--precision", "bf16", "--output-dir", str(tmp_path)])
+    with pytest.raises(UserError, match="another recipe.*precision 'fp32' there, 'bf16' now"):
         cli.run_compare(args)
     assert fake.configs == []
 
@@ -398,7 +399,7 @@ def test_report_reproduces_the_suite_table(compare_dir, tmp_path, monkeypatch):
     assert (copy / "compare.md").read_text() == (directory / "compare.md").read_text()
     assert (copy / "compare.csv").read_text() == (directory / "compare.csv").read_text()
     assert_png(copy / "compare.png")
-    first = sorted(copy.glob("vgg16_*_seed0.json"))[0]
+    first = sorted(copy.glob("vgg16_*_seed0_*.json"))[0]
     shutil.copy(first, copy / f"{first.stem} (copy).json")  # the same run twice: it must not count as two seeds
     with pytest.raises(UserError, match=rf"holds one run twice: .*{first.stem}( \(copy\))?\.json and .*\(the same "
                                         r"recipe and seed\)"):

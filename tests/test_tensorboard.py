@@ -65,12 +65,12 @@ def test_without_the_package_the_option_is_refused_in_one_line_naming_the_extra(
 @pytest.mark.parametrize("planted", ["link", "file", "run-file", "run-link"])
 def test_events_are_never_written_through_a_link_or_into_a_file_in_the_way(tmp_path, capsys, planted):
     from sbattn.cli import main
-    from _runs import TINY, one_line
+    from _runs import TINY, one_line, run_name
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     out.mkdir()
     elsewhere.mkdir()
     board = out / "tensorboard"
-    run = board / "vgg16_0.5_True_False_tanh_w0.0625_seed0"
+    run = board / run_name(*TINY, "--seed=0")
     if planted == "link":
         board.symlink_to(elsewhere)
     elif planted == "file":

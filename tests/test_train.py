@@ -1,4 +1,5 @@
 """Training end to end on the fake set with a width-reduced model: outputs, metrics, interruption and faults."""
+import dataclasses
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ from sbattn.errors import CheckpointError, UserError
 from sbattn.train.loop import train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _runs import ctrl_c_at_step  # noqa: E402
+from _runs import ctrl_c_at_step, run_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--device=cpu", "--dataset=fake", "--width=0.0625", "--batch_size=32", "--precision=fp32",
@@ -44,7 +45,9 @@ def test_seed_command_trains_and_leaves_the_seeds_files(tmp_path):
                    "--milestones=[1,2]", "--weight_decay=9e-6", "--dataset=fake", "--width=0.0625",
                    f"--output-dir={out}")
     assert proc.returncode == 0, proc.stderr
-    stem = out / "vgg16_0.5_True_False_tanh_w0.0625"  # the seed's name, plus the width when not 1
+    # the reference's stem, plus the width when not 1 and the hash of the recipe's other differences
+    stem = out / TrainConfig(epochs=2, batch_size=32, milestones=[1, 2], dataset="fake", width=0.0625).run_name
+    assert stem.name.startswith("vgg16_0.5_True_False_tanh_w0.0625_r")
     for suffix in (".png", ".pth", ".csv", ".json"):
         assert Path(f"{stem}{suffix}").exists(), suffix
     assert not Path(f"{stem}.ckpt").exists()  # a finished run leaves no checkpoint behind
@@ -103,7 +106,7 @@ def test_one_final_accuracy_in_results_txt_the_summary_and_evaluate(tmp_path, ca
     out = tmp_path / "results"
     assert main(["train", *TINY, "--precision=bf16", "--epochs=1", "--milestones=[1]", "--seed=0",
                  f"--output-dir={out}"]) == 0
-    stem = out / "vgg16_0.5_True_False_tanh_w0.0625_seed0"
+    stem = out / run_name(*TINY, "--precision=bf16", "--epochs=1", "--milestones=[1]", "--seed=0")
     record = json.loads(Path(f"{stem}.json").read_text())
     summary, history = record["summary"], record["history"]
     assert history[-1]["eval_precision"] == "bfloat16" and summary["final_eval_precision"] == "fp32"
@@ -275,8 +278,60 @@ def test_seeds_name_runs_apart(tmp_path):
     for seed in (1, 2):
         train(tiny_config(tmp_path, epochs=1, milestones=[1], seed=seed), quiet=True)
     names = {p.name for p in (tmp_path / "results").glob("*.pth")}
-    assert names == {"vgg16_0.5_True_False_tanh_w0.0625_seed1.pth", "vgg16_0.5_True_False_tanh_w0.0625_seed2.pth"}
+    assert names == {f"{tiny_config(tmp_path, epochs=1, milestones=[1], seed=s).run_name}.pth" for s in (1, 2)}
+    assert all("_seed1_" in n or "_seed2_" in n for n in names)
     assert len((tmp_path / "results" / "results.txt").read_text().splitlines()) == 2
+
+
+def test_two_recipes_differing_only_in_weight_decay_train_side_by_side(tmp_path):
+    configs = [tiny_config(tmp_path, epochs=1, milestones=[1], weight_decay=wd) for wd in (9e-6, 5e-4)]
+    results = [train(c, quiet=True) for c in configs]
+    assert [r.exit_code for r in results] == [0, 0] and results[0].paths.name != results[1].paths.name
+    for config, result in zip(configs, results):
+        summary = json.loads(result.paths.summary.read_text())["summary"]
+        assert summary["config"]["weight_decay"] == config.weight_decay and summary["run"] == result.paths.name
+    assert results[0].history != results[1].history  # each trained its own recipe
+    # a different lr or epoch count names a run apart as well; how it is computed (precision) does not
+    base = configs[0]
+    assert len({base.run_name, tiny_config(tmp_path, epochs=1, milestones=[1], init_lr=0.05).run_name,
+                tiny_config(tmp_path, epochs=2, milestones=[1]).run_name}) == 3
+    assert tiny_config(tmp_path, epochs=1, milestones=[1], precision="bf16").run_name == base.run_name
+
+
+def test_a_run_under_its_former_name_is_reused_and_resumed_not_trained_again(tmp_path, capsys):
+    """Runs that an earlier version named without the weight decay's hash keep their names: a finished one is
+    reused, one under way resumes; one of another recipe under that name is not taken for this one."""
+    from sbattn.records.paths import RUN_FILES
+    config = tiny_config(tmp_path, epochs=1, milestones=[1], weight_decay=5e-4)
+    assert config.legacy_run_name != config.run_name
+    finished = train(config, quiet=True)
+    out = finished.paths.output_dir
+    for suffix in (*RUN_FILES, ".log"):
+        path = finished.paths.with_suffix(suffix)
+        if path.exists():
+            path.rename(out / f"{config.legacy_run_name}{suffix}")
+    again = train(config)
+    assert again.paths.name == config.legacy_run_name and again.history == finished.history
+    assert "finished earlier" in capsys.readouterr().out
+    assert not finished.paths.summary.exists()  # nothing trained under the new name
+    other = tiny_config(tmp_path, epochs=1, milestones=[1], weight_decay=1e-3)  # its legacy name is the same
+    assert other.legacy_run_name == config.legacy_run_name
+    assert train(other, quiet=True).paths.name == other.run_name  # trained under its own name, not refused
+
+    step = tiny_config(tmp_path / "b", epochs=2, milestones=[1], weight_decay=5e-4)
+    with pytest.MonkeyPatch.context() as monkeypatch:  # cut off after its first epoch: a checkpoint, no JSON
+        import sbattn.train.loop as loop
+
+        def reader_gone(history, epochs):
+            raise BrokenPipeError(32, "Broken pipe")
+        monkeypatch.setattr(loop, "epoch_line", reader_gone)
+        with pytest.raises(BrokenPipeError):
+            train(step, quiet=True)
+    paths = sbattn.records.RunPaths(Path(step.output_dir), step.run_name)
+    for suffix in (".ckpt", ".config.json"):
+        paths.with_suffix(suffix).rename(paths.output_dir / f"{step.legacy_run_name}{suffix}")
+    resumed = train(dataclasses.replace(step, resume=True), quiet=True)
+    assert resumed.paths.name == step.legacy_run_name and [h["epoch"] for h in resumed.history] == [1, 2]
 
 
 def test_unwritable_output_dir_refused_before_training(tmp_path, monkeypatch):
@@ -369,8 +424,11 @@ def _weights(path: Path):
 
 
 def _train_cmd(out, *extra):
-    return ["-m", "sbattn", "train", *TINY, "--epochs=4", "--milestones=[2,3]", "--seed=3", f"--output-dir={out}",
-            *extra]
+    return ["-m", "sbattn", "train", *TINY, *TRAIN_CMD, f"--output-dir={out}", *extra]
+
+
+TRAIN_CMD = ["--epochs=4", "--milestones=[2,3]", "--seed=3"]
+TRAIN_CMD_RUN = run_name(*TINY, *TRAIN_CMD)
 
 
 def _wait_for(path: Path, proc, timeout=120):
@@ -386,7 +444,7 @@ def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
     proc = run_cli(*_train_cmd(out))
     assert proc.returncode == 0, proc.stderr
-    return out / "vgg16_0.5_True_False_tanh_w0.0625_seed3"
+    return out / TRAIN_CMD_RUN
 
 
 def _resume_and_compare(out: Path, uninterrupted: Path) -> None:
@@ -405,7 +463,7 @@ def test_sigkill_and_resume_is_identical_to_an_uninterrupted_run(tmp_path, unint
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, *_train_cmd(out)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    ckpt = out / "vgg16_0.5_True_False_tanh_w0.0625_seed3.ckpt"
+    ckpt = out / f"{TRAIN_CMD_RUN}.ckpt"
     _wait_for(ckpt, proc)
     time.sleep(0.15)  # into the next epoch
     proc.kill()
@@ -419,7 +477,7 @@ def test_sigint_checkpoints_mid_epoch_exits_130_and_resumes_identically(tmp_path
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, *_train_cmd(out)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ckpt = out / "vgg16_0.5_True_False_tanh_w0.0625_seed3.ckpt"
+    ckpt = out / f"{TRAIN_CMD_RUN}.ckpt"
     _wait_for(ckpt, proc)
     time.sleep(0.1)
     proc.send_signal(signal.SIGINT)

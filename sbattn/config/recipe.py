@@ -21,13 +21,13 @@ import torch
 
 from ..data import AUGMENTS, DATASETS
 from ..data.augmentation import canonical_augment
-from ..errors import ConfigError, SbattnError
+from ..errors import ConfigError, SbattnError, clip, shown
 from ..models import PLACEMENTS, create_model, default_placement, list_models
 from ..nn import LAMBDA_INITS, list_activations, list_attention
 from ..optim import OPTIMIZERS, SCHEDULES
 
-__all__ = ["Recipe", "RECIPE_FIELDS", "PRECISIONS", "RNG_MODES", "canonical_config", "recipe_differences", "option", "shown",
-           "clip"]
+__all__ = ["Recipe", "RECIPE_FIELDS", "PRECISIONS", "RNG_MODES", "canonical_config", "recipe_differences", "option",
+           "shown", "clip"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Where a run's random draws come from: sbattn's own streams (per run, epoch and rank; augmentation batched on the
@@ -40,7 +40,6 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the optimiser takes its r
 MAX_SEED = 2**63 - 1  # a seed plus a rank's and an epoch's offset must fit the generators' 64 bits
 MAX_PARAMETERS = 10**9  # 12 GB of weights, gradients and momenta before any activation
 MAX_MULTIPLIER = 64  # width and attn_ratio: beyond it every registered model is past MAX_PARAMETERS
-SHOWN_CHARS = 200  # of a value quoted in a one-line error: enough to recognise it, never a file's megabytes
 
 
 def option(default: Any, help: str, reference: bool = False, choices: Callable[[], list[str]] | None = None,
@@ -132,8 +131,18 @@ class Recipe:
 
     @property
     def run_name(self) -> str:
-        """The reference's file stem, vgg16_<ratio>_<use_sb>_<use_se>_<activation>, plus what else tells runs
-        apart."""
+        """The reference's stem, vgg16_<ratio>_<use_sb>_<use_se>_<activation>, then the attention kind, placement
+        and width where it cannot show them, the seed, and `_r` with a stable 6-digit hash of the NAME_TAG_FIELDS
+        that differ from their defaults (epochs, rates, weight decay, data, ...): `vgg16_0.5_True_False_tanh` as is."""
+        return self._stem() + _tag(self, NAME_TAG_FIELDS, _as_hashed)
+
+    @property
+    def legacy_run_name(self) -> str:
+        """The name earlier versions gave this recipe, its hash of TAGGED_FIELDS alone (two runs differing in, say,
+        weight decay shared it); a run started under it keeps it (RunPaths.of)."""
+        return self._stem() + _tag(self, TAGGED_FIELDS, lambda value: value)
+
+    def _stem(self) -> str:
         name = f"{self.arch}_{self.attn_ratio}_{self.use_sb}_{self.use_se}_{self.activation}"
         if self.attention not in ("none", "sb", "se"):  # the reference's flags cannot name it
             name += f"_{self.attention}"
@@ -144,18 +153,7 @@ class Recipe:
             name += f"_w{self.width:g}"
         if self.seed is not None:
             name += f"_seed{self.seed}"
-        return name + self.recipe_tag
-
-    @property
-    def recipe_tag(self) -> str:
-        """'_r' and a stable 6-digit hash of the fields that no other part of the name shows and that differ from
-        their defaults (the optimiser, the schedule, the loss, ...); empty for the defaults. The reference's own
-        hyper-parameters stay out, as the reference names its files."""
-        changed = {name: getattr(self, name) for name in TAGGED_FIELDS
-                   if getattr(self, name) != RECIPE_DEFAULTS[name]}
-        if not changed:
-            return ""
-        return f"_r{hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:6]}"
+        return name
 
     @property
     def recipe(self) -> "Recipe":
@@ -196,7 +194,7 @@ class Recipe:
         check_choices(self)
         self.use_sb, self.use_se = self.attention == "sb", self.attention == "se"
         self._validate_numbers()
-        if self.rng == "reference" and (self.recipe_tag or self.augment == "airbench"):
+        if self.rng == "reference" and (_tag(self, TAGGED_FIELDS, _as_hashed) or self.augment == "airbench"):
             raise ConfigError("rng='reference' draws as the reference implementation trains: its optimiser, "
                               "schedule, loss and augmentation; this recipe changes them (the airbench preset?): "
                               "use --rng sbattn")
@@ -285,28 +283,36 @@ class Recipe:
 
 # The fields that make two runs the same run; the rest (device, paths, compile, ...) may change on resume.
 RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe))
-# The fields a run's name shows through Recipe.recipe_tag: the training's, added with the airbench recipe.
+# The training's fields added with the airbench recipe (optimiser, schedule, loss, ...): earlier versions' names
+# told runs apart by these alone.
 TAGGED_FIELDS = ("optimizer", "momentum", "schedule", "warmup", "lr_start", "lr_end", "bn_bias_lr",
                  "label_smoothing", "lookahead_every", "lookahead_decay", "whiten_bias_epochs", "drop_last", "tta")
-RECIPE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Recipe) if f.name in TAGGED_FIELDS}
+RECIPE_DEFAULTS = {f.name: f.default if f.default is not dataclasses.MISSING
+                   else f.default_factory() for f in dataclasses.fields(Recipe)}  # type: ignore[operator]
+# What a run's name hashes: all but what its stem shows and how a run is computed or watched (the reference's own
+# runs change precision, rng and eval_every without changing their name).
+NAME_TAG_FIELDS = tuple(name for name in RECIPE_FIELDS if name not in (
+    "arch", "attn_ratio", "use_sb", "use_se", "activation", "attention", "placement", "width", "seed", "precision",
+    "rng", "eval_every"))
+
+
+def _as_hashed(value: Any) -> Any:
+    """A value as the name's hash reads it: a number as a float, so that `--epochs 2` and epochs=2 agree."""
+    if isinstance(value, list):
+        return [_as_hashed(v) for v in value]
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _tag(recipe: Recipe, fields: tuple[str, ...], hashed: Callable[[Any], Any]) -> str:
+    """'_r' and a stable 6-digit hash of the `fields` of `recipe` that differ from their defaults; '' if none."""
+    changed = {name: hashed(getattr(recipe, name)) for name in fields if getattr(recipe, name) != RECIPE_DEFAULTS[name]}
+    if not changed:
+        return ""
+    return f"_r{hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:6]}"
 
 
 def fail(config: Any, name: str, why: str) -> typing.NoReturn:
     raise ConfigError(f"{name}={shown(getattr(config, name))}: {why}")
-
-
-def clip(text: str, limit: int = SHOWN_CHARS) -> str:
-    """`text` cut to `limit` characters, its length said: an error quotes what it refuses, which may be megabytes
-    long, and its one line must stay readable."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
-
-
-def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
-    """repr(value) as an error quotes it: clipped, and a value nested too deeply to repr named by its type."""
-    try:
-        return clip(repr(value), limit)
-    except RecursionError:
-        return f"<a {type(value).__name__} nested too deeply to show>"
 
 
 def check_fields(config: Any) -> None:

@@ -1,9 +1,12 @@
 """Where a run's files are: every file of a run is named here, from its output folder and its name."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ..config import recipe_differences
 
 if TYPE_CHECKING:
     from ..config.train_config import TrainConfig
@@ -14,6 +17,8 @@ __all__ = ["RunPaths", "RUN_FILES", "RESULTS", "REPLACED"]
 RUN_FILES = (".ckpt", ".pth", ".json", ".csv", ".png", ".onnx", ".pt2", ".config.json")
 RESULTS = "results.txt"  # the reference implementation's one line per finished run
 REPLACED = "replaced"  # the folder in the output directory that the files of replaced runs are moved to
+_MARKS = (".json", ".ckpt", ".config.json")  # a run exists under a name: finished, under way, or started
+_RECORD_BYTES = 16 << 20  # more than any run's JSON; a larger file is not read to find a name
 
 
 @dataclass(frozen=True)
@@ -25,8 +30,15 @@ class RunPaths:
 
     @classmethod
     def of(cls, config: TrainConfig) -> RunPaths:
-        """The paths of `config`'s run (a TrainConfig: its output_dir and run_name)."""
-        return cls(Path(config.output_dir), config.run_name)
+        """The paths of `config`'s run (a TrainConfig: its output_dir and run_name). A run that an earlier version
+        started or finished under its former name (`legacy_run_name`) keeps that name when nothing exists under
+        the new one and its recorded recipe is this one: it is resumed or reused, not trained again."""
+        paths = cls(Path(config.output_dir), config.run_name)
+        if config.legacy_run_name == paths.name or any(paths.with_suffix(s).exists() for s in _MARKS):
+            return paths
+        legacy = cls(paths.output_dir, config.legacy_run_name)
+        recorded = _recorded_recipe(legacy)
+        return legacy if recorded is not None and not recipe_differences(recorded, config) else paths
 
     def with_suffix(self, suffix: str) -> Path:
         return self.output_dir / f"{self.name}{suffix}"
@@ -77,3 +89,20 @@ class RunPaths:
     @property
     def replaced(self) -> Path:
         return self.output_dir / REPLACED
+
+
+def _recorded_recipe(paths: RunPaths) -> dict | None:
+    """The configuration a run's files record: its finished JSON's, else the one written when it started."""
+    for path in (paths.summary, paths.config):
+        try:
+            if not path.is_file() or path.stat().st_size > _RECORD_BYTES:
+                continue
+            record = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError):
+            continue
+        if path == paths.summary:
+            summary = record.get("summary") if isinstance(record, dict) else None
+            record = summary.get("config") if isinstance(summary, dict) else None
+        if isinstance(record, dict):
+            return record
+    return None
