@@ -96,3 +96,27 @@ def test_threads_is_auto_or_a_count(tmp_path):
     for bad in ("0", "two", "-1"):
         with pytest.raises(ConfigError, match=rf"threads='{bad}': must be auto or a number of threads >= 1"):
             TrainConfig(threads=bad, output_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("options, why", [
+    ({"compile": "model"}, "--compile model"), ({"compile": "step"}, "--compile step"),
+    ({"rng": "reference", "precision": "fp32"}, "the reference's arithmetic"), ({}, None)])
+def test_a_compiled_run_keeps_its_thread_count(tmp_path, options, why):
+    """Compiled code guards on the thread count: a governed compiled run recompiled at each change (inductor's
+    compile workers took the cores, and the governor went from 2 threads to 1). The governor is off there, and
+    for the reference's arithmetic; on for the rest."""
+    from sbattn import TrainConfig
+    from sbattn.train import distributed
+    from sbattn.train.state import Run
+    torch.set_num_threads(2)
+    lines = []
+    config = TrainConfig(device="cpu", dataset="fake", output_dir=str(tmp_path), **options)
+    try:
+        run = Run.start(config, distributed.Context(), "cpu", quiet=False, log=lines.append)
+    finally:
+        threads.ThreadGovernor(torch.device("cpu"))  # the module's pinned flag back to a governed run's
+    said = [line for line in lines if "the thread governor is off" in line]
+    if why is None:
+        assert run.threads.enabled and said == []
+    else:
+        assert not run.threads.enabled and len(said) == 1 and f"2 CPU thread(s) for the whole run ({why}" in said[0]

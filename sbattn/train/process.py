@@ -147,13 +147,12 @@ def set_ceiling(threads: int) -> None:
     torch.set_num_threads(_ceiling)
 
 
-def pinned_threads(threads: str, reference_arithmetic: bool) -> int | None:
-    """The thread count a run keeps from start to end, or None for a governed run: --threads N; in the reference's
-    arithmetic, the count it starts with (what the reference's own run uses: a count changed mid-run sums in
-    another order, and the run is no longer the reference's bit for bit)."""
+def pinned_threads(threads: str, keep_start_count: bool) -> int | None:
+    """The thread count a run keeps from start to end, or None for a governed run: --threads N; else, where the
+    run must keep it (Run.start says why), the count it starts with."""
     if threads != "auto":
         return int(threads)
-    return torch.get_num_threads() if reference_arithmetic else None
+    return torch.get_num_threads() if keep_start_count else None
 
 
 def _cores() -> set[int]:

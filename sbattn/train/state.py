@@ -216,9 +216,16 @@ class Run:
         amp_dtype = resolve_precision(config.precision, device)
         if amp_dtype is None:
             use_true_fp32(device)
-        pinned = pinned_threads(config.threads, config.rng == "reference" and amp_dtype is None)
+        # The reference's own run keeps one count (a count changed mid-run sums in another order, and the run is no
+        # longer the reference's bit for bit); compiled code guards on the count, and each change recompiled it
+        # (measured: inductor's compile workers took the cores, the governor went from 2 threads to 1, the model
+        # was compiled twice; past dynamo's recompile limit a run falls back to eager mode).
+        fixed = ("the reference's arithmetic" if config.rng == "reference" and amp_dtype is None else
+                 f"--compile {config.compile}: compiled code is specialised to it" if config.compile != "none" else
+                 None)
+        pinned = pinned_threads(config.threads, fixed is not None)
         if pinned is not None and device.type == "cpu":
-            why = "--threads" if config.threads != "auto" else "the reference's arithmetic"
+            why = "--threads" if config.threads != "auto" else fixed
             log(f"{pinned} CPU thread(s) for the whole run ({why}): the thread governor is off")
         return cls(config, ctx, device, paths, amp_dtype, log,
                    not quiet and console.interactive(), ThreadGovernor(device, pinned),
