@@ -193,7 +193,7 @@ def run_jobs(jobs: Sequence[Job], parallel: int, log: Callable[[str], None]) -> 
                     proc.send_signal(signal.SIGINT)
                 verb = "resuming" if job.paths.checkpoint.exists() else "started"
                 on = f" on {job_device}" if len(devices) > 1 else ""
-                log(f"{job.label}: {verb} {job.config.run_name}{on} (log: {job.paths.log})")
+                log(f"{job.label}: {verb} {job.paths.name}{on} (log: {job.paths.log})")
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
                 job, started, _, start = running.pop(proc)
@@ -225,7 +225,7 @@ def run_together(jobs: Sequence[Job], parallel: int, log: Callable[[str], None],
     def began(i: int) -> None:
         started[i] = time.perf_counter()
         verb = "resuming" if jobs[i].paths.checkpoint.exists() else "started"
-        log(f"{jobs[i].label}: {verb} {jobs[i].config.run_name} in this process (log: {jobs[i].paths.log})")
+        log(f"{jobs[i].label}: {verb} {jobs[i].paths.name} in this process (log: {jobs[i].paths.log})")
 
     outcomes = train_together([job.config for job in jobs], parallel, ended, began, fuse)
     left = sum(o.result is None and o.error is None for o in outcomes)

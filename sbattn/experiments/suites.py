@@ -137,7 +137,7 @@ def run_suite(request: SuiteRequest, log: Callable[[str], None] = _log) -> int:
     for i, (variant, config) in enumerate(plan):
         run = done[i] if i in done else finished_run(config)
         if run is None:
-            raise UserError(f"{config.run_name} ended without a complete summary in {directory}")
+            raise UserError(f"{RunPaths.of(config).name} ended without a complete summary in {directory}")
         runs.append((variant, run))
     groups = _group(variants, runs)
     with file_failure(directory, _TABLES_AGAIN.format(directory=directory)):
@@ -185,7 +185,7 @@ def _scan(suite: Suite, plan: list[tuple[Variant, TrainConfig]],
         tag = f"{suite.name} [{i + 1}/{len(plan)}] {variant.label}, seed {config.seed}"
         run = finished_run(config)
         if run is not None:
-            log(f"{tag}: finished earlier, reused {config.run_name}.json")
+            log(f"{tag}: finished earlier, reused {RunPaths.of(config).summary.name}")
             done[i] = run
         else:
             missing.append((tag, config))
@@ -230,7 +230,8 @@ def _train_missing(missing: list[tuple[str, TrainConfig]], jobs: int, scheme: st
             return run_jobs(jobs_, min(jobs, len(missing)), log)
         return run_together(jobs_, min(jobs, len(missing)), log, fuse=scheme == "fused")
     for tag, config in missing:
-        log(f"{tag}: {'resuming' if RunPaths.of(config).checkpoint.exists() else 'training'} {config.run_name}")
+        paths = RunPaths.of(config)  # the name it started under, if an earlier version gave it another
+        log(f"{tag}: {'resuming' if paths.checkpoint.exists() else 'training'} {paths.name}")
         code = train(config).exit_code
         if code != 0:
             return code

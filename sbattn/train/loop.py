@@ -145,7 +145,7 @@ class Trainer:
         assert ready is not None
         state = ready.state
         if state.epoch < run.config.epoch_count:
-            self._epoch = Epoch(run, state, ready.step, ready.sums, ready.pipeline, self.stop,
+            self._epoch = Epoch(run, state, ready.step_fn, ready.sums, ready.pipeline, self.stop,
                                 save=lambda: _save(run, state))
             return True
         if not run.ctx.main:
@@ -227,8 +227,9 @@ def _finish(run: Run, ready: Prepared) -> dict:
         "complete": True, "run": run.paths.name, "version": __version__, "config": run.config.to_dict(),
         "seed": state.seed, "final_eval_acc": final.acc, "final_eval_loss": final.loss,
         "final_eval_acc_batch_mean": final.batch_mean_acc, "final_eval_loss_batch_mean": final.batch_mean_loss,
-        "final_eval_precision": "fp32", "final_eval_tta": run.config.tta, "last_epoch_eval_acc": history[-1]["eval_acc"],
-        "last_epoch_eval_loss": history[-1]["eval_loss"], "best_eval_acc": best["eval_acc"],
+        "final_eval_precision": "fp32", "final_eval_tta": run.config.tta,
+        "last_epoch_eval_acc": history[-1]["eval_acc"], "last_epoch_eval_loss": history[-1]["eval_loss"],
+        "best_eval_acc": best["eval_acc"],
         "best_epoch": best["epoch"], "params": ready.params,
         "train_seconds": sum(h["seconds"] for h in history), "data": data.source, "classes": data.classes,
         "device": str(run.device), "precision": precision_label(run.amp_dtype), "finished": provenance.now_iso(),
@@ -253,8 +254,8 @@ class Prepared:
     """What `prepare` makes of a run: its state, its step and what the step adds to, its data pipeline."""
 
     state: RunState
-    step: Callable[[torch.Tensor, torch.Tensor], None]
-    sums: EpochSums  # what `step` adds to
+    step_fn: Callable[[torch.Tensor, torch.Tensor], None]  # one training step: (images, labels)
+    sums: EpochSums  # what `step_fn` adds to
     pipeline: Pipeline  # the data, its batches and evaluations
     params: int
 
