@@ -80,12 +80,12 @@ class Row:
 
 
 def build_rows(suite: Suite, groups: dict[Variant, list[FinishedRun]]) -> list[Row]:
-    """One row per configuration that has runs, in `groups`' order, each compared with the reference row."""
+    """One row per configuration that has runs, in `groups`' order, each compared with the suite's baseline row."""
     rows = [Row(variant, runs) for variant, runs in groups.items() if runs]
-    reference = next((row for row in rows if row.variant.key == suite.reference), None)
+    baseline = next((row for row in rows if row.variant.key == suite.baseline_row), None)
     for row in rows:
-        if reference is not None and row is not reference:
-            row.difference = welch(row.accs, reference.accs, CONFIDENCE)
+        if baseline is not None and row is not baseline:
+            row.difference = welch(row.accs, baseline.accs, CONFIDENCE)
     return rows
 
 
@@ -136,19 +136,19 @@ def recipe_text(config: dict) -> str:
 
 
 def render_markdown(suite: Suite, rows: Sequence[Row]) -> str:
-    reference = next((row.variant.label for row in rows if row.variant.key == suite.reference), None)
-    ref_name = reference or suite.reference_label
+    baseline = next((row.variant.label for row in rows if row.variant.key == suite.baseline_row), None)
+    versus = baseline or suite.baseline_label
     best = max(rows, key=lambda row: row.mean)
     placement = rows[0].runs[0].config.get("placement")
     heading = suite.title + (f" (attention placement: {placement})" if placement != "stage" else "")
     lines = [f"### {heading}", "",
-             f"| {suite.column} | Acc. | n | Δ vs {ref_name} (pp) | {CONFIDENCE:.0%} CI of Δ | Params | Train time |",
+             f"| {suite.column} | Acc. | n | Δ vs {versus} (pp) | {CONFIDENCE:.0%} CI of Δ | Params | Train time |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         acc = acc_cell(row)
         acc = f"**{acc}**" if row is best and len(rows) > 1 else acc
         if row.difference is None:
-            diff, ci = ("—", "—") if row.variant.key == suite.reference else ("n/a", "n/a")
+            diff, ci = ("—", "—") if row.variant.key == suite.baseline_row else ("n/a", "n/a")
         else:
             diff, ci = f"{row.difference.estimate:+.2f}", format_ci(row.difference)
         lines.append(f"| {row.variant.label} | {acc} | {row.n} | {diff} | {ci} | {row.params:,} | "
@@ -163,7 +163,7 @@ def render_markdown(suite: Suite, rows: Sequence[Row]) -> str:
     lines += [f"Recipe: {recipe_text(rows[0].runs[0].config)}; seeds {', '.join(map(str, seeds))}.", "",
               f"Acc.: final test accuracy (the final weights, evaluated in fp32), mean ± sample standard deviation "
               f"over the n seeds. "
-              f"Δ: difference of the mean from {ref_name} ({suite.reference_why}), in percentage points, with the "
+              f"Δ: difference of the mean from {versus} ({suite.baseline_why}), in percentage points, with the "
               f"{CONFIDENCE:.0%} confidence interval of Welch's t (n/a when a configuration has one run). "
               f"Train time: mean training time per run, evaluation excluded. Bold: the highest mean.", ""]
     return "\n".join(map(printable, lines))  # the labels and the recipe come from files: no terminal escapes
@@ -179,7 +179,8 @@ def _row_record(row: Row) -> dict:
 
 
 def render_json(suite: Suite, rows: Sequence[Row]) -> str:
-    data = {"suite": suite.name, "title": suite.title, "reference": suite.reference, "confidence": CONFIDENCE,
+    # "reference": the baseline row's key, the JSON's name for it since 0.1
+    data = {"suite": suite.name, "title": suite.title, "reference": suite.baseline_row, "confidence": CONFIDENCE,
             "acc_units": "percent", "recipe": {k: rows[0].runs[0].config.get(k) for k in SHARED_FIELDS},
             "rows": [_row_record(row) for row in rows]}
     if suite.name == "compare":
@@ -190,7 +191,7 @@ def render_json(suite: Suite, rows: Sequence[Row]) -> str:
 def render_csv(suite: Suite, rows: Sequence[Row]) -> str:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow([suite.column.lower(), "key", "n", "seeds", "acc_mean", "acc_std", f"diff_vs_{suite.reference}",
+    writer.writerow([suite.column.lower(), "key", "n", "seeds", "acc_mean", "acc_std", f"diff_vs_{suite.baseline_row}",
                      "ci_low", "ci_high", "dof", "params", "train_seconds_mean"])
     for row in rows:
         d = row.difference

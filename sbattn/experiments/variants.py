@@ -81,9 +81,9 @@ class Suite:
     name: str  # file stem of the table and figure
     title: str  # the reference's table heading
     column: str  # the reference's first column
-    reference: str  # variant key every row is compared with
-    reference_label: str
-    reference_why: str
+    baseline_row: str  # the key of the row every other row is compared with
+    baseline_label: str  # its label when it has no runs
+    baseline_why: str  # why that row
 
     def default_output_dir(self, preset: str | None, placement: str) -> str:
         """./results/<suite>[-<preset>][-layer]: recipes a user is likely to run side by side never share a table."""
