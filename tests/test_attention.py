@@ -228,3 +228,16 @@ def test_a_builder_that_cannot_take_what_models_pass_is_refused_when_it_register
     with pytest.raises(ValueError, match="no_placement must take `placement` with a default"):
         sbattn.register_model(no_placement)
     assert "no_placement" not in sbattn.list_models()
+
+
+@pytest.mark.parametrize("kind", ["sb", "se"])
+@pytest.mark.parametrize("shape", [(2, 16), (2, 16, 8), (2, 8, 8, 16), (2, 8, 8, 8)])
+def test_an_input_not_nchw_of_the_blocks_channels_is_one_clear_value_error(kind, shape):
+    """2-D, 3-D, NHWC and wrong-channel inputs name the layout expected, eagerly and under TorchScript, instead of
+    an index or matmul error from inside the branch."""
+    block = sbattn.create_attention(kind, 16)
+    for run in (block, torch.jit.script(block)):
+        with pytest.raises((ValueError, torch.jit.Error), match=r"expects \(N, C, H, W\) input with C = 16 channels; "
+                                                                  rf"got shape \[{', '.join(map(str, shape))}\]"):
+            run(torch.randn(*shape))
+    assert block(torch.randn(2, 16, 8, 8)).shape == (2, 16, 8, 8)

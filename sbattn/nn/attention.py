@@ -80,9 +80,10 @@ class ShiftBalance(nn.Module):
         self.branch = make_branch(channels, ratio, use_bn, rd_ratio, rd_channels, rd_divisor, rd_round_fn,
                                   act_layer, force_act_layer, norm_layer, branch_norm, round_chs_fn, device, dtype)
         self.lam = nn.Parameter(lam)
+        self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.act(self.branch(spatial_mean(x)))
+        a = self.act(self.branch(spatial_mean(x, self.channels)))
         return add_per_channel(x, self.lam * a)  # in the trunk's dtype: autocast keeps the trunk in bf16/fp16
 
     def extra_repr(self) -> str:
@@ -105,11 +106,12 @@ class SqueezeExcite(nn.Module):
                  device: DeviceLike = None, dtype: DTypeLike = None) -> None:
         super().__init__()
         self.gate, self.gate_name = gate_module(gate_layer, "sigmoid")
+        self.channels = channels
         self.branch = make_branch(channels, ratio, use_bn, rd_ratio, rd_channels, rd_divisor, rd_round_fn,
                                   act_layer, force_act_layer, norm_layer, branch_norm, round_chs_fn, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.gate(self.branch(spatial_mean(x)))
+        gate = self.gate(self.branch(spatial_mean(x, self.channels)))
         return x * gate.to(x.dtype)[:, :, None, None]
 
 

@@ -1,13 +1,20 @@
 """Per-channel operations on (N, C, H, W) tensors, with a faster form for channels-last bf16 tensors on the CPU."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 __all__ = ["spatial_mean", "add_per_channel"]
 
 
-def spatial_mean(x: torch.Tensor) -> torch.Tensor:
-    """x (N, C, H, W) averaged over H and W, as (N, C)."""
+def spatial_mean(x: torch.Tensor, channels: Optional[int] = None) -> torch.Tensor:
+    """x (N, C, H, W) averaged over H and W, as (N, C); x of another shape, or of C other than `channels` when
+    given, is a ValueError naming the layout expected (an attention block's first operation on its input)."""
+    if x.dim() != 4 or (channels is not None and x.shape[1] != channels):
+        wanted = "C" if channels is None else str(channels)
+        raise ValueError(f"attention block expects (N, C, H, W) input with C = {wanted} channels; got shape "
+                         f"{list(x.shape)} (an NHWC tensor? permute it to NCHW; channels-last memory is fine)")
     if not _cpu_bf16_channels_last(x):
         return x.mean((2, 3))
     # As a matrix product over the memory's (N, HW, C) view: the plain reduction's backward, a broadcast add into
