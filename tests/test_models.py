@@ -119,3 +119,23 @@ def test_the_reference_vgg16_starts_bit_identical_from_the_same_seed(attention):
                      None)
         assert match is not None, f"no tensor of sbattn's equals the reference's {tuple(tensor.shape)}"
         got.pop(match)
+
+
+@pytest.mark.parametrize("name, width", [("vgg16", 0.0625), ("resnet20", 0.25), ("airbench", 0.0625)])
+def test_the_models_speak_timms_classifier_interface(name, width):
+    """forward_features then forward_head is forward, bit for bit; pre_logits stops before the last layer, of
+    num_features; reset_classifier puts a fresh last layer of another width (0: none, the features come out)."""
+    torch.manual_seed(0)
+    model = sbattn.create_model(name, attention="sb", width=width).eval()
+    x, hidden = torch.randn(2, 3, 32, 32), 16  # the last layer's input at these widths
+    with torch.no_grad():
+        features = model.forward_features(x)
+        assert torch.equal(model.forward_head(features), model(x))
+        assert model.forward_head(features, pre_logits=True).shape == (2, model.num_features) and \
+            model.num_features == hidden
+        assert model.get_classifier() is [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        assert model.num_classes == 10
+        model.reset_classifier(5)
+        assert model(x).shape == (2, 5) and model.num_classes == 5 and model.get_classifier().out_features == 5
+        model.reset_classifier(0)
+        assert model(x).shape == (2, hidden) and model.num_classes == 0

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.attention import create_attention
-from .registry import register_model
+from .registry import new_classifier, register_model
 from .vgg import check_shape_options, scaled
 
 __all__ = ["AirbenchNet", "AIRBENCH_WIDTHS", "AIRBENCH_PLACEMENTS", "airbench", "patch_covariance"]
@@ -86,7 +86,8 @@ class AirbenchNet(nn.Module):
             groups.append(nn.Sequential(*layers))
             channels = out
         self.features = nn.Sequential(nn.GELU(), *groups, nn.MaxPool2d(3))
-        self.head = nn.Linear(channels, num_classes, bias=False)
+        self.num_features, self.num_classes = channels, num_classes
+        self.head: nn.Module = nn.Linear(channels, num_classes, bias=False)
 
     def init_whitening(self, images: torch.Tensor, eps: float = WHITEN_EPS) -> None:
         """The whitening weights from `images` (N, C, H, W), normalised as training sees them, standardised
@@ -107,11 +108,19 @@ class AirbenchNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(self.whiten(self.standardize(x))).flatten(1)
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x) * LOGIT_SCALE
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x if pre_logits else self.head(x) * LOGIT_SCALE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.head(self.forward_features(x)) * LOGIT_SCALE
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """As timm's; with 0 classes the model returns its features scaled by the head's 1/9, as its logits are."""
+        self.head = new_classifier(self.head, self.num_features, num_classes)
+        self.num_classes = num_classes
 
 
 def patch_covariance(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -6,7 +6,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-__all__ = ["PLACEMENTS", "register_model", "register_prefix", "create_model", "list_models", "default_placement"]
+__all__ = ["PLACEMENTS", "register_model", "register_prefix", "create_model", "list_models", "default_placement",
+           "new_classifier"]
 
 # Where a model puts its attention blocks: at the end of each stage, after each residual block, or after each
 # conv layer. A builder offers some of them (VGG has no residual blocks) and names its own default.
@@ -58,3 +59,15 @@ def default_placement(name: str) -> str:
     if any(name.startswith(prefix) for prefix in _PREFIXES):
         return "block"
     return inspect.signature(_MODELS[name]).parameters["placement"].default
+
+
+def new_classifier(old: nn.Module, num_features: int, num_classes: int) -> nn.Module:
+    """A model's last layer for reset_classifier (timm's model interface): a fresh Linear from its `num_features`
+    to `num_classes`, with a bias if the old one had one, on the old one's device; 0 classes: Identity (the model
+    then returns its pre-logits features)."""
+    if num_classes <= 0:
+        return nn.Identity()
+    like = next(old.parameters(), None)
+    layer = nn.Linear(num_features, num_classes, bias=getattr(old, "bias", None) is not None)
+    return layer if like is None else layer.to(device=like.device, dtype=like.dtype)
+

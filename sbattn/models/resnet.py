@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.attention import create_attention
-from .registry import PLACEMENTS, register_model
+from .registry import PLACEMENTS, new_classifier, register_model
 from .vgg import scaled
 
 __all__ = ["ResNet", "BasicBlock", "PadShortcut", "RESNET_PLACEMENTS", "CIFAR_RESNET20", "CIFAR_RESNET56",
@@ -124,7 +124,8 @@ class ResNet(nn.Module):
                 channels = out
             layers.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*layers)
-        self.classifier = nn.Linear(channels, num_classes)
+        self.num_features, self.num_classes = channels, num_classes
+        self.classifier: nn.Module = nn.Linear(channels, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -135,8 +136,18 @@ class ResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x)).mean((2, 3))
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x if pre_logits else self.classifier(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.classifier = new_classifier(self.classifier, self.num_features, num_classes)
+        self.num_classes = num_classes
 
 
 def _build(stages: Sequence[Stage], shortcut: str, attention: str | None, activation: str, ratio: float,

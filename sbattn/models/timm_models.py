@@ -89,8 +89,6 @@ def _cifar_builder(arch: str, attention: Optional[str]) -> Callable[..., nn.Modu
             raise ValueError(f"sbattn's CIFAR models take RGB images (in_chans=3), not in_chans={in_chans}")
         model: Any = create_sbattn_model(arch, attention=attention, **kwargs)  # VGG or ResNet, given attributes
         model.feature_info = _feature_info(model)
-        model.num_classes = model.classifier[-1].out_features if isinstance(model.classifier, nn.Sequential) \
-            else model.classifier.out_features
         return model
     return build
 

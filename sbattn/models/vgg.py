@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..nn.attention import create_attention
-from .registry import register_model
+from .registry import new_classifier, register_model
 
 __all__ = ["VGG", "VGG16_STAGES", "VGG_PLACEMENTS", "vgg16", "scaled"]
 
@@ -60,6 +60,7 @@ class VGG(nn.Module):
             blocks.append(nn.Sequential(*stage))
         self.features = nn.Sequential(*blocks)
         hidden = scaled(hidden, width)
+        self.num_features, self.num_classes = hidden, num_classes
         self.classifier = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True),
                                         nn.Linear(hidden, num_classes))
         self.apply(_reference_init)
@@ -67,8 +68,19 @@ class VGG(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).mean((2, 3))
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.classifier[1](self.classifier[0](x))
+        return x if pre_logits else self.classifier[2](x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier[2]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.classifier[2] = new_classifier(self.classifier[2], self.num_features, num_classes)
+        self.num_classes = num_classes
 
 
 def _reference_init(module: nn.Module) -> None:
