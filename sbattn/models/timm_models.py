@@ -83,10 +83,22 @@ def _feature_info(model: Any) -> list[dict[str, Any]]:
 FEATURES = {"vgg16": 4, "resnet20": 4, "resnet56": 4, "resnet18": 5}  # len(_feature_info(model)) of each
 
 
+# timm's create_model arguments that its train.py passes every model, with the values that ask ours for nothing
+# (no dropout, drop path or drop block; the average pool they have; BatchNorm as built; scriptable as they are)
+_TIMM_NOOPS = {"drop_rate": (0, None), "drop_path_rate": (0, None), "drop_block_rate": (0, None),
+               "global_pool": ("avg", None), "bn_momentum": (None,), "bn_eps": (None,),
+               "scriptable": (None, True, False)}
+
+
 def _cifar_builder(arch: str, attention: Optional[str]) -> Callable[..., nn.Module]:
     def build(in_chans: int = 3, **kwargs: Any) -> Any:
         if in_chans != 3:
             raise ValueError(f"sbattn's CIFAR models take RGB images (in_chans=3), not in_chans={in_chans}")
+        for name, nothing in _TIMM_NOOPS.items():
+            value = kwargs.pop(name, None)
+            if value not in nothing:
+                raise ValueError(f"sbattn's CIFAR models take {name}={value!r} as nothing they can do: leave it at "
+                                 f"{' or '.join(map(repr, nothing))}")
         model: Any = create_sbattn_model(arch, attention=attention, **kwargs)  # VGG or ResNet, given attributes
         model.feature_info = _feature_info(model)
         return model

@@ -69,6 +69,18 @@ def test_the_cifar_models_train_and_say_their_input(name):
     assert model(x).shape == (4, 7)
 
 
+@pytest.mark.parametrize("name", ["vgg16_sb", "resnet20_se"])
+def test_the_cifar_models_take_timms_train_py_arguments_or_refuse_them_in_one_line(name):
+    """What timm's train.py passes every model (its defaults) builds the model; a dropout it does not have is
+    refused in one line naming the argument, not a TypeError from an attention block."""
+    model = timm.create_model(name, num_classes=10, drop_rate=0.0, drop_path_rate=None, drop_block_rate=None,
+                              global_pool=None, bn_momentum=None, bn_eps=None, scriptable=None)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    for option in ({"drop_rate": 0.2}, {"drop_path_rate": 0.1}, {"global_pool": "max"}):
+        with pytest.raises(ValueError, match=rf"take {next(iter(option))}=.* as nothing they can do: leave it at"):
+            timm.create_model(name, **option)
+
+
 @pytest.mark.parametrize("name", ["sbresnet18", "vgg16_sb", "resnet20_sb", "resnet18_cifar_se"])
 def test_features_only(name):
     model = timm.create_model(name, features_only=True)
