@@ -120,3 +120,30 @@ def test_a_compiled_run_keeps_its_thread_count(tmp_path, options, why):
         assert run.threads.enabled and said == []
     else:
         assert not run.threads.enabled and len(said) == 1 and f"2 CPU thread(s) for the whole run ({why}" in said[0]
+
+
+def test_a_run_governed_down_leaves_the_next_run_of_the_process_its_ceiling(machine):
+    torch.set_num_threads(2)
+    first = threads.ThreadGovernor(torch.device("cpu"))
+    machine.run(2.0, own_cores=1.0, other_cores=1.0)  # a busy process beside it until its end
+    first.poll(first._mark[0] + 2.0)
+    assert torch.get_num_threads() == 1
+    first.release()
+    second = threads.ThreadGovernor(torch.device("cpu"))
+    assert torch.get_num_threads() == 2 and second.ceiling == 2
+
+
+def test_train_releases_the_governed_count_when_the_run_ends(tmp_path, monkeypatch):
+    """Two runs of one suite process: the first, governed down to one thread, must not leave one thread as the
+    second's ceiling (it did: a suite's later runs trained on one core of an idle machine)."""
+    from sbattn import TrainConfig
+    from sbattn.train.loop import train
+    torch.set_num_threads(2)
+    monkeypatch.setattr(threads.ThreadGovernor, "poll", lambda self, now: torch.set_num_threads(1))  # a busy machine
+    config = TrainConfig(device="cpu", dataset="fake", width=0.0625, batch_size=256, epochs=1, milestones=[1],
+                         precision="fp32", seed=0, output_dir=str(tmp_path))
+    try:
+        assert train(config, quiet=True).history[0]["threads"] == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)  # the suite's own setting (conftest)

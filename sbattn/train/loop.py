@@ -123,6 +123,7 @@ class Trainer:
         """Under the run's lock (rank 0 holds it): the finished run reported and left alone, or the run readied."""
         run = self.run
         ctx, paths = run.ctx, run.paths
+        self._held.callback(run.threads.release)
         if ctx.main:
             prepare_output_dir(paths.output_dir)
         agent = followed_agent()  # a torchrun worker that stops when its agent dies: the lock says so to a resume

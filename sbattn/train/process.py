@@ -218,6 +218,13 @@ class ThreadGovernor:
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
 
+    def release(self) -> None:
+        """The run has ended: back to the ceiling, so that the next run of this process (a suite's) starts from
+        it, not from this run's last governed count (measured: a suite's run that started after one governed
+        down to 1 thread took 1 as its ceiling and trained on one core of an idle machine)."""
+        if self.enabled and torch.get_num_threads() != self.ceiling:
+            torch.set_num_threads(self.ceiling)
+
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # This process's parent when its training code was imported (this module, before any rank meets another): under
