@@ -112,7 +112,7 @@ class AirbenchNet(nn.Module):
         return x if pre_logits else self.head(x) * LOGIT_SCALE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x)) * LOGIT_SCALE
+        return self.forward_head(self.forward_features(x))
 
     def get_classifier(self) -> nn.Module:
         return self.head
