@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -44,25 +46,45 @@ def private_cache(tmp_path_factory):
         yield
 
 
-# The slowest tests (seconds, the idle warm run of 2026-12-05 on the 2-core EPYC), started first: pytest-xdist
-# splits the list between its two workers in order and steals from the back of a queue, so a long test left near
-# the end of one keeps its core busy while the other idles. Only tests without a module-scoped fixture: moved away
-# from their module's others, such a fixture would be built twice. Order only: no test depends on it.
-SLOW_FIRST = {
-    "tests/test_gpu_script.py::test_the_call_dry_run_brings_back": 54,
-    "tests/test_gpu_script.py::test_dry_run_writes_every_figure": 34,
-    "tests/test_airbench_recipe.py::test_the_recipe_fused_over_seeds_and_compiled": 31,
-    "tests/test_distributed.py::test_a_hung_rank_stops": 23,
-    "tests/test_train.py::test_compile_computes_what_eager_mode_does": 21,
-    "tests/test_suites.py::test_ctrl_c_to_a_jobs_suite": 19,
-    "tests/test_distributed.py::test_a_run_checkpointed_at_an_epochs_end_by_one_process": 14,
-    "tests/test_fused.py::test_a_failed_fused_step_stops_the_others": 13,
-    "tests/test_train.py::test_the_whole_step_compiled_trains": 9,
-    "tests/test_reference_mode.py::test_example_py_runs_the_reference_arithmetic": 9,
-}
+# The slowest tests (CPU seconds, warm compiler cache, 2026-12-05 on the 2-core EPYC), each group run by one worker
+# in its order, started first. pytest-xdist's worksteal hands each worker a contiguous share of the list and later
+# moves the back half of the longest queue to a worker that ran out: so each worker's share starts with its own
+# slow tests (largest first to the least loaded), and no long test is left to the end of a queue while the others
+# idle. Only tests without a module-scoped fixture (moved away from their module's others, such a fixture would be
+# built twice). Order only: no test depends on it.
+SLOW_FIRST = [
+    (68, "tests/test_gpu_script.py::test_the_call_dry_run_brings_back"),
+    (49, "tests/test_gpu_script.py::test_dry_run_writes_every_figure"),
+    # the compiled step's kernels are mostly the compiled model's: after it, a cold compiler cache builds them once
+    (33, "tests/test_train.py::test_compile_computes_what_eager_mode_does",
+     "tests/test_train.py::test_the_whole_step_compiled_trains"),
+    (29, "tests/test_suites.py::test_ctrl_c_to_a_jobs_suite"),
+    (25, "tests/test_suites.py::test_jobs_trains_in_processes_with_the_same_results"),
+    (15, "tests/test_airbench_recipe.py::test_the_recipe_fused_over_seeds_and_compiled"),
+    (12, "tests/test_train.py::test_sigkill_and_resume_is_identical"),
+    (10, "tests/test_distributed.py::test_a_hung_rank_stops"),
+    (9, "tests/test_fused.py::test_a_failed_fused_step_stops_the_others"),
+    (8, "tests/test_reference_mode.py::test_example_py_runs_the_reference_arithmetic"),
+]
 
 
 def pytest_collection_modifyitems(items):
-    def seconds(item) -> int:
-        return next((s for prefix, s in SLOW_FIRST.items() if item.nodeid.startswith(prefix)), 0)
-    items.sort(key=seconds, reverse=True)  # stable: the rest keep their order
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))  # the same in every worker: the same order
+    slow, seen = [], set()
+    for seconds, *prefixes in SLOW_FIRST:
+        group = [item for prefix in prefixes for item in items if item.nodeid.startswith(prefix)]
+        slow.append((seconds, group))
+        seen.update(map(id, group))
+    shares, loads = [[] for _ in range(workers)], [0] * workers
+    for seconds, group in sorted(slow, key=lambda g: -g[0]):
+        least = loads.index(min(loads))
+        shares[least] += group
+        loads[least] += seconds
+    rest = [item for item in items if id(item) not in seen]
+    ordered, pending = [], len(items)
+    for worker, share in enumerate(shares):  # worksteal's first hand-out: len(pending) // workers left, in turn
+        size = pending // (workers - worker)
+        taken = max(0, size - len(share))
+        ordered += share + rest[:taken]
+        rest, pending = rest[taken:], pending - len(share) - taken
+    items[:] = ordered + rest

@@ -31,6 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--device=cpu", "--dataset=fake", "--width=0.0625", "--batch_size=32", "--precision=fp32", "--epochs=3",
         "--milestones=[2]", "--seed=0", "--augment=none", "--init_lr=0.02", "--dist-timeout=60"]
 RUN = run_name(*ARGS)
+# Four ranks on two cores pay for every collective in context switches: two short epochs of 16 steps
+FOUR = ["--batch_size=64", "--epochs=2", "--milestones=[1]"]
+RUN_FOUR = run_name(*ARGS, *FOUR)
 
 
 def free_port() -> int:
@@ -54,14 +57,21 @@ def run(out, nproc, *extra):
     return proc
 
 
-def history(out):
-    return json.loads((out / f"{RUN}.json").read_text())["history"]
+def history(out, name=RUN):
+    return json.loads((out / f"{name}.json").read_text())["history"]
 
 
 @pytest.fixture(scope="module")
 def two(tmp_path_factory):
     out = tmp_path_factory.mktemp("two")
     proc = run(out, 2)
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory):
+    out = tmp_path_factory.mktemp("four")
+    proc = run(out, 4, *FOUR)
     return out, proc
 
 
@@ -288,28 +298,31 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
-@pytest.mark.parametrize("extra, step", [((), "0"), (("--checkpoint-steps=4",), "[1-9][0-9]*")],
-                         ids=["from-the-epochs-end", "at-the-step"])
-def test_a_worker_killed_mid_epoch_is_restarted_by_torchrun_and_the_run_resumes_by_itself(two, tmp_path, extra,
-                                                                                          step):
-    """torchrun --max-restarts=1: one worker SIGKILLed mid-epoch; the agent restarts both, which continue from the
-    last checkpoint without being told (TORCHELASTIC_RESTART_COUNT) and finish as the uninterrupted run: from the
-    epoch's start, or with --checkpoint-steps from the last such step."""
-    argv = command(tmp_path, 2, *extra)
-    argv.insert(argv.index("--nproc_per_node=2") + 1, "--max-restarts=1")
-    proc, ckpt = started_until_its_checkpoint(argv, tmp_path)
+@pytest.mark.parametrize("ranks, extra, step", [("two", (), "0"), ("two", ("--checkpoint-steps=4",), "[1-9][0-9]*"),
+                                                 ("four", (*FOUR, "--checkpoint-steps=4"), "[1-9][0-9]*")],
+                         ids=["from-the-epochs-end", "at-the-step", "four-ranks-at-the-step"])
+def test_a_worker_killed_mid_epoch_is_restarted_by_torchrun_and_the_run_resumes_by_itself(request, tmp_path, ranks,
+                                                                                          extra, step):
+    """torchrun --max-restarts=1: one worker SIGKILLed mid-epoch; the agent restarts them all, which continue from
+    the last checkpoint without being told (TORCHELASTIC_RESTART_COUNT) and finish bit for bit as the uninterrupted
+    run: from the epoch's start, or with --checkpoint-steps from the last such step. At four ranks the restarted
+    DDP's first step lays its gradient buckets out as a new DDP does: the averaging must not depend on it."""
+    uninterrupted, nproc, name = request.getfixturevalue(ranks), {"two": 2, "four": 4}[ranks], run_name(*ARGS, *extra)
+    argv = command(tmp_path, nproc, *extra)
+    argv.insert(argv.index(f"--nproc_per_node={nproc}") + 1, "--max-restarts=1")
+    proc, ckpt = started_until_its_checkpoint(argv, tmp_path, name)
     time.sleep(0.3 if not extra else 0.0)  # into epoch 2; or just after a checkpoint inside epoch 1
     workers = children(proc.pid)
-    assert len(workers) == 2, workers
+    assert len(workers) == nproc, workers
     os.kill(workers[-1], signal.SIGKILL)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, out[-2000:] + err[-2000:]
     assert "torchrun restarted the workers (restart 1): continuing from the last checkpoint" in out
-    assert re.search(rf"resuming {RUN} at epoch [0-9]+, step {step}\n", out), out[-2000:]
+    assert re.search(rf"resuming {name} at epoch [0-9]+, step {step}\n", out), out[-2000:]
     drop = {"seconds", "images_per_sec", "eval_seconds"}
     strip = lambda h: [{k: v for k, v in e.items() if k not in drop} for e in h]  # noqa: E731
-    assert strip(history(tmp_path)) == strip(history(two[0]))
-    a, b = (torch.load(d / f"{RUN}.pth", weights_only=True)["state_dict"] for d in (tmp_path, two[0]))
+    assert strip(history(tmp_path, name)) == strip(history(uninterrupted[0], name))
+    a, b = (torch.load(d / f"{name}.pth", weights_only=True)["state_dict"] for d in (tmp_path, uninterrupted[0]))
     assert all(torch.equal(a[k], b[k]) for k in b)
     assert len((tmp_path / "results.txt").read_text().splitlines()) == 1
 
@@ -448,10 +461,10 @@ def test_a_full_disk_on_rank_0_is_one_line_from_every_rank(tmp_path):
     assert not (out / f"{RUN}.lock").exists() and not (out / f"{RUN}.ckpt").exists()
 
 
-def started_until_its_checkpoint(argv: list[str], out: Path) -> tuple[subprocess.Popen, Path]:
-    """`argv` started, once its first checkpoint is in `out`."""
+def started_until_its_checkpoint(argv: list[str], out: Path, name: str = RUN) -> tuple[subprocess.Popen, Path]:
+    """`argv` started, once the first checkpoint of run `name` is in `out`."""
     proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ckpt, deadline = out / f"{RUN}.ckpt", time.time() + 120
+    ckpt, deadline = out / f"{name}.ckpt", time.time() + 120
     while not ckpt.exists():
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
