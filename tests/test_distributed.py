@@ -298,9 +298,9 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
-@pytest.mark.parametrize("ranks, extra, step", [("two", (), "0"), ("two", ("--checkpoint-steps=4",), "[1-9][0-9]*"),
-                                                 ("four", (*FOUR, "--checkpoint-steps=4"), "[1-9][0-9]*")],
-                         ids=["from-the-epochs-end", "at-the-step", "four-ranks-at-the-step"])
+@pytest.mark.parametrize("ranks, extra, step", [
+    ("two", (), "0"), ("four", (*FOUR, "--checkpoint-steps=4"), "[1-9][0-9]*")],
+    ids=["from-the-epochs-end", "four-ranks-at-the-step"])
 def test_a_worker_killed_mid_epoch_is_restarted_by_torchrun_and_the_run_resumes_by_itself(request, tmp_path, ranks,
                                                                                           extra, step):
     """torchrun --max-restarts=1: one worker SIGKILLed mid-epoch; the agent restarts them all, which continue from

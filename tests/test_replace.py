@@ -17,7 +17,7 @@ def se_resnet20() -> nn.Module:
     return sbattn.create_model("resnet20", attention="se", ratio=0.25)
 
 
-def test_every_se_becomes_sb_of_the_same_width_gate_and_norm():
+def test_every_se_becomes_sb_of_the_same_width_and_norm_starting_as_the_identity():
     model = se_resnet20()
     before = blocks(model, SqueezeExcite)
     replaced = sbattn.replace_attention(model, "sb")
@@ -27,9 +27,18 @@ def test_every_se_becomes_sb_of_the_same_width_gate_and_norm():
     for name, sb in after.items():
         assert sb.branch[0].in_features == before[name].branch[0].in_features
         assert sb.branch[0].out_features == before[name].branch[0].out_features  # the ratio kept
-        assert sb.activation == "sigmoid" and sb.branch.branch_norm == "bn"  # SE's gate and norm kept
-    model.train()(torch.randn(2, 3, 32, 32)).sum().backward()
-    assert all(sb.lam.grad is not None for sb in after.values())
+        assert sb.branch.branch_norm == "bn"  # SE's norm kept
+        assert sb.activation == "tanh" and torch.equal(sb.lam, torch.zeros_like(sb.lam))  # every timm door's SB
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        ids = {n: torch.randn(2, sb.channels, 4, 4) for n, sb in after.items()}
+        assert all(torch.equal(sb(ids[n]), ids[n]) for n, sb in after.items())  # the identity at init
+    model.train()(x).sum().backward()
+    assert all(sb.lam.grad is not None and sb.lam.grad.abs().sum() > 0 for sb in after.values())  # and learns
+    kept = se_resnet20()
+    sbattn.replace_attention(kept, "sb", activation="sigmoid", lambda_init="normal")  # the options win
+    assert all(sb.activation == "sigmoid" and sb.lam.abs().sum() > 0 for sb in blocks(kept, ShiftBalance).values())
 
 
 def test_options_override_what_is_kept_and_where_selects():

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 from torch import nn
 
 from ..nn.attention import ShiftBalance, create_attention
-from ..nn.replace import replace_attention, se_options
+from ..nn.replace import TIMM_STYLE_SB, replace_attention, se_options
 from ..nn.zoo import timm_module
 from .registry import create_model as create_sbattn_model
 from .registry import register_prefix
@@ -33,8 +33,10 @@ __all__ = ["TIMM_SB", "TIMM_RESNETS", "CIFAR_MODELS", "TIMM_PREFIX", "create_tim
 TIMM_PREFIX = "timm:"  # --arch timm:<name>: any model timm.create_model builds
 
 # SB where timm puts SE, built as timm builds its SE: hidden width 1/16 of the channels rounded to a multiple of 8
-# (SEModule's), no BatchNorm in the branch (trains at a batch of 1, as timm's SE does). A timm model's own ratio wins.
-TIMM_SB = functools.partial(ShiftBalance, rd_ratio=1 / 16, rd_divisor=8, branch_norm="none")
+# (SEModule's), no BatchNorm in the branch (trains at a batch of 1, as timm's SE does), tanh, and lambda at zero
+# (TIMM_STYLE_SB: each block starts as the identity, as timm's zero-initialised residual branches expect). A timm
+# model's own ratio wins. replace_attention builds the same block in place of an SE (docs/interop.md's table).
+TIMM_SB = functools.partial(ShiftBalance, rd_ratio=1 / 16, rd_divisor=8, branch_norm="none", **TIMM_STYLE_SB)
 
 # timm's SE-ResNets, with SB: (name, timm's ResNet arguments).
 TIMM_RESNETS: dict[str, dict[str, Any]] = {

@@ -5,8 +5,9 @@
 
 Each SE-like module (timm's SEModule, EffectiveSEModule and EfficientNet/MobileNetV3/GhostNet SqueezeExcite,
 torchvision's SqueezeExcitation, sbattn's own blocks) is read for its channels, hidden width, hidden activation,
-gate and branch norm, and the new block keeps them unless an option says otherwise: SB in place of timm's SE gets
-its 1/16-style hidden width, its gate as SB's activation, and no BatchNorm in the branch. EffectiveSE has no
+gate and branch norm, and the new block keeps them unless an option says otherwise. SB in place of an SE is the
+block every timm door builds (TIMM_STYLE_SB): the SE's widths and branch norm (timm's: 1/16-style, none), tanh
+for SB's act (SB shifts; the SE's gate scaled), lambda at zero (each block starts as the identity). EffectiveSE has no
 hidden layer: the new block's hidden width is half the channels, which gives its two layers the parameters of
 ESE's one. Known by class (module path and name), so neither timm nor torchvision is imported here.
 """
@@ -19,10 +20,10 @@ from typing import Any, NamedTuple, Optional
 from torch import nn
 
 from .attach import Where, _candidates, _selector
-from .attention import create_attention, get_attention, is_attention, passed_options
+from .attention import ShiftBalance, create_attention, get_attention, is_attention, passed_options
 from .branch import AttentionBranch, list_activations
 
-__all__ = ["replace_attention", "se_options", "SE_MODULES", "load_pretrained", "PretrainedLoad"]
+__all__ = ["replace_attention", "se_options", "SE_MODULES", "TIMM_STYLE_SB", "load_pretrained", "PretrainedLoad"]
 
 # The SE-like classes, by (module, class name), and the attributes that hold (reduce, hidden act, expand, gate).
 SE_MODULES: dict[tuple[str, str], tuple[str, str, str, str]] = {
@@ -36,6 +37,11 @@ _GATE_NAMES = {"Sigmoid": "sigmoid", "Hardsigmoid": "hard_sigmoid", "HardSigmoid
                "HardSigmoidMe": "hard_sigmoid", "Tanh": "tanh", "Identity": "linear"}
 _WIDTH_OPTIONS = ("ratio", "rd_ratio", "rd_channels", "rd_divisor", "rd_round_fn")
 _GATE_OPTIONS = ("activation", "gate_layer")
+# SB in a network built the timm way, whichever door (the "sb" string, the sbresnet models, replace_attention):
+# lambda at zero, so that each block starts as the identity (timm zero-initialises a residual branch's last
+# BatchNorm so that each block starts as one: SE passes that zero on, SB with lambda ~ N(0, 1) added up to 1.5 at
+# init); SB's act a signed shift, tanh, not the replaced SE's gate (a multiplier in (0, 1)). Options win.
+TIMM_STYLE_SB: dict[str, Any] = {"lambda_init": "zeros", "activation": "tanh"}
 
 
 def _known_layout(module: nn.Module) -> Optional[tuple[str, str, str, str]]:
@@ -111,8 +117,12 @@ def replace_attention(model: nn.Module, kind: str = "sb", where: Optional[Where]
         given = passed_options(kind, options)  # not a model-wide activation that this kind ignores
         if any(k in given for k in _WIDTH_OPTIONS):
             found.pop("rd_channels")
-        if any(k in given for k in _GATE_OPTIONS):
+        builder = get_attention(kind)
+        sb = isinstance(builder, type) and issubclass(builder, ShiftBalance)
+        if sb or any(k in given for k in _GATE_OPTIONS):
             found.pop("gate_layer")
+        if sb:
+            found.update(TIMM_STYLE_SB)
         try:
             block = create_attention(kind, channels, **{**_accepted(kind, found), **options})
         except ValueError as e:

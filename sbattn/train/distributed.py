@@ -22,8 +22,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .process import follow_agent, remember_launch
 
-__all__ = ["Context", "setup", "teardown", "joined", "leave", "restart_count", "disagreement", "all_reduce_sum", "any_rank", "gather_objects", "wrap",
-           "sync_batchnorm", "rank_ordered_mean", "CrossRankBatchNorm", "lost_peer", "one_report", "entering", "passing", "unanswered"]
+__all__ = ["Context", "setup", "teardown", "joined", "leave", "restart_count", "disagreement", "all_reduce_sum",
+           "any_rank", "gather_objects", "wrap", "sync_batchnorm", "rank_ordered_mean", "CrossRankBatchNorm",
+           "lost_peer", "one_report", "entering", "passing", "unanswered"]
 
 # Where this rank is, for the error that names a rank that stopped answering: the collective it is in, and the
 # last point every rank reports to the store (every few steps, see `passing`).

@@ -52,8 +52,8 @@ def test_sb_replaces_every_se_keeping_its_widths_and_trains(name):
     blocks = {n: m for n, m in model.named_modules() if isinstance(m, ShiftBalance)}
     assert list(blocks) == list(before)
     assert all(widths(blocks[n]) == widths(before[n]) for n in before)
-    gated = {type(getattr(m, "gate", getattr(m, "scale_activation", None))).__name__ for m in before.values()}
-    assert {b.activation for b in blocks.values()} == {"hard_sigmoid" if "Hardsigmoid" in gated else "sigmoid"}
+    assert {b.activation for b in blocks.values()} == {"tanh"}  # SB's act, not the SE's gate: every timm door's
+    assert all(torch.equal(b.lam, torch.zeros_like(b.lam)) for b in blocks.values())
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     model.train()(x).sum().backward()
     assert all(b.lam.grad is not None and torch.isfinite(b.lam.grad).all() for b in blocks.values())

@@ -242,3 +242,41 @@ def test_the_readmes_three_ways_run(capsys):
     assert shapes[0] == shapes[1] == shapes[2]  # the same network, three ways
     assert len(blocks(scope["by_class"])) == 8 and len(blocks(scope["cifar"])) == 4
     assert {"sbresnet18", "vgg16_sb"} <= set(eval(capsys.readouterr().out))  # noqa: S307
+
+
+def describe(model: nn.Module) -> list[tuple]:
+    """Each SB block of `model`: where, its widths, act, branch norm and whether lambda starts at zero."""
+    return [(name, b.channels, b.branch[0].out_features, b.activation, b.branch.branch_norm,
+             bool((b.lam == 0).all())) for name, b in model.named_modules() if isinstance(b, ShiftBalance)]
+
+
+def test_every_timm_door_builds_the_same_sb():
+    """sbresnet18 by name, resnet18 with the "sb" string, seresnet18 with its SEs replaced and TIMM_SB as a class:
+    one block (docs/interop.md's table), lambda at zero."""
+    from sbattn.models.timm_models import TIMM_SB
+    by_name = timm.create_model("sbresnet18")
+    replaced = timm.create_model("seresnet18")
+    sbattn.replace_attention(replaced, "sb")
+    by_string = timm.create_model("resnet18", block_args=dict(attn_layer="sb"))
+    by_class = timm.create_model("resnet18", block_args=dict(attn_layer=TIMM_SB))
+    doors = [describe(m) for m in (by_name, replaced, by_string, by_class)]
+    assert len(doors[0]) == 8 and all(d == doors[0] for d in doors), doors
+    assert {d[3:] for d in doors[0]} == {("tanh", "none", True)}
+
+
+@pytest.mark.parametrize("name", ["sbresnet18", "seresnext26t_32x4d"])
+def test_sb_in_a_timm_network_starts_as_the_identity(name):
+    """timm zero-initialises each residual branch's last BatchNorm so that each block starts as the identity; SB
+    after it (by name, or in place of an SE) must pass that zero on, as SE does."""
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    if name.startswith("se"):
+        sbattn.replace_attention(model, "sb")
+    seen = []
+    for block in blocks(model):
+        # cloned: timm adds the shortcut in place
+        block.register_forward_hook(lambda m, args, out: seen.append((args[0].clone(), out.clone())))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    assert len(seen) == len(blocks(model)) > 0
+    assert all(not x.any() and not y.any() for x, y in seen)  # a zero branch in, zero out
