@@ -42,6 +42,9 @@ _GATE_OPTIONS = ("activation", "gate_layer")
 # BatchNorm so that each block starts as one: SE passes that zero on, SB with lambda ~ N(0, 1) added up to 1.5 at
 # init); SB's act a signed shift, tanh, not the replaced SE's gate (a multiplier in (0, 1)). Options win.
 TIMM_STYLE_SB: dict[str, Any] = {"lambda_init": "zeros", "activation": "tanh"}
+# Where a network scales its attention's output (timm's NF-nets: attn_gain * attn(x), 2.0 to undo the SE gate's
+# mean of about 0.5, so that the signal keeps its scale): SB passes x through unscaled, and the gain becomes 1.
+_GAINED = ("attn", "attn_last")
 
 
 def _known_layout(module: nn.Module) -> Optional[tuple[str, str, str, str]]:
@@ -103,6 +106,10 @@ def replace_attention(model: nn.Module, kind: str = "sb", where: Optional[Where]
     norm unless `options` say otherwise (ratio/rd_ratio/rd_channels for the width, activation/gate_layer for the
     gate, act_layer, branch_norm). The new blocks get the old ones' device, dtype and train/eval mode.
 
+    SB in place of an SE is the block of every timm door (TIMM_STYLE_SB: tanh, lambda at zero); where the network
+    multiplies that SE's output by a gain (timm's NF-nets' `attn_gain`, 2.0 for the SE gate's 0.5), the gain
+    becomes 1, as SB keeps the signal's scale.
+
     Returns {name: the module taken out}; the model is changed in place, and only when every block was built.
     """
     if kind is None or kind == "none":
@@ -137,7 +144,11 @@ def replace_attention(model: nn.Module, kind: str = "sb", where: Optional[Where]
         raise ValueError(f"found no SE-like module to replace in this {type(model).__name__} (known: {known}); "
                          f"sbattn.attach adds blocks after the modules you choose")
     for name, module, parent, block in plans:
-        setattr(parent, name.rsplit(".", 1)[-1], block)
+        leaf = name.rsplit(".", 1)[-1]
+        setattr(parent, leaf, block)
+        if isinstance(block, ShiftBalance) and leaf in _GAINED and isinstance(getattr(parent, "attn_gain", None),
+                                                                              float):
+            parent.attn_gain = 1.0
     return {name: module for name, module, _, _ in plans}
 
 

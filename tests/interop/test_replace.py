@@ -94,3 +94,25 @@ def test_timm_se_is_timms_module_and_se_the_references():
     assert type(sbattn.create_attention("timm:se", 64)) is SEModule
     assert not any(isinstance(m, nn.BatchNorm1d) for m in sbattn.create_attention("timm:se", 64).modules())
     assert sum(isinstance(m, nn.BatchNorm1d) for m in sbattn.create_attention("se", 64).modules()) == 2
+
+
+def test_sb_in_place_of_an_nf_nets_se_keeps_the_signals_scale():
+    """NF-nets multiply the attention's output by attn_gain (2.0, for the SE gate's mean of about 0.5): SB adds to
+    its input and keeps its scale, so the gain becomes 1 (before: the signal doubled at each block)."""
+    scales = {}
+    for kind in ("se", "sb"):
+        torch.manual_seed(0)
+        model = timm.create_model("nf_regnet_b0").eval()
+        if kind == "sb":
+            sbattn.replace_attention(model, "sb")
+        gained = [m for m in model.modules() if getattr(m, "attn", None) is not None and hasattr(m, "attn_gain")]
+        seen = []
+        for block in gained:
+            block.attn.register_forward_hook(
+                lambda m, args, out, b=block: seen.append(b.attn_gain * out.std().item() / args[0].std().item()))
+        with torch.no_grad():
+            model(torch.randn(2, 3, 64, 64))
+        assert len(seen) == len(gained) > 0
+        scales[kind] = seen
+    assert all(0.5 < s < 1.5 for s in scales["se"])  # timm's SE with its gain: about 1
+    assert scales["sb"] == pytest.approx([1.0] * len(scales["sb"]))  # SB at init: the identity, gain 1
