@@ -148,7 +148,7 @@ def replace_attention(model: nn.Module, kind: str = "sb", where: Optional[Where]
         setattr(parent, leaf, block)
         if isinstance(block, ShiftBalance) and leaf in _GAINED and isinstance(getattr(parent, "attn_gain", None),
                                                                               float):
-            parent.attn_gain = 1.0
+            setattr(parent, "attn_gain", 1.0)
     return {name: module for name, module, _, _ in plans}
 
 
