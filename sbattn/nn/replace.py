@@ -23,7 +23,7 @@ from .attach import Where, _candidates, _selector
 from .attention import ShiftBalance, create_attention, get_attention, is_attention, passed_options
 from .branch import AttentionBranch, list_activations
 
-__all__ = ["replace_attention", "se_options", "SE_MODULES", "TIMM_STYLE_SB", "load_pretrained", "PretrainedLoad"]
+__all__ = ["replace_attention", "se_options", "SE_MODULES", "ECA_MODULES", "NOT_REPLACED", "TIMM_STYLE_SB", "load_pretrained", "PretrainedLoad"]
 
 # The SE-like classes, by (module, class name), and the attributes that hold (reduce, hidden act, expand, gate).
 SE_MODULES: dict[tuple[str, str], tuple[str, str, str, str]] = {
@@ -31,6 +31,19 @@ SE_MODULES: dict[tuple[str, str], tuple[str, str, str, str]] = {
     ("timm.layers.squeeze_excite", "EffectiveSEModule"): ("", "", "fc", "gate"),
     ("timm.models._efficientnet_blocks", "SqueezeExcite"): ("conv_reduce", "act1", "conv_expand", "gate"),
     ("torchvision.ops.misc", "SqueezeExcitation"): ("fc1", "activation", "fc2", "scale_activation"),
+}
+# ECA (Wang et al.): a 1-D convolution across the squeezed channels, and no channel count held. In its place a
+# block of the timm widths (SE's 1/16, a multiple of 8), its channels read from a forward pass on the meta device.
+ECA_MODULES = {("timm.layers.eca", "EcaModule"), ("timm.layers.eca", "CecaModule")}
+_ECA_WIDTHS: dict[str, Any] = {"rd_ratio": 1 / 16, "rd_divisor": 8, "branch_norm": "none"}
+# Attention kinds a user may expect replaced and which are not, each with the reason, for the refusal's one line.
+NOT_REPLACED = {
+    "GlobalContext": "attention-pooled context, not a channel squeeze",
+    "SelectiveKernel": "a choice between convolutions, not a block after one",
+    "CbamModule": "channel and spatial attention in one",
+    "LightCbamModule": "channel and spatial attention in one",
+    "GatherExcite": "a spatial gather, not a global squeeze",
+    "EseModule": "hgnet's, inside its aggregation: not an SE layer timm builds by name",
 }
 # Gates SB and SE know by name (their classes as timm and torch build them).
 _GATE_NAMES = {"Sigmoid": "sigmoid", "Hardsigmoid": "hard_sigmoid", "HardSigmoid": "hard_sigmoid",
@@ -88,6 +101,35 @@ def se_options(module: nn.Module) -> Optional[dict[str, Any]]:
                 branch_norm="hidden_bn" if isinstance(norm, nn.modules.batchnorm._BatchNorm) else "none")
 
 
+def _is_eca(module: nn.Module) -> bool:
+    return (type(module).__module__, type(module).__name__) in ECA_MODULES
+
+
+def _input_channels(model: nn.Module, names: list[str]) -> dict[str, int]:
+    """The channel count of the input of each module `names` names, from one forward pass on the meta device
+    (the model's own parameters untouched: meta stand-ins, shapes without arithmetic) at the model's input size."""
+    import torch
+    size = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224)))
+    seen: dict[str, int] = {}
+
+    def record(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            seen.setdefault(name, args[0].shape[1])
+        return hook
+    hooks = [model.get_submodule(name).register_forward_pre_hook(record(name)) for name in names]
+    meta = {k: torch.empty_like(v, device="meta") for k, v in
+            [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]}
+    try:
+        torch.func.functional_call(model, meta, (torch.empty(1, *size, device="meta"),))
+    except Exception as e:  # noqa: BLE001 - any failure of the probe is one line
+        raise ValueError(f"could not read the channels of ECA module {names[0]!r} from a forward pass on the meta "
+                         f"device at input size {size} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
 def _accepted(kind: str, options: dict[str, Any]) -> dict[str, Any]:
     """The kept options the block of `kind` takes (timm's ECA takes none of them, say)."""
     builder = get_attention(kind)
@@ -116,18 +158,22 @@ def replace_attention(model: nn.Module, kind: str = "sb", where: Optional[Where]
         raise ValueError("replace_attention needs an attention kind: the SE modules would have nothing in their place")
     select = _selector(where, model) if where is not None else (lambda name, module: True)
     plans = []
-    for name, module, parent in _candidates(model):
-        found = se_options(module) if select(name, module) else None
+    candidates = [(n, m, p) for n, m, p in _candidates(model) if select(n, m)]
+    eca = [n for n, m, _ in candidates if _is_eca(m)]
+    eca_channels = _input_channels(model, eca) if eca else {}
+    for name, module, parent in candidates:
+        found = {"channels": eca_channels[name], **_ECA_WIDTHS} if name in eca_channels else se_options(module)
         if found is None:
             continue
         channels = found.pop("channels")
         given = passed_options(kind, options)  # not a model-wide activation that this kind ignores
         if any(k in given for k in _WIDTH_OPTIONS):
-            found.pop("rd_channels")
+            for width in _WIDTH_OPTIONS[1:]:
+                found.pop(width, None)
         builder = get_attention(kind)
         sb = isinstance(builder, type) and issubclass(builder, ShiftBalance)
         if sb or any(k in given for k in _GATE_OPTIONS):
-            found.pop("gate_layer")
+            found.pop("gate_layer", None)
         if sb:
             found.update(TIMM_STYLE_SB)
         try:
@@ -140,7 +186,12 @@ def replace_attention(model: nn.Module, kind: str = "sb", where: Optional[Where]
             block.to(device=like.device, dtype=like.dtype)
         plans.append((name, module, parent, block.train(module.training)))
     if not plans:
-        known = ", ".join(sorted({n for _, n in SE_MODULES} | {"ShiftBalance", "SqueezeExcite"}))
+        others = sorted({type(m).__name__ for _, m, _ in candidates if type(m).__name__ in NOT_REPLACED})
+        if others:
+            raise ValueError(f"this {type(model).__name__}'s attention is {', '.join(others)}, which "
+                             f"replace_attention does not replace ({'; '.join(NOT_REPLACED[o] for o in others)}); "
+                             f"sbattn.attach adds blocks after the modules you choose")
+        known = ", ".join(sorted({n for _, n in [*SE_MODULES, *ECA_MODULES]} | {"ShiftBalance", "SqueezeExcite"}))
         raise ValueError(f"found no SE-like module to replace in this {type(model).__name__} (known: {known}); "
                          f"sbattn.attach adds blocks after the modules you choose")
     for name, module, parent, block in plans:

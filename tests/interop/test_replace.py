@@ -116,3 +116,31 @@ def test_sb_in_place_of_an_nf_nets_se_keeps_the_signals_scale():
         scales[kind] = seen
     assert all(0.5 < s < 1.5 for s in scales["se"])  # timm's SE with its gain: about 1
     assert scales["sb"] == pytest.approx([1.0] * len(scales["sb"]))  # SB at init: the identity, gain 1
+
+
+@pytest.mark.parametrize("name", ["ecaresnet26t", "eca_nfnet_l0"])
+def test_eca_becomes_sb_of_timms_se_widths_at_its_place(name):
+    """ECA holds no channel count: each module's is read from a forward pass on the meta device (the weights
+    untouched), and SB of timm's SE widths (1/16, a multiple of 8) takes its place; its forward checks its input's
+    channels, so a wrong count fails the real forward."""
+    torch.manual_seed(0)
+    model = timm.create_model(name)
+    ecas = {n: m for n, m in model.named_modules() if type(m).__name__ == "EcaModule"}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    replaced = sbattn.replace_attention(model, "sb")
+    assert list(replaced) == list(ecas) and all(replaced[n] is ecas[n] for n in ecas)
+    blocks = {n: m for n, m in model.named_modules() if isinstance(m, ShiftBalance)}
+    assert list(blocks) == list(ecas)
+    from timm.layers import make_divisible
+    assert all(b.branch[0].out_features == make_divisible(b.channels / 16, 8, round_limit=0.0)  # SEModule's
+               for b in blocks.values())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items() if k in model.state_dict())
+    model.train()(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert all(b.lam.grad is not None for b in blocks.values())
+
+
+def test_attention_replace_attention_does_not_take_is_named_in_one_line():
+    with pytest.raises(ValueError) as refused:
+        sbattn.replace_attention(timm.create_model("skresnet18"), "sb")
+    assert str(refused.value).startswith("this ResNet's attention is SelectiveKernel, which replace_attention does "
+                                         "not replace (a choice between convolutions") and "\n" not in str(refused.value)
