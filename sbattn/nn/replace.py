@@ -23,7 +23,8 @@ from .attach import Where, _candidates, _selector
 from .attention import ShiftBalance, create_attention, get_attention, is_attention, passed_options
 from .branch import AttentionBranch, list_activations
 
-__all__ = ["replace_attention", "se_options", "SE_MODULES", "ECA_MODULES", "NOT_REPLACED", "TIMM_STYLE_SB", "load_pretrained", "PretrainedLoad"]
+__all__ = ["replace_attention", "se_options", "SE_MODULES", "ECA_MODULES", "NOT_REPLACED", "TIMM_STYLE_SB",
+           "carried_weights", "load_pretrained", "PretrainedLoad"]
 
 # The SE-like classes, by (module, class name), and the attributes that hold (reduce, hidden act, expand, gate).
 SE_MODULES: dict[tuple[str, str], tuple[str, str, str, str]] = {
@@ -130,6 +131,31 @@ def _input_channels(model: nn.Module, names: list[str]) -> dict[str, int]:
     return seen
 
 
+# An SE layer's weights by their place in SB's and SE's branch (Linear, norm, activation, Linear, norm): timm's
+# 1x1 convolutions (SEModule's fc1/fc2, EfficientNet's conv_reduce/conv_expand), ReXNet's BatchNorm after the
+# hidden layer, torchvision's fc1/fc2; sbattn's own blocks' keys are the branch's already.
+_BRANCH_PLACES = {"fc1": "branch.0", "conv_reduce": "branch.0", "bn": "branch.1", "fc2": "branch.3",
+                  "conv_expand": "branch.3"}
+
+
+def _branch_key(key: str) -> str:
+    """An SE layer's state-dict key as the key of the same weight in a block's branch."""
+    layer, _, leaf = key.rpartition(".")
+    return f"{_BRANCH_PLACES.get(layer, layer)}.{leaf}" if layer else key
+
+
+def carried_weights(se_state: dict[str, Any], block_state: dict[str, Any]) -> dict[str, Any]:
+    """The weights of an SE layer (its state dict) that have a place of the same size in a new block's branch,
+    under the block's keys and in its shapes (a 1x1 convolution's (h, C, 1, 1) as a Linear's (h, C))."""
+    carried = {}
+    for key, value in se_state.items():
+        target = _branch_key(key)
+        here = block_state.get(target)
+        if here is not None and getattr(value, "numel", lambda: -1)() == here.numel():
+            carried[target] = value.reshape(here.shape)
+    return carried
+
+
 def _accepted(kind: str, options: dict[str, Any]) -> dict[str, Any]:
     """The kept options the block of `kind` takes (timm's ECA takes none of them, say)."""
     builder = get_attention(kind)
@@ -141,12 +167,15 @@ def _accepted(kind: str, options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k in parameters}
 
 
-def replace_attention(model: nn.Module, kind: str = "sb", where: Optional[Where] = None,
+def replace_attention(model: nn.Module, kind: str = "sb", where: Optional[Where] = None, keep_weights: bool = True,
                       **options: Any) -> dict[str, nn.Module]:
     """Replace each SE-like module of `model` (those `where` selects, when given) by a block of `kind` ("sb", "se"
     or any registered kind) of the same channels, keeping its hidden width, hidden activation, gate and branch
     norm unless `options` say otherwise (ratio/rd_ratio/rd_channels for the width, activation/gate_layer for the
     gate, act_layer, branch_norm). The new blocks get the old ones' device, dtype and train/eval mode.
+
+    keep_weights: the SE's trained weights go into the new block's branch where their sizes match (a pretrained
+    SE network's squeeze and excitation carried into SB, whose lambda still starts at zero).
 
     SB in place of an SE is the block of every timm door (TIMM_STYLE_SB: tanh, lambda at zero); where the network
     multiplies that SE's output by a gain (timm's NF-nets' `attn_gain`, 2.0 for the SE gate's 0.5), the gain
@@ -184,6 +213,8 @@ def replace_attention(model: nn.Module, kind: str = "sb", where: Optional[Where]
         like = next(module.parameters(), None)
         if like is not None:
             block.to(device=like.device, dtype=like.dtype)
+        if keep_weights:
+            block.load_state_dict(carried_weights(module.state_dict(), block.state_dict()), strict=False)
         plans.append((name, module, parent, block.train(module.training)))
     if not plans:
         others = sorted({type(m).__name__ for _, m, _ in candidates if type(m).__name__ in NOT_REPLACED})
@@ -203,6 +234,12 @@ def replace_attention(model: nn.Module, kind: str = "sb", where: Optional[Where]
     return {name: module for name, module, _, _ in plans}
 
 
+def _carried_key(key: str, blocks: list[str]) -> str:
+    """Where `key` of a replaced module loads in its new block (carried_weights' renaming)."""
+    block = max((b for b in blocks if key.startswith(f"{b}.")), key=len)
+    return f"{block}.{_branch_key(key[len(block) + 1:])}"
+
+
 class PretrainedLoad(NamedTuple):
     """What load_pretrained did besides loading: the new blocks' keys it left as built, and the keys of the modules
     replace_attention took out, which have no place now."""
@@ -219,13 +256,19 @@ def load_pretrained(model: nn.Module, state_dict: dict[str, Any]) -> PretrainedL
 
     def in_block(key: str) -> bool:
         return any(key.startswith(f"{b}.") for b in blocks)
-    # A block's own keys load as any other; those under a block that it has not, or not of that shape (SE of
-    # another width), are the replaced module's.
-    own = {k: getattr(v, "shape", None) for k, v in model.state_dict().items()}
-    dropped = [k for k, v in state_dict.items()
-               if in_block(k) and (k not in own or own[k] != getattr(v, "shape", None))]
-    taken = set(state_dict) - set(dropped)
-    missing, unexpected = model.load_state_dict({k: state_dict[k] for k in taken}, strict=False)
+    # A block's own keys load as any other; a replaced SE's load into the new block's branch where their sizes
+    # match (carried_weights); the others under a block (SE of another width, ECA's) are the replaced module's.
+    own = model.state_dict()
+    loads: dict[str, Any] = {}
+    for block in blocks:
+        mine = {k[len(block) + 1:]: v for k, v in state_dict.items() if k.startswith(f"{block}.")}
+        theirs = {k[len(block) + 1:]: v for k, v in own.items() if k.startswith(f"{block}.")}
+        loads.update({f"{block}.{k}": v for k, v in carried_weights(mine, theirs).items()})
+    carried_from = {k for k in state_dict if in_block(k) and _carried_key(k, blocks) in loads}
+    dropped = [k for k in state_dict if in_block(k) and k not in carried_from]
+    loads.update({k: v for k, v in state_dict.items() if not in_block(k)})
+    taken = set(loads)
+    missing, unexpected = model.load_state_dict(loads, strict=False)
     stray = [k for k in missing if not in_block(k)]
     if stray or unexpected:
         what = "missing " + ", ".join(stray[:3]) if stray else "unexpected " + ", ".join(unexpected[:3])

@@ -57,8 +57,10 @@ def test_sb_replaces_every_se_keeping_its_widths_and_trains(name):
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     model.train()(x).sum().backward()
     assert all(b.lam.grad is not None and torch.isfinite(b.lam.grad).all() for b in blocks.values())
-    result = sbattn.load_pretrained(model, saved)  # the network's own weights, but for SB's
-    assert result.dropped and all(any(k.startswith(f"{n}.") for n in before) for k in result.dropped)
+    result = sbattn.load_pretrained(model, saved)  # the network's own weights, the SE's in SB's branch
+    effective = {n for n, m in before.items() if isinstance(m, EffectiveSEModule)}  # one C x C layer: no place
+    assert all(k.endswith(".lam") or k.rpartition(".branch.")[0] in effective for k in result.new), result.new
+    assert all(any(k.startswith(f"{n}.") for n in effective) for k in result.dropped), result.dropped
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -142,5 +144,32 @@ def test_eca_becomes_sb_of_timms_se_widths_at_its_place(name):
 def test_attention_replace_attention_does_not_take_is_named_in_one_line():
     with pytest.raises(ValueError) as refused:
         sbattn.replace_attention(timm.create_model("skresnet18"), "sb")
-    assert str(refused.value).startswith("this ResNet's attention is SelectiveKernel, which replace_attention does "
-                                         "not replace (a choice between convolutions") and "\n" not in str(refused.value)
+    said = str(refused.value)
+    assert said.startswith("this ResNet's attention is SelectiveKernel, which replace_attention does not replace (a "
+                           "choice between convolutions") and "\n" not in said
+
+
+def test_a_pretrained_se_networks_weights_carry_into_sb():
+    """seresnet18's weights, saved before the replacement: replace_attention on the trained model keeps each SE's
+    squeeze and excitation in SB's branch (1x1 convolutions as Linear layers), and load_pretrained maps the saved
+    SE keys there too; lambda alone is new. keep_weights=False builds the branch afresh."""
+    torch.manual_seed(0)
+    trained = timm.create_model("seresnet18")
+    saved = {k: v.clone() for k, v in trained.state_dict().items()}
+    names = list(se_modules(trained))
+    sbattn.replace_attention(trained, "sb")
+    fresh = timm.create_model("seresnet18")
+    sbattn.replace_attention(fresh, "sb", keep_weights=False)
+    result = sbattn.load_pretrained(fresh, saved)
+    assert not result.dropped and sorted(result.new) == sorted(f"{n}.lam" for n in names)
+    for model in (trained, fresh):
+        state = model.state_dict()
+        for n in names:
+            for se_layer, place in (("fc1", "branch.0"), ("fc2", "branch.3")):
+                assert torch.equal(state[f"{n}.{place}.weight"], saved[f"{n}.{se_layer}.weight"].flatten(1))
+                assert torch.equal(state[f"{n}.{place}.bias"], saved[f"{n}.{se_layer}.bias"])
+    unkept = timm.create_model("seresnet18")
+    unkept.load_state_dict(saved)
+    sbattn.replace_attention(unkept, "sb", keep_weights=False)
+    first = names[0]
+    assert not torch.equal(unkept.state_dict()[f"{first}.branch.0.weight"], saved[f"{first}.fc1.weight"].flatten(1))
