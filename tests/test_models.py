@@ -139,3 +139,39 @@ def test_the_models_speak_timms_classifier_interface(name, width):
         assert model(x).shape == (2, 5) and model.num_classes == 5 and model.get_classifier().out_features == 5
         model.reset_classifier(0)
         assert model(x).shape == (2, hidden) and model.num_classes == 0
+
+
+@pytest.mark.parametrize("name, width, stages", [("vgg16", 0.0625, 4), ("resnet20", 0.25, 4),
+                                                  ("airbench", 0.0625, 3)])
+def test_intermediates_and_gradient_checkpointing_as_in_timm(name, width, stages):
+    """forward_intermediates: each stage's NCHW output (all, the last n, or those named), and the features that
+    forward_head takes, bit for bit forward_features'; set_grad_checkpointing recomputes the stages in the backward
+    pass and gives the gradients the model gives without it."""
+    torch.manual_seed(0)
+    model = sbattn.create_model(name, attention="sb", width=width)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        final, maps = model.eval().forward_intermediates(x)
+        assert torch.equal(final, model.forward_features(x)) and len(maps) == stages
+        assert all(m.dim() == 4 and m.shape[0] == 2 for m in maps)
+        assert [m.shape for m in model.forward_intermediates(x, indices=2, intermediates_only=True)] == \
+            [m.shape for m in maps[-2:]]
+        first = model.forward_intermediates(x, indices=[0, -1], intermediates_only=True)
+        assert torch.equal(first[0], maps[0]) and torch.equal(first[1], maps[-1])
+        early, only = model.forward_intermediates(x, indices=[0], stop_early=True)
+        assert torch.equal(only[0], maps[0]) and torch.equal(early, model._features_out(maps[0]))  # pooled there
+    with pytest.raises(ValueError, match=f"this network has {stages} stages"):
+        model.forward_intermediates(x, indices=stages + 1)
+    grads, runs = {}, []
+    for stage in model._feature_stages():
+        stage.register_forward_pre_hook(lambda *_: runs.append(1))  # a recomputation stops early: no end hook
+    for checkpointed in (False, True):
+        torch.manual_seed(1)
+        model.train().set_grad_checkpointing(checkpointed)
+        model.zero_grad()
+        runs.clear()
+        model(x).sum().backward()
+        grads[checkpointed] = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        assert len(runs) == stages * (2 if checkpointed else 1)  # recomputed in the backward pass
+    assert model.grad_checkpointing and len(grads[True]) == len(grads[False]) > 0
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(grads[True], grads[False]))

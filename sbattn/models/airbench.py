@@ -22,6 +22,7 @@ from torch import nn
 
 from ..nn.attention import create_attention
 from .registry import new_classifier, register_model
+from .stages import StagedFeatures
 from .vgg import check_shape_options, scaled
 
 __all__ = ["AirbenchNet", "AIRBENCH_WIDTHS", "AIRBENCH_PLACEMENTS", "airbench", "patch_covariance"]
@@ -53,7 +54,7 @@ def _conv(cin: int, cout: int) -> nn.Conv2d:
     return conv
 
 
-class AirbenchNet(nn.Module):
+class AirbenchNet(StagedFeatures):
     """airbench94's network for 32x32 images: `widths` per conv group (times `width`), `attention` of a registered
     kind after each group (placement "stage") or after each conv (placement "layer"), `num_classes` outputs.
     Call init_whitening with training images before training; until then the whitening is PyTorch's random draw."""
@@ -105,7 +106,18 @@ class AirbenchNet(nn.Module):
         scale, shift = self.get_buffer("input_scale"), self.get_buffer("input_shift")
         return x * scale + shift
 
+    def _features_in(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features[0](self.whiten(self.standardize(x)))
+
+    def _feature_stages(self) -> list[nn.Module]:
+        return list(self.features)[1:-1]  # the conv groups
+
+    def _features_out(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features[-1](x).flatten(1)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._checkpointed_features(x)
         return self.features(self.whiten(self.standardize(x))).flatten(1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

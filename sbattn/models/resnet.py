@@ -23,6 +23,7 @@ from torch import nn
 
 from ..nn.attention import create_attention
 from .registry import PLACEMENTS, new_classifier, register_model
+from .stages import StagedFeatures
 from .vgg import scaled
 
 __all__ = ["ResNet", "BasicBlock", "PadShortcut", "RESNET_PLACEMENTS", "CIFAR_RESNET20", "CIFAR_RESNET56",
@@ -92,7 +93,7 @@ class BasicBlock(nn.Module):
         return self.relu(self.branch(x) + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class ResNet(StagedFeatures):
     """A ResNet of basic blocks for 32x32 images: 3x3 stem, stages, global average pool, linear classifier.
 
     Initialisation, as in He et al. and torchvision: convolutions He-normal (fan_out, ReLU), BatchNorm2d weight 1
@@ -133,7 +134,12 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def _feature_stages(self) -> list[nn.Module]:
+        return [self.stem, *self.stages]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._checkpointed_features(x)
         return self.stages(self.stem(x)).mean((2, 3))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

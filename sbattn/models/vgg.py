@@ -13,6 +13,7 @@ from torch import nn
 
 from ..nn.attention import create_attention
 from .registry import new_classifier, register_model
+from .stages import StagedFeatures
 
 __all__ = ["VGG", "VGG16_STAGES", "VGG_PLACEMENTS", "vgg16", "scaled"]
 
@@ -33,7 +34,7 @@ def scaled(width: int, multiplier: float) -> int:
     return max(1, int(round(width * multiplier)))
 
 
-class VGG(nn.Module):
+class VGG(StagedFeatures):
     """The reference implementation's CIFAR VGG16 as data: `stages` of (channels, convs), each conv 3x3 - BatchNorm -
     ReLU, a 2x2 max pool ending each stage, attention of a registered kind before it ("stage", the reference's) or
     after each conv ("layer"); then global average pooling and a classifier with one `hidden`-wide ReLU layer.
@@ -65,7 +66,12 @@ class VGG(nn.Module):
                                         nn.Linear(hidden, num_classes))
         self.apply(_reference_init)
 
+    def _feature_stages(self) -> list[nn.Module]:
+        return list(self.features)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._checkpointed_features(x)
         return self.features(x).mean((2, 3))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

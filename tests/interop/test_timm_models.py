@@ -75,7 +75,13 @@ def test_the_cifar_models_take_timms_train_py_arguments_or_refuse_them_in_one_li
     refused in one line naming the argument, not a TypeError from an attention block."""
     model = timm.create_model(name, num_classes=10, drop_rate=0.0, drop_path_rate=None, drop_block_rate=None,
                               global_pool=None, bn_momentum=None, bn_eps=None, scriptable=None)
-    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x).shape == (2, 10)
+    model.set_grad_checkpointing(enable=True)  # train.py's --grad-checkpointing
+    model(x).sum().backward()
+    final, maps = model.forward_intermediates(x)  # the stages timm's feature_info names, their widths
+    assert [m.shape[1] for m in maps] == [f["num_chs"] for f in model.feature_info]
+    assert model.forward_head(final).shape == (2, 10)
     for option in ({"drop_rate": 0.2}, {"drop_path_rate": 0.1}, {"global_pool": "max"}):
         with pytest.raises(ValueError, match=rf"take {next(iter(option))}=.* as nothing they can do: leave it at"):
             timm.create_model(name, **option)
