@@ -175,3 +175,24 @@ def test_intermediates_and_gradient_checkpointing_as_in_timm(name, width, stages
         assert len(runs) == stages * (2 if checkpointed else 1)  # recomputed in the backward pass
     assert model.grad_checkpointing and len(grads[True]) == len(grads[False]) > 0
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(grads[True], grads[False]))
+
+
+def test_a_depthwise_convolutions_backward_is_counted_as_what_it_computes():
+    """Each gradient a convolution's backward computes (the input's, the weights') costs one convolution of the
+    forward's size, groups included: torch's own formula counted a depthwise one's as a dense one's (x8 here)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8))
+    s = summarize(model, (3, 8, 8))
+    dense, depthwise = (row.flops for row in s.rows)
+    assert depthwise == 2 * 8 * 9 * 64 and dense == 2 * 3 * 8 * 9 * 64  # per image
+    # the first layer's input needs no gradient: its weights' alone
+    assert s.flops_train == s.flops_forward + dense + 2 * depthwise
+
+
+def test_summary_counts_at_the_image_size_asked_and_refuses_one_too_small(capsys):
+    from sbattn.cli import main
+    assert main(["summary", "--arch=resnet20", "--attention=none", "--width=0.25", "--img-size=64"]) == 0
+    assert "GFLOP per 64x64 image" in capsys.readouterr().out
+    assert main(["summary", "--arch=vgg16", "--attention=none", "--width=0.0625", "--img-size=8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sbattn summary: error: --img-size 8: vgg16 cannot take 8x8 images (") and \
+        len(err.strip().splitlines()) == 1

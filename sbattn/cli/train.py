@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import TrainConfig
+from ..errors import ConfigError
 from .options import add_config_options, config_from_args, field_help
 from ..models import create_model, format_summary, summarize
 from ..train import train
@@ -35,9 +36,14 @@ def add_summary_options(p: argparse.ArgumentParser) -> None:
                         f"baseline, SE and SB")
     p.add_argument("--placement", default=None, metavar="PLACEMENT",
                    help=field_help(fields["placement"], default=None))
+    p.add_argument("--img-size", "--img_size", type=int, default=32, metavar="PIXELS",
+                   help="side of the square RGB images the counts are for (default: 32, CIFAR-10's; a timm network's "
+                        "own is often 224)")
 
 
 def run_summary(args: argparse.Namespace) -> int:
+    if args.img_size < 1:
+        raise ConfigError(f"--img-size {args.img_size}: must be a number of pixels, at least 1")
     kinds = [args.attention] if args.attention else ["none", "se", "sb"]
     for kind in kinds:
         config = TrainConfig(arch=args.arch, attention=kind, activation=args.activation, attn_ratio=args.attn_ratio,
@@ -45,5 +51,10 @@ def run_summary(args: argparse.Namespace) -> int:
         model = create_model(config.arch, **config.model_options())
         title = (f"== {args.arch} attention={kind} placement={getattr(model, 'placement', '-')} "
                  f"width={args.width:g}")
-        print(format_summary(summarize(model), title), end="\n\n")
+        try:
+            summary = summarize(model, (3, args.img_size, args.img_size))
+        except RuntimeError as e:  # a network whose pooling leaves nothing of so small an image
+            raise ConfigError(f"--img-size {args.img_size}: {args.arch} cannot take {args.img_size}x{args.img_size} "
+                              f"images ({str(e).splitlines()[0]})") from None
+        print(format_summary(summary, title), end="\n\n")
     return 0
