@@ -33,7 +33,9 @@ def take_indices(count: int, indices: Optional[Union[int, Sequence[int]]]) -> li
 class StagedFeatures(nn.Module):
     """set_grad_checkpointing and forward_intermediates, as timm's models have them."""
 
-    grad_checkpointing = False
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad_checkpointing = False  # an attribute of the instance: TorchScript reads the forward's branch on it
 
     def _features_in(self, x: torch.Tensor) -> torch.Tensor:
         return x
