@@ -136,12 +136,16 @@ def _make_cifar(name: str, arch: str, attention: Optional[str]) -> Callable[[boo
     return make
 
 
-def create_timm_model(arch: str, attention: Optional[str] = None, activation: str = "tanh", ratio: float = 0.5,
+SUITE_RATIO = 0.5  # --attn_ratio's default, which a timm network with SE of its own widths takes as "its own"
+
+
+def create_timm_model(arch: str, attention: Optional[str] = None, activation: str = "tanh", ratio: float = SUITE_RATIO,
                       num_classes: int = 10, width: float = 1.0, placement: str = "block",
                       **block_options: Any) -> nn.Module:
     """timm's model `arch` ("timm:<name>"), untrained, with the attention of the suites, where the network has
-    it: a network with SE has each SE module replaced (replace_attention; "none" takes them out), one of timm's
-    ResNet family takes the block as its blocks' attn_layer ("none": the plain ResNet)."""
+    it: a network with SE has each SE module replaced (replace_attention, at the SE's own widths; "none" takes
+    them out), one of timm's ResNet family takes the block as its blocks' attn_layer at `ratio` ("none": the plain
+    ResNet)."""
     name = arch.removeprefix(TIMM_PREFIX)
     if width != 1.0:
         raise ValueError(f"timm's networks take no width multiplier (width={width:g}): use width 1")
@@ -157,10 +161,13 @@ def create_timm_model(arch: str, attention: Optional[str] = None, activation: st
             parent, _, leaf = n.rpartition(".")
             setattr(model.get_submodule(parent), leaf, nn.Identity())
         return model
-    options = dict(ratio=ratio, activation=activation, **block_options)
-    if has_se:
-        replace_attention(model, attention, **options)
+    if has_se:  # each block at the width of the SE it replaces: the network's own, not sbattn's ratio
+        if ratio != SUITE_RATIO:
+            raise ValueError(f"--attn_ratio {ratio:g}: timm's {name} has SE of its own widths, which the blocks put in "
+                             f"their places keep; leave --attn_ratio at {SUITE_RATIO:g}")
+        replace_attention(model, attention, activation=activation, **block_options)
         return model
+    options = dict(ratio=ratio, activation=activation, **block_options)
     layer = functools.partial(create_attention, attention, **options)
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, block_args=dict(attn_layer=layer))

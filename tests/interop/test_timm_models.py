@@ -211,12 +211,17 @@ def test_a_suite_compares_attention_on_a_timm_network(tmp_path, capsys):
     assert trained.config.arch == "timm:resnet18" and len(blocks(trained)) == 8
 
 
-def test_a_timm_network_with_se_gets_each_kind_in_its_se_places():
+def test_a_timm_network_with_se_gets_each_kind_in_its_se_places_at_its_widths():
     with torch.device("meta"):
-        built = {kind: create_model("timm:seresnet18", attention=kind) for kind in ("none", "sb", "eca")}
+        built = {kind: create_model("timm:seresnet18", attention=kind) for kind in ("none", "sb", "eca", "timm:se")}
     assert not blocks(built["none"], SEModule) and not blocks(built["none"])  # the baseline: no attention
     assert len(blocks(built["sb"])) == len(blocks(built["eca"], timm.layers.EcaModule)) == 8
     assert not blocks(built["sb"], SEModule)
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    # the network's own SE widths (1/16), not --attn_ratio's 0.5: SB adds its lambda to timm's SE, nothing more
+    assert count(built["sb"]) - count(built["timm:se"]) == sum(b.channels for b in blocks(built["sb"]))
+    with pytest.raises(ValueError, match="--attn_ratio 0.25: timm's seresnet18 has SE of its own widths"):
+        create_model("timm:seresnet18", attention="sb", ratio=0.25)
 
 
 @pytest.mark.parametrize("options, message", [
