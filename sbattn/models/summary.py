@@ -5,7 +5,8 @@ convolution and matrix product, 2 FLOPs a multiply-add. Elementwise work (BatchN
 attention's mean, shift and gate) is not counted; it costs memory traffic more than arithmetic. A convolution's
 backward is counted here as what it computes, each gradient asked for (the input's, the weights') a convolution of
 the forward's size: torch's own formula ignores the groups in the weights' gradient, and counts a depthwise
-convolution's backward as that of a dense one (66 times its forward in MobileNetV3).
+convolution's backward as that of a dense one (timm's mobilenetv3_large_100 at 32x32: forward 0.011 GFLOP,
+forward and backward 0.247 by torch's count, 0.033 by this one).
 """
 from __future__ import annotations
 
@@ -120,7 +121,8 @@ def format_summary(summary: Summary, title: str = "") -> str:
     lines += [
         f"parameters: {s.params:,} (attention: {s.attention_params:,} in {s.attention_blocks} blocks, "
         f"{_pct(s.attention_params, s.params)})",
-        f"GFLOP per {summary.image_size}x{summary.image_size} image: forward {s.flops_forward / 1e9:.3f}, forward+backward {s.flops_train / 1e9:.3f} "
+        f"GFLOP per {s.image_size}x{s.image_size} image: forward {s.flops_forward / 1e9:.3f}, "
+        f"forward+backward {s.flops_train / 1e9:.3f} "
         f"(attention: {_pct(s.attention_flops_forward, s.flops_forward)} and "
         f"{_pct(s.attention_flops_train, s.flops_train)}; convolutions and matrix products only)",
     ]
