@@ -68,7 +68,7 @@ test-interop: install-interop
 	$(INTEROP_PY) -m pytest -q tests/interop tests/test_supported_torch.py
 	$(INTEROP_PY) -m pip install --quiet --no-deps --upgrade --target $(TIMM_OLDEST_DIR) timm==$(TIMM_OLDEST)
 	SBATTN_TIMM_VERSION=$(TIMM_OLDEST) PYTHONPATH=$(TIMM_OLDEST_DIR) $(INTEROP_PY) -m pytest -q -p no:cacheprovider \
-	    tests/interop/test_timm_models.py
+	    tests/interop/test_timm_models.py tests/interop/test_replace.py
 
 # What pip users get: the sdist and the wheel built as pip builds them (isolated, setuptools from
 # build-system.requires; the wheel from the sdist), their contents checked, the wheel (not -e) installed in a fresh
