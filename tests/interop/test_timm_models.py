@@ -251,6 +251,7 @@ def test_the_readmes_three_ways_run(capsys):
     exec(readme_block("#### Use SB in your own network"), scope)  # noqa: S102
     shapes = [{k: v.shape for k, v in scope[n].state_dict().items()} for n in ("by_class", "by_string", "by_name")]
     assert shapes[0] == shapes[1] == shapes[2]  # the same network, three ways
+    assert describe(scope["by_class"]) == describe(scope["by_string"]) == describe(scope["by_name"])  # one block
     assert len(blocks(scope["by_class"])) == 8 and len(blocks(scope["cifar"])) == 4
     assert {"sbresnet18", "vgg16_sb"} <= set(eval(capsys.readouterr().out))  # noqa: S307
 
