@@ -187,6 +187,8 @@ def replace_attention(model: nn.Module, kind: str = "sb", where: Optional[Where]
         raise ValueError("replace_attention needs an attention kind: the SE modules would have nothing in their place")
     select = _selector(where, model) if where is not None else (lambda name, module: True)
     plans = []
+    builder = get_attention(kind)
+    sb = isinstance(builder, type) and issubclass(builder, ShiftBalance)  # the timm block's defaults: TIMM_STYLE_SB
     candidates = [(n, m, p) for n, m, p in _candidates(model) if select(n, m)]
     eca = [n for n, m, _ in candidates if _is_eca(m)]
     eca_channels = _input_channels(model, eca) if eca else {}
@@ -199,8 +201,6 @@ def replace_attention(model: nn.Module, kind: str = "sb", where: Optional[Where]
         if any(k in given for k in _WIDTH_OPTIONS):
             for width in _WIDTH_OPTIONS[1:]:
                 found.pop(width, None)
-        builder = get_attention(kind)
-        sb = isinstance(builder, type) and issubclass(builder, ShiftBalance)
         if sb or any(k in given for k in _GATE_OPTIONS):
             found.pop("gate_layer", None)
         if sb:
