@@ -17,6 +17,7 @@ import copy
 import inspect
 from typing import Any, NamedTuple, Optional
 
+import torch
 from torch import nn
 
 from .attach import Where, _candidates, _selector
@@ -109,7 +110,6 @@ def _is_eca(module: nn.Module) -> bool:
 def _input_channels(model: nn.Module, names: list[str]) -> dict[str, int]:
     """The channel count of the input of each module `names` names, from one forward pass on the meta device
     (the model's own parameters untouched: meta stand-ins, shapes without arithmetic) at the model's input size."""
-    import torch
     size = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224)))
     seen: dict[str, int] = {}
 
@@ -234,12 +234,6 @@ def replace_attention(model: nn.Module, kind: str = "sb", where: Optional[Where]
     return {name: module for name, module, _, _ in plans}
 
 
-def _carried_key(key: str, blocks: list[str]) -> str:
-    """Where `key` of a replaced module loads in its new block (carried_weights' renaming)."""
-    block = max((b for b in blocks if key.startswith(f"{b}.")), key=len)
-    return f"{block}.{_branch_key(key[len(block) + 1:])}"
-
-
 class PretrainedLoad(NamedTuple):
     """What load_pretrained did besides loading: the new blocks' keys it left as built, and the keys of the modules
     replace_attention took out, which have no place now."""
@@ -260,11 +254,13 @@ def load_pretrained(model: nn.Module, state_dict: dict[str, Any]) -> PretrainedL
     # match (carried_weights); the others under a block (SE of another width, ECA's) are the replaced module's.
     own = model.state_dict()
     loads: dict[str, Any] = {}
+    carried_from: set[str] = set()
     for block in blocks:
         mine = {k[len(block) + 1:]: v for k, v in state_dict.items() if k.startswith(f"{block}.")}
         theirs = {k[len(block) + 1:]: v for k, v in own.items() if k.startswith(f"{block}.")}
-        loads.update({f"{block}.{k}": v for k, v in carried_weights(mine, theirs).items()})
-    carried_from = {k for k in state_dict if in_block(k) and _carried_key(k, blocks) in loads}
+        carried = carried_weights(mine, theirs)
+        loads.update({f"{block}.{k}": v for k, v in carried.items()})
+        carried_from.update(f"{block}.{k}" for k in mine if _branch_key(k) in carried)
     dropped = [k for k in state_dict if in_block(k) and k not in carried_from]
     loads.update({k: v for k, v in state_dict.items() if not in_block(k)})
     taken = set(loads)
