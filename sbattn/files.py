@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 from .errors import UserError
 
-__all__ = ["atomic_write", "atomic_path", "check_regular", "check_folder", "file_kind", "as_argument"]
+__all__ = ["atomic_write", "atomic_path", "keep_copy", "check_regular", "check_folder", "file_kind", "as_argument"]
 
 
 @contextlib.contextmanager
@@ -58,6 +58,18 @@ def atomic_write(path: str | Path, write: Callable[[Any], object]) -> None:
                 if recorded.error is None or recorded.error is e:
                     raise
                 raise recorded.error from e
+
+
+def keep_copy(source: str | Path, path: str | Path) -> None:
+    """`source`'s contents kept at `path` (put in place as atomic_path does) while `source` is later replaced: a
+    hard link, which costs no copy; a file system without links gets a copy."""
+    with atomic_path(path) as staged:
+        try:
+            os.link(source, staged)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            shutil.copyfile(source, staged)
 
 
 def check_regular(path: str | Path, purpose: str) -> None:

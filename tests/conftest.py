@@ -61,6 +61,7 @@ SLOW_FIRST = [
     (29, "tests/test_suites.py::test_ctrl_c_to_a_jobs_suite"),
     (25, "tests/test_suites.py::test_jobs_trains_in_processes_with_the_same_results"),
     (15, "tests/test_airbench_recipe.py::test_the_recipe_fused_over_seeds_and_compiled"),
+    (15, "tests/test_distributed.py::test_a_node_joining_an_elastic_job"),
     (12, "tests/test_train.py::test_sigkill_and_resume_is_identical"),
     (10, "tests/test_distributed.py::test_a_hung_rank_stops"),
     (9, "tests/test_fused.py::test_a_failed_fused_step_stops_the_others"),

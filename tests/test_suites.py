@@ -421,7 +421,7 @@ def test_a_crashed_suite_trains_only_what_is_missing(tmp_path, monkeypatch):
 
 def test_ctrl_c_mid_run_then_rerun_resumes_from_the_checkpoint(tmp_path, monkeypatch):
     import sbattn.train.epoch as pipeline_module
-    import sbattn.train.loop as start_module
+    import sbattn.train.state as state_module
     real_batches = pipeline_module.train_batches
     sent = []
 
@@ -442,8 +442,8 @@ def test_ctrl_c_mid_run_then_rerun_resumes_from_the_checkpoint(tmp_path, monkeyp
     assert checkpoint.exists()
 
     loaded = []
-    real_load = start_module.load_checkpoint
-    monkeypatch.setattr(start_module, "load_checkpoint",
+    real_load = state_module.load_checkpoint
+    monkeypatch.setattr(state_module, "load_checkpoint",
                         lambda path, config: loaded.append(path) or real_load(path, config))
     second = CountingTrain()
     monkeypatch.setattr(suites, "train", second)

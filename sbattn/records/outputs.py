@@ -147,6 +147,7 @@ def _append_result(paths: RunPaths, record: dict, line: str) -> None:
 
 def _remove_run_state(paths: RunPaths) -> None:
     paths.checkpoint.unlink(missing_ok=True)
+    paths.epoch_checkpoint.unlink(missing_ok=True)
     paths.config.unlink(missing_ok=True)
 
 

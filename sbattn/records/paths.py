@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 __all__ = ["RunPaths", "RUN_FILES", "RESULTS", "REPLACED"]
 
 # What a run leaves under its name (the exports made from its weights included), its checkpoint first.
-RUN_FILES = (".ckpt", ".pth", ".json", ".csv", ".png", ".onnx", ".pt2", ".config.json")
+RUN_FILES = (".ckpt", ".ckpt.epoch-end", ".pth", ".json", ".csv", ".png", ".onnx", ".pt2", ".config.json")
 RESULTS = "results.txt"  # the reference implementation's one line per finished run
 REPLACED = "replaced"  # the folder in the output directory that the files of replaced runs are moved to
 _MARKS = (".json", ".ckpt", ".config.json")  # a run exists under a name: finished, under way, or started
@@ -46,6 +46,13 @@ class RunPaths:
     @property
     def checkpoint(self) -> Path:
         return self.with_suffix(".ckpt")
+
+    @property
+    def epoch_checkpoint(self) -> Path:
+        """The checkpoint of the last epoch's end, kept while the run's checkpoint is one inside the next epoch: a
+        run resumed by another number of processes goes on from it (a checkpoint inside an epoch holds each rank's
+        place in it)."""
+        return self.with_suffix(".ckpt.epoch-end")
 
     @property
     def summary(self) -> Path:

@@ -15,7 +15,7 @@ import torch
 from ..system import cpu_model
 from ..version import __version__
 
-__all__ = ["collect", "git_commit", "device_name", "now_iso"]
+__all__ = ["collect", "git_commit", "device_name", "now_iso", "torchrun_job"]
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,13 @@ def collect(device: torch.device, processes: int = 1) -> dict:
     return {"sbattn": __version__, "commit": commit, "modified": modified, "torch": str(torch.__version__),
             "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
             "device_name": device_name(device), "processes": processes,
-            "command": shlex.join(getattr(sys, "orig_argv", sys.argv)), "cwd": os.getcwd(), "started": now_iso()}
+            "command": shlex.join(getattr(sys, "orig_argv", sys.argv)), "cwd": os.getcwd(), "started": now_iso(),
+            **({"torchrun_job": torchrun_job()} if torchrun_job() is not None else {})}
+
+
+def torchrun_job() -> str | None:
+    """The torchrun job this process is a worker of (its rendezvous id, TORCHELASTIC_RUN_ID); None outside one."""
+    return os.environ.get("TORCHELASTIC_RUN_ID")
 
 
 def git_commit(package_dir: Path = PACKAGE_DIR) -> tuple[str, bool] | None:

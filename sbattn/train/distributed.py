@@ -35,8 +35,8 @@ class _Where(TypedDict, total=False):
 
 _where: _Where = {"collective": "the start of the process group"}
 _joined = False  # whether this process joined a process group (setup): it then ends through `leave`
-# This group's keys in torchrun's store (a restarted group's are its own).
-_KEY = f"sbattn/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+# This group's keys in its store (which is the group's own: see `setup`).
+_KEY = "sbattn"
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,13 @@ def setup(device: str, timeout: float) -> tuple[Context, str]:
         _joined = True
         limit = timedelta(seconds=timeout)
         store, rank, world_size = next(dist.rendezvous("env://", timeout=limit))
-        # torchrun's agent keeps its store through the restarts of --max-restarts: each attempt's keys apart, or a
-        # restarted group reads the dead attempt's addresses and cannot connect.
-        store = dist.PrefixStore(f"sbattn/attempt_{restart_count()}", store)
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun's agent keeps its store through the restarts of --max-restarts: each attempt's keys apart, or
+            # a restarted group reads the dead attempt's addresses and cannot connect. Otherwise (a rendezvous
+            # with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, a plain launch) each round's rank 0 hosts a store of its
+            # own: no prefix, for the agents' counts differ once nodes have joined or left, and every rank of a
+            # round must name the same keys.
+            store = dist.PrefixStore(f"sbattn/attempt_{restart_count()}", store)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=limit)
     return ctx, device
 

@@ -18,9 +18,10 @@ import torch
 from ..config import TrainConfig, LAYOUTS
 from ..data import CIFAR10, load_cifar10, normalize, steps_per_epoch, to_device_uint8
 from ..errors import SbattnError, UserError
+from ..files import keep_copy
 from ..models import create_model
 from ..records import FinishedRun, finished_run, provenance
-from ..records.checkpoint import load_checkpoint, unwrap
+from ..records.checkpoint import unwrap
 from ..records.integrity import check_same_data, data_identity
 from ..records.outputs import complete_finished_run, file_failure, peak_rss_mb, write_finished_run, write_record
 from ..records.rundir import move_aside, prepare_output_dir, remove_stale_temporaries, run_lock, undo_interrupted_move
@@ -31,7 +32,7 @@ from . import distributed
 from .epoch import Epoch, end_epoch, epoch_line, Pipeline, make_pipeline
 from .evaluation import memory_format
 from .process import followed_agent, StopRequest, alone_signal_handled
-from .state import Run, RunResult, RunState
+from .state import Run, RunResult, RunState, checkpoint_to_resume, continued_by_torchrun
 from .step import precision_label, EpochSums, Objective, make_step, LayoutChoice, choose_layout, layout_name
 
 __all__ = ["train", "Trainer", "RunResult", "Prepared", "prepare", "whitening_sample"]
@@ -48,10 +49,7 @@ def train(config: TrainConfig, quiet: bool = False) -> RunResult:
             raise UserError(f"--rng reference is the reference implementation's single-process run (one process "
                             f"draws every image from the global generator); under torchrun ({ctx.world_size} "
                             f"processes) use --rng sbattn", code=2)
-        if distributed.restart_count() and not config.resume:
-            # Restarted by torchrun's agent after a worker died (at any world size, one process included): the same
-            # command, which must now continue the run from its last checkpoint (neither refuse it nor, with
-            # --overwrite, move it aside again).
+        if continued_by_torchrun(config, ctx):
             config = dataclasses.replace(config, resume=True, overwrite=False)
         stop = StopRequest()
         with stop.installed(), alone_signal_handled():
@@ -209,12 +207,19 @@ def _finished_or_cleared(run: Run) -> FinishedRun | None:
 
 
 def _save(run: Run, state: RunState) -> None:
-    """Checkpoint the run; a file-system failure (a full disk, ...) is one line, the last good checkpoint kept."""
-    checkpoint = run.paths.checkpoint
+    """Checkpoint the run; a file-system failure (a full disk, ...) is one line, the last good checkpoint kept.
+    The checkpoint of an epoch's end is kept aside while those inside the next epoch replace it (a run resumed by
+    another number of processes goes on from there), until the next epoch's end."""
+    checkpoint, epoch_end = run.paths.checkpoint, run.paths.epoch_checkpoint
     kept = (f"the last good checkpoint {checkpoint} is kept" if checkpoint.exists()
             else "no checkpoint had been written yet")
     with file_failure(checkpoint, f"{kept}; make room, then resume with: {run.resume_command}"):
+        if run.ctx.main and state.step and state.checkpoint_at_epoch_end:
+            keep_copy(checkpoint, epoch_end)
         state.save(checkpoint, run.config, run.ctx)
+        if run.ctx.main and not state.step:
+            epoch_end.unlink(missing_ok=True)
+    state.checkpoint_at_epoch_end = not state.step
 
 
 def _finish(run: Run, ready: Prepared) -> dict:
@@ -285,7 +290,7 @@ def _check_last_batch(n: int, batch_size: int, world_size: int) -> None:
 
 def prepare(run: Run, quiet: bool) -> Prepared:
     config, ctx, device, paths = run.config, run.ctx, run.device, run.paths
-    ckpt = _checkpoint_to_resume(run)
+    ckpt, ckpt_path = checkpoint_to_resume(run)
     seed = config.seed if config.seed is not None else ckpt["seed"] if ckpt else _shared_seed(ctx)
     torch.manual_seed(seed)
     data = load_cifar10(config.data_dir, config.dataset, config.download, config.cache_dir, config.resize,
@@ -301,7 +306,7 @@ def prepare(run: Run, quiet: bool) -> Prepared:
             paths.config.unlink(missing_ok=True)
         raise UserError(disagreement, code=2)
     if ckpt:
-        check_same_data(ckpt, identity, paths.checkpoint)
+        check_same_data(ckpt, identity, ckpt_path)
     train_x, test_x = to_device_uint8(data.train_images, device), to_device_uint8(data.test_images, device)
     train_y = torch.as_tensor(data.train_labels, device=device)
     test_y = torch.as_tensor(data.test_labels, device=device)
@@ -319,8 +324,9 @@ def prepare(run: Run, quiet: bool) -> Prepared:
                            layout.layout, steps, run.provenance)
     state.data = identity
     if ckpt:  # SyncBatchNorm conversion makes new modules: the state holds the ones that train
-        note = state.restore(ckpt, ctx, paths.checkpoint, steps)
+        note = state.restore(ckpt, ctx, ckpt_path, steps)
         run.log(note) if note else None
+        state.checkpoint_at_epoch_end = ckpt_path == paths.checkpoint and not state.step
         run.log(f"resuming {paths.name} at epoch {state.epoch + 1}, step {state.step}")
     sums = EpochSums.zeros(device, config.batch_size, len(train_y))
     objective = Objective(config.label_smoothing, ctx.world_size if config.optimizer == "sgd_decoupled" else 0)
@@ -333,26 +339,6 @@ def prepare(run: Run, quiet: bool) -> Prepared:
             f"{'' if config.compile == 'none' else f' compile={config.compile}'}"
             f"{' rng=reference' if config.rng == 'reference' else ''}")
     return Prepared(state, step, sums, make_pipeline(run, data, train_x, train_y, test_x, test_y), params)
-
-
-def _checkpoint_to_resume(run: Run) -> dict | None:
-    """The run's checkpoint when it is to be resumed; refuses to start over one unasked."""
-    config, ctx, checkpoint = run.config, run.ctx, run.paths.checkpoint
-    if not os.path.lexists(checkpoint):
-        if config.resume:
-            run.log(f"no checkpoint at {checkpoint}: starting from the beginning")
-        return None
-    if not config.resume:
-        raise UserError(f"{checkpoint} holds an unfinished run: add --resume to continue it, or --overwrite to "
-                        f"start over (moving it aside)", code=2)
-    if distributed.restart_count():
-        run.log(f"torchrun restarted the workers (restart {distributed.restart_count()}): continuing from the last "
-                f"checkpoint")
-    ckpt = load_checkpoint(checkpoint, config)
-    if ckpt["world_size"] != ctx.world_size and ckpt["step"] != 0:
-        raise UserError(f"{checkpoint} was written mid-epoch by {ckpt['world_size']} process(es): resume "
-                        f"it with {ckpt['world_size']} (torchrun --nproc_per_node), or from an epoch's end", code=2)
-    return ckpt
 
 
 def _layout(run: Run, ckpt: dict | None) -> LayoutChoice:

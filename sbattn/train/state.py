@@ -10,6 +10,7 @@ stood, with the sums of that epoch so far.
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -22,11 +23,11 @@ from torch import nn
 from .. import console
 from ..config import LAYOUTS, TrainConfig
 from ..data.batches import augment_stream_seed
-from ..errors import CheckpointError
+from ..errors import CheckpointError, SbattnError, UserError
 from ..files import as_argument
 from ..optim import Lookahead
 from ..records import RunPaths, provenance
-from ..records.checkpoint import save_checkpoint
+from ..records.checkpoint import load_checkpoint, save_checkpoint
 from ..records.integrity import check_weights_fit, is_number
 from ..system import keep_freed_memory
 from ..version import __version__
@@ -35,7 +36,7 @@ from . import distributed
 from .process import agent_pid, launcher_argv, ThreadGovernor, pinned_threads
 from .step import make_optimization, resolve_precision, use_true_fp32
 
-__all__ = ["RunState", "Run", "RunResult", "resume_command"]
+__all__ = ["RunState", "Run", "RunResult", "resume_command", "checkpoint_to_resume", "continued_by_torchrun"]
 
 
 def _rng_state(generator: torch.Generator, global_state: torch.Tensor | None = None) -> dict:
@@ -77,6 +78,9 @@ class RunState:
     per_batch: bool = False  # the schedule steps after every optimiser step (else after every epoch)
     lookahead: Lookahead | None = None
     steps_per_epoch: int = 0
+    # whether the run's checkpoint file holds an epoch's end (step 0): kept aside when one inside the next epoch
+    # replaces it (RunPaths.epoch_checkpoint)
+    checkpoint_at_epoch_end: bool = False
 
     @property
     def global_step(self) -> int:
@@ -250,3 +254,63 @@ def resume_command(paths: RunPaths, ctx: distributed.Context = distributed.Conte
     else:
         prefix = ["sbattn", "train"]
     return shlex.join([*prefix, "--config", as_argument(paths.config), "--resume"])
+
+
+def continued_by_torchrun(config: TrainConfig, ctx: distributed.Context) -> bool:
+    """Whether a worker of torchrun's (at any world size, one process included) continues the run from its
+    checkpoint without --resume: its agent starts the same command again after a worker died (--max-restarts)
+    and when a node joins or leaves an elastic job (a new round, not a restart to torchrun), and the command must
+    then neither refuse the checkpoint nor, with --overwrite, move it aside again. --overwrite still moves aside
+    a checkpoint of another job (another TORCHELASTIC_RUN_ID: torchrun's --rdzv-id). Rank 0 decides for all: the
+    ranks of a round may come from agents with different restart counts (a node that joined has none)."""
+    job, verdict = provenance.torchrun_job(), False
+    if ctx.main and job is not None and not config.resume:
+        checkpoint = RunPaths.of(config).checkpoint
+        verdict = distributed.restart_count() > 0 or (
+            os.path.lexists(checkpoint) and (not config.overwrite or _written_by_job(checkpoint, config, job)))
+    return bool(distributed.gather_objects(ctx, verdict)[0])
+
+
+def _written_by_job(checkpoint: Path, config: TrainConfig, job: str) -> bool:
+    try:
+        sessions = load_checkpoint(checkpoint, config)["provenance"]
+    except SbattnError:  # unreadable: --overwrite moves it aside
+        return False
+    return any(isinstance(s, dict) and s.get("torchrun_job") == job for s in sessions)
+
+
+def checkpoint_to_resume(run: Run) -> tuple[dict | None, Path]:
+    """The checkpoint the run resumes from and its file, or (None, ...) to start from the beginning; refuses to
+    start over one unasked. A checkpoint inside an epoch holds each rank's place in it: with another number of
+    processes the run goes on from the last epoch's end (kept aside for this), or from its beginning when the
+    first epoch had not ended."""
+    config, ctx, paths = run.config, run.ctx, run.paths
+    checkpoint = paths.checkpoint
+    if not os.path.lexists(checkpoint):
+        if config.resume:
+            run.log(f"no checkpoint at {checkpoint}: starting from the beginning")
+        return None, checkpoint
+    if not config.resume:
+        raise UserError(f"{checkpoint} holds an unfinished run: add --resume to continue it, or --overwrite to "
+                        f"start over (moving it aside)", code=2)
+    if distributed.restart_count():
+        run.log(f"torchrun restarted the workers (restart {distributed.restart_count()}): continuing from the last "
+                f"checkpoint")
+    elif provenance.torchrun_job() is not None:
+        run.log("torchrun started the workers: continuing from the last checkpoint")
+    ckpt = load_checkpoint(checkpoint, config)
+    if ckpt["world_size"] == ctx.world_size or ckpt["step"] == 0:
+        return ckpt, checkpoint
+    inside = (f"{checkpoint} was written inside epoch {ckpt['epoch'] + 1} by {ckpt['world_size']} process(es), "
+              f"not {ctx.world_size}")
+    if os.path.lexists(paths.epoch_checkpoint):
+        kept = load_checkpoint(paths.epoch_checkpoint, config)
+        if kept["step"] == 0 and kept["epoch"] == ckpt["epoch"]:
+            run.log(f"{inside}: going on from the end of epoch {kept['epoch']} ({paths.epoch_checkpoint})")
+            return kept, paths.epoch_checkpoint
+    if ckpt["epoch"] == 0:
+        run.log(f"{inside}: starting from the beginning (no epoch had ended)")
+        return None, checkpoint
+    raise UserError(f"{inside}, and the checkpoint of epoch {ckpt['epoch']}'s end is not beside it "
+                    f"({paths.epoch_checkpoint}): resume it with {ckpt['world_size']} (torchrun --nproc_per_node)",
+                    code=2)
