@@ -46,8 +46,8 @@ run: install
 # zoo) and the supported-range test on the newest torch with timm; then the built wheel, in a venv of its own.
 test: test-main test-interop test-wheel
 
+# mypy -p sbattn is one of its tests (tests/test_types.py), run beside the others
 test-main: install
-	$(PY) -m mypy -p sbattn
 	$(PY) -m pytest -q
 
 # For a working session, not CI: the main suite without torchrun, the GPU call's dry runs and the compiled modes

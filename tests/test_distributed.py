@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--device=cpu", "--dataset=fake", "--width=0.0625", "--batch_size=64", "--precision=fp32", "--epochs=3",
         "--milestones=[2]", "--seed=0", "--augment=none", "--init_lr=0.02", "--dist-timeout=60"]
 RUN = run_name(*ARGS)
-# Four ranks, more so: two epochs
-FOUR = ["--epochs=2", "--milestones=[1]"]
+# Four ranks, more so: two epochs of 8 steps
+FOUR = ["--epochs=2", "--milestones=[1]", "--batch_size=128"]
 RUN_FOUR = run_name(*ARGS, *FOUR)
 
 
