@@ -22,7 +22,8 @@ keep() {  # the finished runs of results/$1 (JSON and CSV) and its tables and fi
     for json in "$from"/airbench_*.json; do
         case "$json" in *.config.json) continue ;; esac  # the options of a run under way
         [ -e "${json%.json}.ckpt" ] && continue  # not finished
-        cp "$json" "${json%.json}.csv" "$to/runs/"
+        cp "$json" "$to/runs/"
+        [ -e "${json%.json}.csv" ] && cp "${json%.json}.csv" "$to/runs/"
     done
     "$SBATTN" report "$from" >/dev/null
     for table in "$from"/{compare,ablation}.{md,csv,json,png} "$from"/lambda.png; do
@@ -40,6 +41,6 @@ for n in $(seq 1 "$SEEDS"); do
         --output-dir "$COMPARE"
     keep compare-airbench
 done
-cp -n "$COMPARE"/airbench_*_True_False_{sigmoid,tanh}_*.json "$ABLATION/"
+cp -n "$COMPARE"/airbench_*_True_False_{sigmoid,tanh}_*.{json,csv} "$ABLATION/"
 "$SBATTN" ablate --preset airbench --seeds "$ABLATION_SEEDS" --data-dir "$DATA" --output-dir "$ABLATION"
 keep ablation-airbench
