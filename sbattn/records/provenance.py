@@ -27,12 +27,13 @@ def now_iso() -> str:
 def collect(device: torch.device, processes: int = 1) -> dict:
     """This process's provenance, taken when its run starts."""
     commit, modified = git_commit() or (None, None)
+    job = torchrun_job()
     # str(): torch.__version__ is a str subclass, which weights_only loading of the checkpoint refuses
     return {"sbattn": __version__, "commit": commit, "modified": modified, "torch": str(torch.__version__),
             "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
             "device_name": device_name(device), "processes": processes,
             "command": shlex.join(getattr(sys, "orig_argv", sys.argv)), "cwd": os.getcwd(), "started": now_iso(),
-            **({"torchrun_job": torchrun_job()} if torchrun_job() is not None else {})}
+            **({"torchrun_job": job} if job is not None else {})}
 
 
 def torchrun_job() -> str | None:

@@ -46,6 +46,7 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import UserError
+from ..records.provenance import torchrun_job
 from ..system import available_cores
 
 __all__ = ["StopRequest", "ALONE_SIGNAL", "ALONE_THREADS", "alone_signal_handled", "ThreadGovernor", "set_ceiling",
@@ -236,7 +237,7 @@ _followed: int | None = None  # the agent whose death this process is signalled,
 
 def agent_pid() -> int | None:
     """The pid of the torchrun agent that started this process; None when torchrun's agent did not."""
-    return _STARTED_BY if "TORCHELASTIC_RUN_ID" in os.environ else None
+    return _STARTED_BY if torchrun_job() is not None else None
 
 
 def follow_agent() -> int | None:
