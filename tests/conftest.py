@@ -5,12 +5,26 @@ import torch
 
 
 @pytest.fixture(autouse=True, scope="session")
-def one_thread():
+def one_thread_session():
     """Tiny test models run fastest on one thread, and a loaded machine slows multi-threaded ones badly."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread_module(one_thread_session):
+    torch.set_num_threads(1)  # before the module's own fixtures train (see one_thread)
+
+
+@pytest.fixture(autouse=True)
+def one_thread(one_thread_module):
+    """Every test (and every module's fixtures) starts on one thread, whatever the test before it on this worker
+    left: a run cut short by a stand-in for a kill (an exception no code below catches) leaves its thread
+    governor's count, as the killed process it stands for would have, and an in-process run after it would
+    otherwise train on two threads."""
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
